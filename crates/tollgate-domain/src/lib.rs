@@ -1,0 +1,25 @@
+//! tollgate's domain: the rules of money and metering, free of IO.
+//!
+//! Nothing here touches a socket, a file, a clock or an async runtime: functions take
+//! what they need (including `now`) as arguments, so every rule is a plain, testable
+//! function. `cargo tree -p tollgate-domain` must never show tokio, axum, reqwest or a
+//! database driver.
+//!
+//! # Layout
+//! - [`money`]: exact integer money (`Money`, nano-USD) and per-token rates (`Rate`).
+//! - [`pricing`]: price tables in the community catalog format, tiers, hashing.
+//! - [`usage`]: provider-neutral token counts.
+//! - [`cost`]: usage × rates → exact cost, rounded up to the nano.
+//! - [`attribution`]: who pays: key, user, team, agent, task, tags.
+//! - [`ledger`]: the metered row.
+//! - [`report`]: report dimensions and sums.
+
+pub mod attribution;
+pub mod cost;
+pub mod ledger;
+pub mod money;
+pub mod pricing;
+pub mod report;
+pub mod usage;
+
+pub use money::{Money, Rate};

@@ -1,0 +1,224 @@
+//! tollgate's HTTP server.
+//!
+//! # The request pipeline
+//! Each proxy request runs these steps in this order, in one direction; a
+//! [`meter::Meter`] created at step 2 guarantees step 8 whatever happens after it.
+//! 1. request id
+//! 2. auth: virtual key → key owner's attribution (401 stops here, unmetered)
+//! 3. body: read with a size cap (413), parse (400), resolve the deployment (404/403)
+//! 4. attribution: key owner, then `x-tollgate-*` headers, then body `user`/`metadata`
+//! 5. upstream call: the deployment's model id; `include_usage` injected for streams
+//! 6. response: JSON read whole; SSE passed through chunk by chunk with a usage tee
+//! 7. pricing: usage × the deployment's rates (exact, rounded up to the nano-USD)
+//! 8. ledger: the row is queued (batched) or committed (strict) before the response's
+//!    last byte; `x-tollgate-request-id` and `x-tollgate-cost-usd` headers
+//!
+//! # Layout
+//! - [`config`]: raw and validated configuration.
+//! - [`state`]: the shared [`state::Gateway`].
+//! - [`auth`]: virtual keys and the master key.
+//! - [`proxy`]: the OpenAI-compatible endpoints.
+//! - [`meter`]: the always-runs metering step.
+//! - [`admin`]: the admin API.
+//! - [`error`]: errors and their single mapping to HTTP.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod meter;
+pub mod proxy;
+pub mod state;
+
+use crate::auth::{KeyCache, MasterKey};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::{Gateway, RequestIds, now_ms};
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_providers::{ClientConfig, ProviderError, UpstreamClient};
+use tollgate_store::{LedgerConfig, LedgerWriter, SqliteStore, StoreError};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often keys are reloaded from the store.
+const KEY_REFRESH: Duration = Duration::from_secs(2);
+
+/// Open the store, start the ledger writer and build the gateway state.
+pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError> {
+    let store = SqliteStore::open(&config.ledger.path)?;
+    store.register_price_table(
+        config.prices.hash(),
+        &config.prices.sources,
+        config.prices.len(),
+        now_ms(),
+    )?;
+    let (ledger, writer) = store.start_ledger(&LedgerConfig {
+        durability: config.ledger.durability,
+        channel_capacity: config.ledger.channel_capacity,
+        ..LedgerConfig::default()
+    })?;
+    let keys = KeyCache::default();
+    keys.replace(store.list_keys()?);
+    let client = UpstreamClient::new(&ClientConfig::default())?;
+    let master = MasterKey::new(
+        config.server.master_key.as_ref(),
+        &config.server.master_key_env,
+    );
+    let gw = Arc::new(Gateway {
+        config: ArcSwap::from_pointee(config),
+        keys,
+        master,
+        ledger,
+        store,
+        client,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        ids: RequestIds::new(),
+    });
+    Ok((gw, writer))
+}
+
+/// All routes.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/chat/completions", post(proxy::chat_completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(proxy::list_models))
+        .route("/models", get(proxy::list_models))
+        .route("/healthz", get(healthz))
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/admin/keys/{id}", delete(admin::revoke_key))
+        .route("/admin/requests/{id}", get(admin::request_row))
+        .fallback(not_found)
+        .with_state(gw)
+}
+
+async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
+    let stats = gw.ledger.stats();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "ledger": {
+            "durability": format!("{:?}", gw.ledger.durability()).to_lowercase(),
+            "rows_written": stats.rows_written.load(std::sync::atomic::Ordering::Relaxed),
+            "commit_failures": stats.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
+        },
+        "keys": gw.keys.len(),
+        "deployments": gw.config.load().deployments.len(),
+        "price_table": gw.config.load().prices.hash(),
+    }))
+    .into_response()
+}
+
+async fn not_found(method: http::Method, uri: http::Uri) -> Response {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .into_response(None)
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain: stop accepting, let
+/// in-flight requests finish (up to the configured grace), wait for background tasks,
+/// and flush the ledger.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (gw, writer) = build(config)?;
+    serve(listener, gw, writer, shutdown).await
+}
+
+/// [`run`] with state built by [`build`] (the demo and tests keep a handle on it).
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    writer: LedgerWriter,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let refresher = {
+        let gw = gw.clone();
+        gw.clone().tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = gw.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(KEY_REFRESH) => {}
+                }
+                let store = gw.store.clone();
+                if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || store.list_keys()).await {
+                    gw.keys.replace(keys);
+                }
+            }
+        })
+    };
+    let app = router(gw.clone());
+    let grace = gw.config.load().server.shutdown_grace;
+    let stop = gw.shutdown.clone();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let result = {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown({
+                let stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        _ = shutdown => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    stop.cancel();
+                }
+            })
+            .into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => r,
+            _ = async {
+                stop.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("shutdown grace of {grace:?} elapsed; closing remaining connections");
+                Ok(())
+            }
+        }
+        // The server future (and the router's state it holds) is dropped here.
+    };
+    stop.cancel();
+    let _ = refresher.await;
+    gw.tasks.close();
+    gw.tasks.wait().await;
+    drop(gw);
+    // Every ledger handle is gone once the server's state is: the writer drains and
+    // stops. Connections still open past the grace hold a handle; wait a bounded time.
+    let join = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(grace.max(Duration::from_secs(5)), join)
+        .await
+        .is_err()
+    {
+        tracing::error!("the ledger writer did not stop in time; connections are still open");
+    }
+    result.map_err(ServerError::Io)
+}

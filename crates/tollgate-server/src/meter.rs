@@ -1,0 +1,302 @@
+//! Metering: the step that always runs.
+//!
+//! A [`Meter`] is created as soon as a request is authenticated and travels with it: into
+//! the handler, and for streams into the response body. Whatever happens next (success,
+//! an error, an upstream cut, the client going away, the handler future being dropped)
+//! exactly one ledger row comes out of it:
+//! - [`Meter::commit`] settles the outcome and records the row (waiting for durability
+//!   in strict mode);
+//! - if the meter is dropped first, `Drop` settles it as a client disconnect and hands
+//!   the row to a tracked task. A row already queued is recorded again only if its queueing
+//!   was interrupted; the ledger ignores a second row with the same request id.
+
+use crate::config::Deployment;
+use crate::error::ApiError;
+use crate::state::{Gateway, now_ms};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+use tollgate_domain::attribution::Attribution;
+use tollgate_domain::cost::cost;
+use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
+use tollgate_domain::money::Money;
+use tollgate_domain::usage::{Usage, UsageSource};
+use tollgate_providers::sse::SseScanner;
+use tollgate_providers::tokenizer::Encoding;
+use tollgate_store::Durability;
+
+/// What the request sent, kept only to count its tokens if the upstream never reports.
+pub enum Prompt {
+    None,
+    Chat(Vec<Value>),
+    Embeddings(Value),
+}
+
+/// How many tokens a finished request used, as far as the gateway knows.
+pub enum Consumed {
+    /// The upstream reported usage.
+    Reported(Usage),
+    /// The upstream worked but reported nothing: count the prompt and this output text.
+    Estimate(String),
+    /// No upstream work was done (or none is billable: upstream 4xx/5xx).
+    Nothing,
+}
+
+pub struct Outcome {
+    pub status: u16,
+    pub error_code: Option<&'static str>,
+    pub consumed: Consumed,
+    pub service_tier: Option<String>,
+    pub partial: bool,
+}
+
+impl Outcome {
+    pub fn ok(consumed: Consumed, service_tier: Option<String>) -> Outcome {
+        Outcome {
+            status: 200,
+            error_code: None,
+            consumed,
+            service_tier,
+            partial: false,
+        }
+    }
+}
+
+pub struct Meter {
+    gw: Arc<Gateway>,
+    row: LedgerRow,
+    started: Instant,
+    deployment: Option<Arc<Deployment>>,
+    pub prompt: Prompt,
+    /// Set once the upstream has been sent the request (it may bill from then on).
+    pub upstream_called: bool,
+    /// For streams: the tee, so a dropped stream can still be metered.
+    pub scanner: Option<SseScanner>,
+    settled: bool,
+    /// A settled row whose hand-off to the ledger has not completed yet.
+    in_flight: Option<LedgerRow>,
+}
+
+impl Meter {
+    pub fn new(
+        gw: Arc<Gateway>,
+        request_id: String,
+        endpoint: Endpoint,
+        started: Instant,
+        attribution: Attribution,
+    ) -> Meter {
+        Meter {
+            gw,
+            row: LedgerRow {
+                ts_ms: now_ms(),
+                request_id,
+                endpoint,
+                attribution,
+                route: Route::default(),
+                usage: Usage::default(),
+                usage_source: UsageSource::None,
+                cost: Money::ZERO,
+                priced: false,
+                price_hash: String::new(),
+                latency_us: 0,
+                ttft_us: None,
+                status: 0,
+                error_code: None,
+                stream: false,
+                partial: false,
+            },
+            started,
+            deployment: None,
+            prompt: Prompt::None,
+            upstream_called: false,
+            scanner: None,
+            settled: false,
+            in_flight: None,
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.row.request_id
+    }
+
+    pub fn attribution_mut(&mut self) -> &mut Attribution {
+        &mut self.row.attribution
+    }
+
+    pub fn set_requested_model(&mut self, model: &str) {
+        self.row.route.requested_model = model.to_string();
+    }
+
+    pub fn set_stream(&mut self, stream: bool) {
+        self.row.stream = stream;
+    }
+
+    pub fn set_deployment(&mut self, d: &Arc<Deployment>, price_hash: &str) {
+        self.row.route.deployment = d.name.clone();
+        self.row.route.upstream = d.upstream.name.clone();
+        self.row.route.upstream_model = d.model.clone();
+        self.row.price_hash = price_hash.to_string();
+        self.deployment = Some(d.clone());
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.gw.ledger.durability()
+    }
+
+    /// Mark the first response byte.
+    pub fn first_byte(&mut self) {
+        if self.row.ttft_us.is_none() {
+            self.row.ttft_us = Some(self.started.elapsed().as_micros() as u64);
+        }
+    }
+
+    fn encoding(&self) -> Encoding {
+        self.deployment
+            .as_ref()
+            .map(|d| d.encoding)
+            .unwrap_or(Encoding::O200kBase)
+    }
+
+    fn prompt_tokens(&self) -> u64 {
+        let enc = self.encoding();
+        match &self.prompt {
+            Prompt::None => 0,
+            Prompt::Chat(messages) => enc.count_chat_prompt(messages),
+            Prompt::Embeddings(input) => enc.count_embedding_input(input),
+        }
+    }
+
+    /// Turn an outcome into the final row.
+    fn settle(&mut self, outcome: Outcome) -> LedgerRow {
+        self.settled = true;
+        let (usage, source) = match outcome.consumed {
+            Consumed::Reported(u) => (u, UsageSource::Reported),
+            Consumed::Estimate(text) => (
+                Usage {
+                    input: self.prompt_tokens(),
+                    output: self.encoding().count(&text),
+                    ..Usage::default()
+                },
+                UsageSource::Estimated,
+            ),
+            Consumed::Nothing => (Usage::default(), UsageSource::None),
+        };
+        let price = self.deployment.as_ref().and_then(|d| d.price.clone());
+        let (charged, priced) = match &price {
+            Some(p) => match cost(&usage, p, outcome.service_tier.as_deref()) {
+                Some(c) => (c.charged, true),
+                None => (Money::ZERO, false),
+            },
+            None => (Money::ZERO, false),
+        };
+        let mut row = self.row.clone();
+        row.usage = usage;
+        row.usage_source = source;
+        row.cost = charged;
+        row.priced = priced;
+        row.latency_us = self.started.elapsed().as_micros() as u64;
+        row.status = outcome.status;
+        row.error_code = outcome.error_code.map(str::to_string);
+        row.partial = outcome.partial;
+        row
+    }
+
+    /// Settle and record. Returns the row (its cost goes in the response headers).
+    pub async fn commit(&mut self, outcome: Outcome) -> LedgerRow {
+        let row = self.settle(outcome);
+        self.record(row.clone()).await;
+        row
+    }
+
+    /// Record an error outcome and render the error for the client.
+    pub async fn reject(&mut self, err: ApiError) -> axum::response::Response {
+        // The upstream may have done (and billed) work before failing; count the prompt.
+        let consumed = if self.upstream_called && err.fault() != tollgate_providers::Fault::Client {
+            Consumed::Estimate(String::new())
+        } else {
+            Consumed::Nothing
+        };
+        self.commit(Outcome {
+            status: err.status().as_u16(),
+            error_code: Some(err.code()),
+            consumed,
+            service_tier: None,
+            partial: false,
+        })
+        .await;
+        tracing::debug!(request_id = %self.row.request_id, code = err.code(), "request failed: {err}");
+        err.into_response(Some(&self.row.request_id))
+    }
+
+    async fn record(&mut self, row: LedgerRow) {
+        let ledger = self.gw.ledger.clone();
+        match ledger.durability() {
+            Durability::Batched => {
+                if let Err(row) = ledger.try_record(row) {
+                    // Queue full: wait (backpressure). Keep a copy in case this future is
+                    // dropped before the row is queued.
+                    self.in_flight = Some((*row).clone());
+                    let _ = ledger.record(*row).await;
+                    self.in_flight = None;
+                }
+            }
+            Durability::Strict => {
+                self.in_flight = Some(row.clone());
+                let _ = ledger.record(row).await;
+                self.in_flight = None;
+            }
+        }
+    }
+
+    /// The outcome of a request whose client went away before it finished.
+    fn disconnected(&mut self) -> Outcome {
+        let (consumed, service_tier) = match &self.scanner {
+            Some(s) => match &s.usage {
+                Some(u) => (Consumed::Reported(u.to_usage()), s.service_tier.clone()),
+                None => (
+                    Consumed::Estimate(s.generated_text().unwrap_or_default()),
+                    s.service_tier.clone(),
+                ),
+            },
+            None if self.upstream_called => (Consumed::Estimate(String::new()), None),
+            None => (Consumed::Nothing, None),
+        };
+        Outcome {
+            status: 499,
+            error_code: Some("client_disconnected"),
+            consumed,
+            service_tier,
+            partial: true,
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let row = if !self.settled {
+            let outcome = self.disconnected();
+            Some(self.settle(outcome))
+        } else {
+            self.in_flight.take()
+        };
+        let Some(row) = row else { return };
+        let ledger = self.gw.ledger.clone();
+        let Err(row) = ledger.try_record(row) else {
+            return;
+        };
+        // The queue is full: wait for room in a tracked task.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                self.gw.tasks.spawn_on(
+                    async move {
+                        let _ = ledger.record(*row).await;
+                    },
+                    &handle,
+                );
+            }
+            Err(_) => {
+                tracing::error!(request_id = %row.request_id, "ledger row could not be queued outside a runtime");
+            }
+        }
+    }
+}

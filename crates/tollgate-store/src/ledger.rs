@@ -1,0 +1,562 @@
+//! The ledger writer: batched, group-committed, never drops a row.
+//!
+//! Requests hand rows to a bounded channel ([`Ledger::record`]); one writer thread owns
+//! the SQLite connection, takes everything queued (up to `max_batch`) and commits it in
+//! one transaction. While a commit runs, new rows queue up and go in the next one, so
+//! the batch size follows the load (group commit) with no timer.
+//!
+//! - A full channel makes `record` wait: backpressure, not loss.
+//! - A failed commit is retried with backoff, holding the batch; if the database is
+//!   still failing when the gateway shuts down, the rows are appended to a JSON-lines
+//!   fallback file next to the database instead of being dropped.
+//! - [`Durability::Batched`]: `record` returns once the row is queued. A process crash
+//!   loses at most the queued and in-flight rows (bounded by the channel capacity);
+//!   committed rows survive (WAL, `synchronous=NORMAL`).
+//! - [`Durability::Strict`]: `record` returns only after the row's transaction is
+//!   fsynced (`synchronous=FULL`), so a response released after it is never lost.
+
+use crate::StoreError;
+use crate::sqlite::{SqliteStore, Sync};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tollgate_domain::attribution::Attribution;
+use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
+use tollgate_domain::money::Money;
+use tollgate_domain::usage::{Usage, UsageSource};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Batched,
+    Strict,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Durability> {
+        match s {
+            "batched" => Some(Durability::Batched),
+            "strict" => Some(Durability::Strict),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    pub durability: Durability,
+    /// Rows that may wait in memory before `record` applies backpressure.
+    pub channel_capacity: usize,
+    /// Most rows per transaction.
+    pub max_batch: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            durability: Durability::Batched,
+            channel_capacity: 16_384,
+            max_batch: 4_096,
+        }
+    }
+}
+
+/// Counters the writer keeps (read by `/metrics` and the benchmark).
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    pub rows_written: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_failures: AtomicU64,
+    pub rows_to_fallback: AtomicU64,
+}
+
+struct Msg {
+    row: LedgerRow,
+    ack: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the ledger writer has stopped")]
+pub struct LedgerClosed(pub Box<LedgerRow>);
+
+/// A cheap, cloneable handle for recording rows.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Msg>,
+    durability: Durability,
+    stats: Arc<LedgerStats>,
+}
+
+impl Ledger {
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub fn stats(&self) -> &LedgerStats {
+        &self.stats
+    }
+
+    /// Record a row. Batched: returns once queued (waits while the queue is full).
+    /// Strict: returns once the row is durable on disk.
+    pub async fn record(&self, row: LedgerRow) -> Result<(), LedgerClosed> {
+        match self.durability {
+            Durability::Batched => self
+                .tx
+                .send(Msg { row, ack: None })
+                .await
+                .map_err(|e| LedgerClosed(Box::new(e.0.row))),
+            Durability::Strict => {
+                let (ack, done) = oneshot::channel();
+                self.tx
+                    .send(Msg {
+                        row,
+                        ack: Some(ack),
+                    })
+                    .await
+                    .map_err(|e| LedgerClosed(Box::new(e.0.row)))?;
+                // The writer drops the sender only after the row is durable (or saved to
+                // the fallback file); an error here means the same.
+                let _ = done.await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Queue a row without waiting (for paths that cannot await, such as `Drop`).
+    /// Gives the row back if the queue is full or closed, so the caller can await
+    /// [`Ledger::record`] from a task instead.
+    pub fn try_record(&self, row: LedgerRow) -> Result<(), Box<LedgerRow>> {
+        self.tx
+            .try_send(Msg { row, ack: None })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => {
+                    Box::new(m.row)
+                }
+            })
+    }
+}
+
+/// The writer thread. Stops after every [`Ledger`] handle is dropped and the queue is
+/// drained; [`LedgerWriter::join`] waits for that.
+pub struct LedgerWriter {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<LedgerStats>,
+}
+
+impl LedgerWriter {
+    /// Wait for the writer to drain and stop. Call after dropping every `Ledger` handle.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<LedgerStats> {
+        &self.stats
+    }
+}
+
+impl SqliteStore {
+    /// Start the ledger writer thread on this database.
+    pub fn start_ledger(&self, cfg: &LedgerConfig) -> Result<(Ledger, LedgerWriter), StoreError> {
+        let conn = self.connect(match cfg.durability {
+            Durability::Batched => Sync::Normal,
+            Durability::Strict => Sync::Full,
+        })?;
+        let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
+        let stats = Arc::new(LedgerStats::default());
+        let fallback = fallback_path(self.path());
+        let writer_stats = stats.clone();
+        let max_batch = cfg.max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("tollgate-ledger".into())
+            .spawn(move || writer_loop(conn, rx, max_batch, &writer_stats, &fallback))
+            .map_err(|e| StoreError::Io {
+                path: "ledger writer thread".into(),
+                message: e.to_string(),
+            })?;
+        Ok((
+            Ledger {
+                tx,
+                durability: cfg.durability,
+                stats: stats.clone(),
+            },
+            LedgerWriter {
+                thread: Some(thread),
+                stats,
+            },
+        ))
+    }
+}
+
+/// Where rows go if the database cannot take them at shutdown.
+pub fn fallback_path(db: &std::path::Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".unwritten.jsonl");
+    db.with_file_name(name)
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Msg>,
+    max_batch: usize,
+    stats: &LedgerStats,
+    fallback: &std::path::Path,
+) {
+    let mut batch: Vec<Msg> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match insert_batch(&mut conn, batch.iter().map(|m| &m.row)) {
+                Ok(()) => {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .rows_written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, rows = batch.len(), "ledger commit failed; retrying");
+                    // Shutting down (every handle gone) and the database still refuses:
+                    // save the rows to the fallback file rather than lose them.
+                    if rx.is_closed() && backoff >= Duration::from_secs(2) {
+                        match append_fallback(fallback, batch.iter().map(|m| &m.row)) {
+                            Ok(()) => {
+                                stats
+                                    .rows_to_fallback
+                                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                tracing::error!(path = %fallback.display(), rows = batch.len(), "ledger rows saved to the fallback file");
+                                break;
+                            }
+                            Err(io) => {
+                                tracing::error!(error = %io, "fallback file write failed; still retrying");
+                            }
+                        }
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for m in batch.drain(..) {
+            if let Some(ack) = m.ack {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+fn append_fallback<'a>(
+    path: &std::path::Path,
+    rows: impl Iterator<Item = &'a LedgerRow>,
+) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for row in rows {
+        let line = serde_json::to_string(row).map_err(std::io::Error::other)?;
+        f.write_all(line.as_bytes())?;
+        f.write_all(b"\n")?;
+    }
+    f.sync_all()
+}
+
+const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
+    requested_model, deployment, upstream, upstream_model,
+    input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
+    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+    ON CONFLICT (request_id) DO NOTHING";
+
+/// Insert rows in one transaction. A row whose request id is already present is skipped
+/// (a retried batch never double-counts).
+pub fn insert_batch<'a>(
+    conn: &mut Connection,
+    rows: impl Iterator<Item = &'a LedgerRow>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(INSERT)?;
+        for r in rows {
+            let a = &r.attribution;
+            let tags = if a.tags.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&a.tags).unwrap_or_default())
+            };
+            stmt.execute(params![
+                r.ts_ms,
+                r.request_id,
+                r.endpoint.as_str(),
+                a.key_id,
+                a.user,
+                a.team,
+                a.agent,
+                a.task,
+                tags,
+                r.route.requested_model,
+                r.route.deployment,
+                r.route.upstream,
+                r.route.upstream_model,
+                sql_u64(r.usage.input),
+                sql_u64(r.usage.cache_read),
+                sql_u64(r.usage.cache_write_5m),
+                sql_u64(r.usage.cache_write_1h),
+                sql_u64(r.usage.output),
+                sql_u64(r.usage.reasoning),
+                r.usage_source.as_str(),
+                r.cost.nanos(),
+                r.priced,
+                r.price_hash,
+                sql_u64(r.latency_us),
+                r.ttft_us.map(sql_u64),
+                i64::from(r.status),
+                r.error_code,
+                r.stream,
+                r.partial,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
+    requested_model, deployment, upstream, upstream_model,
+    input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
+    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial
+    FROM ledger";
+
+fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    let tags: Option<String> = r.get(8)?;
+    let endpoint: String = r.get(2)?;
+    let source: String = r.get(19)?;
+    Ok(LedgerRow {
+        ts_ms: r.get(0)?,
+        request_id: r.get(1)?,
+        endpoint: Endpoint::parse(&endpoint).unwrap_or(Endpoint::ChatCompletions),
+        attribution: Attribution {
+            key_id: r.get(3)?,
+            user: r.get(4)?,
+            team: r.get(5)?,
+            agent: r.get(6)?,
+            task: r.get(7)?,
+            tags: tags
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
+        },
+        route: Route {
+            requested_model: r.get(9)?,
+            deployment: r.get(10)?,
+            upstream: r.get(11)?,
+            upstream_model: r.get(12)?,
+        },
+        usage: Usage {
+            input: u(13)?,
+            cache_read: u(14)?,
+            cache_write_5m: u(15)?,
+            cache_write_1h: u(16)?,
+            output: u(17)?,
+            reasoning: u(18)?,
+        },
+        usage_source: UsageSource::parse(&source).unwrap_or(UsageSource::None),
+        cost: Money::from_nanos(r.get(20)?),
+        priced: r.get(21)?,
+        price_hash: r.get(22)?,
+        latency_us: u(23)?,
+        ttft_us: r.get::<_, Option<i64>>(24)?.map(|v| v.max(0) as u64),
+        status: u16::try_from(r.get::<_, i64>(25)?).unwrap_or(0),
+        error_code: r.get(26)?,
+        stream: r.get(27)?,
+        partial: r.get(28)?,
+    })
+}
+
+impl SqliteStore {
+    /// One row by request id.
+    pub fn ledger_row(&self, request_id: &str) -> Result<Option<LedgerRow>, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let sql = format!("{SELECT} WHERE request_id = ?1");
+        Ok(conn
+            .query_row(&sql, [request_id], row_from_sql)
+            .optional()?)
+    }
+
+    /// Rows in `[since_ms, until_ms)`, oldest first, at most `limit`.
+    pub fn ledger_rows(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let sql = format!("{SELECT} WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms, id LIMIT ?3");
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params![since_ms, until_ms, limit as i64], row_from_sql)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Number of ledger rows (all time).
+    pub fn ledger_count(&self) -> Result<u64, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Remember which price table (hash → sources) priced rows, so a hash in the ledger
+    /// can always be traced to its catalog.
+    pub fn register_price_table(
+        &self,
+        hash: &str,
+        sources: &[String],
+        models: usize,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        conn.execute(
+            "INSERT INTO price_tables (hash, sources, models, first_seen_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (hash) DO NOTHING",
+            params![
+                hash,
+                serde_json::to_string(sources).unwrap_or_default(),
+                models as i64,
+                now_ms
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn row(i: usize) -> LedgerRow {
+        LedgerRow {
+            ts_ms: 1_700_000_000_000 + i as i64,
+            request_id: format!("req-{i}"),
+            endpoint: Endpoint::ChatCompletions,
+            attribution: Attribution {
+                key_id: Some("k".into()),
+                agent: Some(format!("agent-{}", i % 3)),
+                team: Some("team".into()),
+                task: Some(format!("task-{}", i % 5)),
+                user: None,
+                tags: vec!["a".into()],
+            },
+            route: Route {
+                requested_model: "gpt-4o".into(),
+                deployment: "gpt-4o".into(),
+                upstream: "openai".into(),
+                upstream_model: "gpt-4o-2024-08-06".into(),
+            },
+            usage: Usage {
+                input: 100,
+                cache_read: 20,
+                cache_write_5m: 0,
+                cache_write_1h: 0,
+                output: 50,
+                reasoning: 10,
+            },
+            usage_source: UsageSource::Reported,
+            cost: Money::from_nanos(1234 + i as i64),
+            priced: true,
+            price_hash: "abcd".into(),
+            latency_us: 1000,
+            ttft_us: Some(100),
+            status: 200,
+            error_code: None,
+            stream: i.is_multiple_of(2),
+            partial: false,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_recorded_row_is_written_once_batched_and_strict() {
+        for durability in [Durability::Batched, Durability::Strict] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(dir.path().join("l.db")).unwrap();
+            let cfg = LedgerConfig {
+                durability,
+                channel_capacity: 8, // tiny: exercises backpressure
+                max_batch: 16,
+            };
+            let (ledger, writer) = store.start_ledger(&cfg).unwrap();
+            rt().block_on(async {
+                let mut joins = tokio::task::JoinSet::new();
+                for t in 0..8 {
+                    let l = ledger.clone();
+                    joins.spawn(async move {
+                        for i in 0..100 {
+                            l.record(row(t * 100 + i)).await.unwrap();
+                        }
+                    });
+                }
+                while let Some(j) = joins.join_next().await {
+                    j.unwrap();
+                }
+            });
+            // A retried row (same request id) is not counted twice.
+            rt().block_on(ledger.record(row(5))).unwrap();
+            drop(ledger);
+            writer.join();
+            assert_eq!(store.ledger_count().unwrap(), 800, "{durability:?}");
+            let back = store.ledger_row("req-7").unwrap().unwrap();
+            assert_eq!(back, row(7));
+        }
+    }
+
+    #[test]
+    fn strict_record_returns_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("l.db")).unwrap();
+        let cfg = LedgerConfig {
+            durability: Durability::Strict,
+            ..LedgerConfig::default()
+        };
+        let (ledger, writer) = store.start_ledger(&cfg).unwrap();
+        rt().block_on(async {
+            ledger.record(row(1)).await.unwrap();
+            // Visible to another connection immediately: it was committed.
+            assert!(store.ledger_row("req-1").unwrap().is_some());
+        });
+        drop(ledger);
+        writer.join();
+    }
+
+    #[test]
+    fn fallback_path_sits_next_to_the_database() {
+        assert_eq!(
+            fallback_path(std::path::Path::new("/x/y/t.db")),
+            PathBuf::from("/x/y/t.db.unwritten.jsonl")
+        );
+    }
+}

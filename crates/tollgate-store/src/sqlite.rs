@@ -1,0 +1,168 @@
+//! The SQLite file: opening connections with the right pragmas, and migrations.
+
+use crate::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Never edit a released migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: ledger, keys, price tables.
+    r#"
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        key_id TEXT,
+        user TEXT,
+        team TEXT,
+        agent TEXT,
+        task TEXT,
+        tags TEXT,
+        requested_model TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        upstream_model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_5m_tokens INTEGER NOT NULL,
+        cache_write_1h_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        usage_source TEXT NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        priced INTEGER NOT NULL,
+        price_hash TEXT NOT NULL,
+        latency_us INTEGER NOT NULL,
+        ttft_us INTEGER,
+        status INTEGER NOT NULL,
+        error_code TEXT,
+        stream INTEGER NOT NULL,
+        partial INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_ts ON ledger (ts_ms);
+    CREATE UNIQUE INDEX ledger_request_id ON ledger (request_id);
+    CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        name TEXT,
+        team TEXT,
+        agent TEXT,
+        user TEXT,
+        models TEXT,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    CREATE TABLE price_tables (
+        hash TEXT PRIMARY KEY,
+        sources TEXT NOT NULL,
+        models INTEGER NOT NULL,
+        first_seen_ms INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// A SQLite database file holding the ledger, keys and price-table registry.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+}
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// `synchronous=NORMAL` in WAL mode: a commit survives a process crash (it is in the
+    /// OS page cache); a power cut can lose the last commits.
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it returns.
+    Full,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let store = SqliteStore {
+            path: path.as_ref().to_path_buf(),
+        };
+        if let Some(dir) = store.path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let mut conn = store.connect(Sync::Normal)?;
+        migrate(&mut conn)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new connection with tollgate's pragmas.
+    pub fn connect(&self, sync: Sync) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Sync::Normal => "NORMAL",
+                Sync::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_and_migrates_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/t.db");
+        SqliteStore::open(&p).unwrap();
+        let s = SqliteStore::open(&p).unwrap();
+        let c = s.connect(Sync::Normal).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

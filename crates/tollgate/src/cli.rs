@@ -1,0 +1,130 @@
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An AI FinOps gateway: exact cost for every token, attributed, bounded and smaller."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Start a simulated provider and the gateway, drive a multi-agent workload through
+    /// it, print the spend report, and keep serving.
+    Demo(DemoArgs),
+    /// Spend by agent, model, team, task, key, user, deployment or upstream.
+    Report(ReportArgs),
+    /// Create, list and revoke virtual keys.
+    Keys(KeysArgs),
+    /// Check a config file; exits non-zero and lists every problem if it is invalid.
+    ValidateConfig(ConfigArgs),
+    /// Show what a model costs in the effective price table.
+    Pricing(PricingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// Config file (default: $TOLLGATE_CONFIG, else ./tollgate.toml if present).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Listen address (overrides server.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where the gateway listens; if the port is taken a free one is used.
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    pub listen: String,
+    /// Simulated provider: time to the first token, in milliseconds.
+    #[arg(long, default_value_t = 25)]
+    pub latency_ms: u64,
+    /// Simulated provider: time between streamed tokens, in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    pub token_ms: u64,
+    /// Exit after printing the report instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+    /// Directory for the demo's database and config (default: a new temporary one).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Ledger database (overrides the config's ledger.path).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Window start: a duration back from now (24h, 7d, 30m), an RFC 3339 time, or Unix ms.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// Window end (same forms; default now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Dimension: agent, model, team, task, key, user, deployment, upstream.
+    #[arg(long, default_value = "agent")]
+    pub by: String,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+}
+
+#[derive(Args, Debug)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Ledger database (overrides the config's ledger.path).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysAction {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated public model names this key may call (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct PricingArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Model ids (catalog ids or `deployment:NAME`); none prints the table's hash and size.
+    pub models: Vec<String>,
+}

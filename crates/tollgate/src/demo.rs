@@ -1,0 +1,388 @@
+//! `tollgate demo`: the whole product in one command, on nothing but this binary.
+//!
+//! A simulated OpenAI-compatible provider starts in-process; the gateway starts in
+//! front of it on the embedded SQLite ledger; three agents with their own keys run
+//! tasks through the real HTTP path (streaming and not, cached prompts, reasoning
+//! tokens, embeddings, an upstream rate limit and a stream cut short); then the spend
+//! report is printed and the gateway keeps serving.
+
+use crate::cli::DemoArgs;
+use crate::report::render_table;
+use crate::serve::shutdown_signal;
+use anyhow::{Context, Result};
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tollgate_domain::report::GroupBy;
+use tollgate_server::config::RawConfig;
+use tollgate_server::state::now_ms;
+use tollgate_store::{NewKey, SqliteStore};
+use tollgate_testkit::sim::{self, SimConfig};
+
+const MASTER_KEY: &str = "tg-demo-master";
+
+/// A long, stable system prompt: big enough (> 1,024 tokens) for provider prompt caching
+/// to kick in on later turns.
+fn policy_prompt() -> String {
+    let clause = "Refunds are allowed within thirty days of purchase when the item is unused; \
+        escalate any refund above five hundred dollars to a human supervisor; never share \
+        another customer's data; answer in the customer's language; cite the policy section. ";
+    let mut s = String::from("You are the support assistant for Acme. Policy handbook follows.\n");
+    for i in 1..=28 {
+        s.push_str(&format!("Section {i}. {clause}"));
+    }
+    s
+}
+
+struct Agent {
+    name: &'static str,
+    team: &'static str,
+    user: &'static str,
+    key: String,
+}
+
+struct Workload {
+    http: reqwest::Client,
+    base: String,
+    sent: AtomicU64,
+}
+
+impl Workload {
+    async fn chat(&self, agent: &Agent, task: &str, body: Value) -> Result<Value> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let stream = body["stream"].as_bool().unwrap_or(false);
+        let resp = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(&agent.key)
+            .header("x-tollgate-task", task)
+            .header("x-tollgate-tags", "env:demo")
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        if stream && status.is_success() {
+            // Read the stream to the end, collecting the text like an SDK would.
+            let text = resp.text().await.unwrap_or_default();
+            let mut out = String::new();
+            for line in text.lines() {
+                if let Some(p) = line.strip_prefix("data: ")
+                    && let Ok(v) = serde_json::from_str::<Value>(p)
+                    && let Some(c) = v["choices"][0]["delta"]["content"].as_str()
+                {
+                    out.push_str(c);
+                }
+            }
+            return Ok(json!({"choices": [{"message": {"role": "assistant", "content": out}}]}));
+        }
+        Ok(resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn embed(&self, agent: &Agent, task: &str, inputs: &[&str]) -> Result<()> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.http
+            .post(format!("{}/v1/embeddings", self.base))
+            .bearer_auth(&agent.key)
+            .header("x-tollgate-task", task)
+            .json(&json!({"model": "text-embedding-3-small", "input": inputs}))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        Ok(())
+    }
+}
+
+fn reply_text(v: &Value) -> String {
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Support: multi-turn tickets on the light model; the long policy prompt is cached
+/// from the second turn on. One ticket hits an upstream rate limit.
+async fn support(w: &Workload, a: &Agent) -> Result<()> {
+    let system = policy_prompt();
+    for t in 0..4 {
+        let task = format!("ticket-{}", 1001 + t);
+        let mut messages = vec![json!({"role": "system", "content": system})];
+        let questions = [
+            "I bought a kettle 12 days ago and it leaks. Can I get a refund?",
+            "It was 640 dollars, does that change anything?",
+            "Please confirm what I need to send you.",
+        ];
+        for (i, q) in questions.iter().enumerate() {
+            let q = if t == 3 && i == 1 {
+                format!("{q} [[sim:error=429]]")
+            } else {
+                q.to_string()
+            };
+            messages.push(json!({"role": "user", "content": q}));
+            let r = w
+                .chat(
+                    a,
+                    &task,
+                    json!({"model": "gpt-4o-mini", "messages": messages, "user": a.user}),
+                )
+                .await?;
+            messages.push(json!({"role": "assistant", "content": reply_text(&r)}));
+        }
+    }
+    Ok(())
+}
+
+/// Research: streamed long-form answers on the heavy model, plus embeddings.
+async fn research(w: &Workload, a: &Agent) -> Result<()> {
+    for (task, topic) in [
+        ("report-q3-churn", "customer churn in Q3"),
+        ("report-pricing", "competitor pricing"),
+    ] {
+        w.embed(
+            a,
+            task,
+            &[
+                "quarterly churn by segment",
+                "support ticket themes",
+                "pricing page changes",
+            ],
+        )
+        .await?;
+        let mut messages = vec![
+            json!({"role": "system", "content": "You are a research analyst. Be precise and cite data."}),
+        ];
+        for step in [
+            "Outline a report on",
+            "Draft the findings section on",
+            "Write the executive summary on",
+        ] {
+            messages.push(json!({"role": "user", "content": format!("{step} {topic}.")}));
+            let r = w
+                .chat(
+                    a,
+                    task,
+                    json!({"model": "gpt-4o", "stream": true, "messages": messages}),
+                )
+                .await?;
+            messages.push(json!({"role": "assistant", "content": reply_text(&r)}));
+        }
+    }
+    // A stream the upstream cuts half way: metered as partial, tokens counted locally.
+    w.chat(
+        a,
+        "report-pricing",
+        json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "Summarise the appendix. [[sim:cut]]"}]}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Code review: a reasoning model, billed for its hidden reasoning tokens.
+async fn review(w: &Workload, a: &Agent) -> Result<()> {
+    for pr in [4821, 4822, 4823] {
+        let task = format!("pr-{pr}");
+        let diff = format!(
+            "diff --git a/src/billing.rs b/src/billing.rs\n@@ -10,7 +10,9 @@\n-    let total = items.iter().map(|i| i.price).sum::<f64>();\n+    let total: i64 = items.iter().map(|i| i.price_nanos).sum();\n+    // PR {pr}: money as integers\n"
+        );
+        let r = w
+            .chat(a, &task, json!({"model": "o3-mini", "messages": [
+                {"role": "system", "content": "You review Rust pull requests for correctness and money handling."},
+                {"role": "user", "content": format!("Review this diff:\n{diff}")}]}))
+            .await?;
+        w.chat(a, &task, json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": format!("Turn this review into a short PR comment:\n{}", reply_text(&r))}]}))
+            .await?;
+    }
+    Ok(())
+}
+
+fn demo_config(sim_base: &str, listen: &str, db: &std::path::Path) -> String {
+    format!(
+        r#"# Written by `tollgate demo`.
+[server]
+listen = "{listen}"
+
+[ledger]
+path = "{db}"
+durability = "batched"
+
+[[upstreams]]
+name = "sim"
+kind = "openai"
+base_url = "{sim_base}"
+
+[[deployments]]
+name = "gpt-4o"
+upstream = "sim"
+model = "gpt-4o"
+
+[[deployments]]
+name = "gpt-4o-mini"
+upstream = "sim"
+model = "gpt-4o-mini"
+
+[[deployments]]
+name = "o3-mini"
+upstream = "sim"
+model = "o3-mini"
+
+[[deployments]]
+name = "text-embedding-3-small"
+upstream = "sim"
+model = "text-embedding-3-small"
+"#,
+        db = db.display().to_string().replace('\\', "/"),
+    )
+}
+
+pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
+    let dir: PathBuf = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let db = dir.join("ledger.db");
+
+    let sim = sim::spawn(SimConfig {
+        first_token_latency: Duration::from_millis(args.latency_ms),
+        inter_token_latency: Duration::from_millis(args.token_ms),
+    })
+    .await?;
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{}: {e}; using a free port instead", args.listen);
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?
+        }
+    };
+    let addr = listener.local_addr()?;
+    let config_text = demo_config(&sim.base_url(), &addr.to_string(), &db);
+    let config_file = dir.join("tollgate.toml");
+    std::fs::write(&config_file, &config_text)?;
+    let env: HashMap<String, String> =
+        [("TOLLGATE_MASTER_KEY".to_string(), MASTER_KEY.to_string())].into();
+    let cfg = RawConfig::from_toml(&config_text, &env)?.validate(&env)?;
+
+    let store = SqliteStore::open(&db)?;
+    let mut agents = Vec::new();
+    for (name, team, user) in [
+        ("support-bot", "customer-support", "alice"),
+        ("research-agent", "research", "bob"),
+        ("code-reviewer", "platform", "carol"),
+    ] {
+        let (_, key) = store.create_key(
+            &NewKey {
+                name: Some(format!("{name} key")),
+                team: Some(team.into()),
+                agent: Some(name.into()),
+                user: Some(user.into()),
+                models: Vec::new(),
+            },
+            now_ms(),
+        )?;
+        agents.push(Agent {
+            name,
+            team,
+            user,
+            key,
+        });
+    }
+
+    let (gw, writer) = tollgate_server::build(cfg)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let stop = stop.clone();
+        gw.tasks.clone().spawn(tollgate_server::serve(
+            listener,
+            gw.clone(),
+            writer,
+            async move { stop.cancelled().await },
+        ))
+    };
+
+    println!("tollgate demo");
+    println!(
+        "  simulated provider  {} (first token {} ms, {} ms/token)",
+        sim.base_url(),
+        args.latency_ms,
+        args.token_ms
+    );
+    println!("  gateway             http://{addr}");
+    println!("  ledger              {} (SQLite, batched)", db.display());
+    println!("  price table         {}", gw.config.load().prices.hash());
+    println!();
+
+    tollgate_providers::client::install_crypto_provider();
+    let w = Workload {
+        http: reqwest::Client::builder().no_proxy().build()?,
+        base: format!("http://{addr}"),
+        sent: AtomicU64::new(0),
+    };
+    let started = Instant::now();
+    let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
+    println!(
+        "running {} agents ({}) through the gateway...",
+        agents.len(),
+        names.join(", ")
+    );
+    let results = join_all([
+        Box::pin(support(&w, &agents[0]))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>,
+        Box::pin(research(&w, &agents[1])),
+        Box::pin(review(&w, &agents[2])),
+    ])
+    .await;
+    for r in results {
+        r?;
+    }
+    let sent = w.sent.load(Ordering::Relaxed);
+    // Wait until every request's row is in the ledger (batched rows land within ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.ledger_count()? < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{sent} requests in {:.2} s; {} ledger rows\n",
+        started.elapsed().as_secs_f64(),
+        store.ledger_count()?
+    );
+    let since = now_ms() - 3_600_000;
+    for by in [GroupBy::Agent, GroupBy::Model, GroupBy::Task] {
+        let rep = store.usage_report(Some(by), since, now_ms() + 1)?;
+        println!("{}", render_table(&rep));
+    }
+    let exe = std::env::args().next().unwrap_or_else(|| "tollgate".into());
+    println!(
+        "The same figures, any time:  {exe} report --db {} --by agent|model|task|team|key",
+        db.display()
+    );
+    println!(
+        "As JSON:  curl -s -H 'Authorization: Bearer {MASTER_KEY}' 'http://{addr}/admin/usage?group_by=agent&since=1h'"
+    );
+
+    if args.exit {
+        stop.cancel();
+        let _ = server.await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!();
+    println!(
+        "The gateway is listening on http://{addr} (OpenAI-compatible: base_url http://{addr}/v1)."
+    );
+    println!("Try it with the support agent's key:");
+    println!(
+        "  curl -s http://{addr}/v1/chat/completions -H 'Authorization: Bearer {}' -H 'content-type: application/json' \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'",
+        agents[0].key
+    );
+    let _ = (agents[0].team, agents[0].user);
+    println!("Press Ctrl-C to stop.");
+    shutdown_signal().await;
+    stop.cancel();
+    let _ = server.await;
+    Ok(ExitCode::SUCCESS)
+}

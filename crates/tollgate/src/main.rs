@@ -1,0 +1,91 @@
+//! The `tollgate` binary: one executable, many subcommands.
+//!
+//! # Layout
+//! - `cli`: argument definitions.
+//! - `serve`: the gateway (also what `demo` runs).
+//! - `demo`: a simulated provider, a workload, a report.
+//! - `report`: spend tables from the ledger.
+//! - `keys`: virtual key management.
+
+mod cli;
+mod demo;
+mod keys;
+mod report;
+mod serve;
+
+use anyhow::Result;
+use clap::Parser;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tollgate_server::config::RawConfig;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
+    use cli::Command;
+    match args.command {
+        Command::Serve(a) => serve::serve(a).await,
+        Command::Demo(a) => demo::demo(a).await,
+        Command::Report(a) => report::report(a),
+        Command::Keys(a) => keys::keys(a),
+        Command::ValidateConfig(a) => serve::validate_config(a),
+        Command::Pricing(a) => serve::pricing(a),
+    }
+}
+
+/// The process environment as a map (config overrides and secrets read from it).
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// The config file to use: the flag, else `$TOLLGATE_CONFIG`, else `./tollgate.toml` if it
+/// exists, else none (built-in defaults).
+pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from("tollgate.toml");
+            p.exists().then_some(p)
+        })
+}
+
+/// The ledger database path: `--db`, else the config's `[ledger] path` (no secrets
+/// needed: commands that only read the database do not validate upstreams).
+pub fn db_path(db: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(db) = db {
+        return Ok(db);
+    }
+    let env = env_map();
+    let raw = RawConfig::load(config_path(config).as_deref(), &env)?;
+    Ok(PathBuf::from(
+        raw.ledger.path.as_deref().unwrap_or("tollgate.db"),
+    ))
+}
