@@ -7,7 +7,10 @@
 //! `"error"`; other payloads are kept as raw bytes, and only read if the stream ends
 //! without usage and its tokens must be counted locally.
 //!
-//! Two options change what the client sees, never the bytes of an event:
+//! The client gets whole events: bytes that end mid-event wait (inside the gateway, for
+//! microseconds) until the event's blank line arrives, so a stream cut short never hands
+//! the client a torn event. Two options change what the client sees, never the bytes of
+//! an event:
 //! - `strip_usage_chunk`: drop the usage-only chunk (`choices: []`) the gateway asked
 //!   for on the client's behalf.
 //! - `hold_done`: keep `[DONE]` (and the stream's end) back until the caller releases it
@@ -75,20 +78,10 @@ impl SseScanner {
         }
     }
 
-    /// Whether the scanner forwards chunks as they come (it needs no event boundaries
-    /// to decide what the client sees).
-    fn pass_through(&self) -> bool {
-        !self.strip_usage_chunk && !self.hold_done
-    }
-
     /// Feed an upstream chunk; returns the bytes to send to the client now.
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
         if self.overflow {
-            return if self.pass_through() {
-                chunk
-            } else {
-                Bytes::new()
-            };
+            return chunk;
         }
         let data = if self.pending.is_empty() {
             chunk.clone()
@@ -115,35 +108,31 @@ impl SseScanner {
         if rest.len() > MAX_EVENT_BYTES {
             self.overflow = true;
         }
-        if self.pass_through() {
-            if !rest.is_empty() && !self.overflow {
-                self.pending.extend_from_slice(rest);
-            }
-            return chunk;
-        }
         if self.overflow {
             // Give up on event boundaries; the client gets the bytes as they are.
             out.extend_from_slice(rest);
             return out.freeze();
         }
         self.pending.extend_from_slice(rest);
-        if kept_whole && start == data.len() {
-            return data;
+        if kept_whole {
+            // Nothing dropped or held: the complete events are a slice of the input.
+            return data.slice(..start);
         }
         out.freeze()
     }
 
-    /// The stream ended: process a final event that lacked its blank line, and return
-    /// everything still held back (incomplete bytes, `[DONE]`).
-    pub fn finish(&mut self) -> Bytes {
+    /// The stream ended: return everything still held back (`[DONE]`, and a final event
+    /// that lacked its blank line). If the upstream broke off (`complete == false`), an
+    /// incomplete trailing event is dropped rather than sent torn.
+    pub fn finish(&mut self, complete: bool) -> Bytes {
         let mut out = BytesMut::new();
         if !self.pending.is_empty() && !self.overflow {
             let rest = self.pending.split().freeze();
-            match self.on_event(&rest) {
-                Verdict::Forward | Verdict::Hold if !self.pass_through() => {
-                    out.extend_from_slice(&rest)
+            if complete {
+                match self.on_event(&rest) {
+                    Verdict::Forward | Verdict::Hold => out.extend_from_slice(&rest),
+                    Verdict::Drop => {}
                 }
-                _ => {}
             }
         }
         out.extend_from_slice(&self.held.split());
@@ -269,7 +258,7 @@ data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\
             out.extend_from_slice(&s.feed(Bytes::copy_from_slice(&input[prev..c])));
             prev = c;
         }
-        out.extend_from_slice(&s.finish());
+        out.extend_from_slice(&s.finish(true));
         out
     }
 
@@ -301,7 +290,7 @@ data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\
         let mut out = Vec::new();
         out.extend_from_slice(&s.feed(Bytes::from(input.clone())));
         assert_eq!(out, format!("{STREAM}{USAGE}").as_bytes());
-        out.extend_from_slice(&s.finish());
+        out.extend_from_slice(&s.finish(true));
         assert_eq!(out, input.as_bytes());
     }
 
@@ -312,6 +301,15 @@ data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\
         assert_eq!(out, STREAM.as_bytes());
         assert!(s.usage.is_none());
         assert_eq!(s.generated_text().unwrap(), "Hello world");
+    }
+
+    #[test]
+    fn a_torn_final_event_is_dropped_when_the_stream_broke() {
+        let mut s = SseScanner::new(false, false);
+        let mut out = s.feed(Bytes::from(&STREAM[..300])).to_vec();
+        out.extend_from_slice(&s.finish(false));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\n\n") && STREAM.starts_with(&text));
     }
 
     #[test]

@@ -441,7 +441,7 @@ fn stream_response(
         drop(upstream);
         let (tail, outcome) = match meter.scanner.as_mut() {
             Some(s) => {
-                let tail = s.finish();
+                let tail = s.finish(failure.is_none());
                 let complete = failure.is_none() && (s.saw_done || s.usage.is_some());
                 let error_code = if s.error.is_some() {
                     Some("upstream_error")

@@ -20,7 +20,20 @@ pub struct TestGateway {
     pub store: SqliteStore,
     stop: CancellationToken,
     join: Option<JoinHandle<Result<(), tollgate_server::ServerError>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// A stopped gateway's database (kept until this is dropped).
+pub struct Stopped {
+    pub store: SqliteStore,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Stopped {
+    type Target = SqliteStore;
+    fn deref(&self) -> &SqliteStore {
+        &self.store
+    }
 }
 
 impl TestGateway {
@@ -78,7 +91,7 @@ impl TestGateway {
             store,
             stop,
             join: Some(join),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -87,7 +100,7 @@ impl TestGateway {
     }
 
     /// Stop gracefully and wait until the ledger is flushed.
-    pub async fn stop(mut self) -> SqliteStore {
+    pub async fn stop(mut self) -> Stopped {
         self.stop.cancel();
         if let Some(j) = self.join.take() {
             match j.await {
@@ -96,7 +109,10 @@ impl TestGateway {
                 Err(e) => panic!("server task: {e}"),
             }
         }
-        self.store.clone()
+        Stopped {
+            store: self.store.clone(),
+            _dir: self.dir.take(),
+        }
     }
 }
 

@@ -27,6 +27,21 @@ pub enum Command {
     ValidateConfig(ConfigArgs),
     /// Show what a model costs in the effective price table.
     Pricing(PricingArgs),
+    /// Run only the simulated OpenAI-compatible provider (for tests and benchmarks).
+    Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Listen address; port 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Time to the first token, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Time between streamed tokens, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub token_ms: u64,
 }
 
 #[derive(Args, Debug)]

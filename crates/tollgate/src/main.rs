@@ -59,6 +59,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Keys(a) => keys::keys(a),
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
+        Command::Sim(a) => serve::sim(a).await,
     }
 }
 

@@ -1,4 +1,4 @@
-use crate::cli::{ConfigArgs, PricingArgs, ServeArgs};
+use crate::cli::{ConfigArgs, PricingArgs, ServeArgs, SimArgs};
 use crate::{config_path, env_map};
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -154,4 +154,23 @@ pub fn pricing(args: PricingArgs) -> Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+/// `tollgate sim`: the simulated provider alone, until SIGINT/SIGTERM.
+pub async fn sim(args: SimArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let sim = tollgate_testkit::sim::spawn_on(
+        listener,
+        tollgate_testkit::sim::SimConfig {
+            first_token_latency: std::time::Duration::from_millis(args.latency_ms),
+            inter_token_latency: std::time::Duration::from_millis(args.token_ms),
+        },
+    )?;
+    println!("{}", sim.base_url());
+    let _ = std::io::stdout().flush();
+    shutdown_signal().await;
+    Ok(ExitCode::SUCCESS)
 }
