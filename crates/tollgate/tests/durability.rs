@@ -5,6 +5,8 @@
 //! promises a bounded loss window: at most the queued rows (the ledger channel's
 //! capacity); the test measures it and prints the figure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -88,7 +90,7 @@ async fn crash_under_load(durability: &str, channel_capacity: usize) -> Outcome 
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
-                let stream = (w + i) % 3 == 0;
+                let stream = (w + i).is_multiple_of(3);
                 let body = json!({"model": "gpt-4o-mini", "stream": stream,
                     "messages": [{"role": "user", "content": format!("worker {w} request {i}")}]});
                 let Ok(resp) = http

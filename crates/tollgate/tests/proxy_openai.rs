@@ -1,6 +1,8 @@
 //! The OpenAI-compatible proxy, end to end: a real gateway on a port, a stub upstream
 //! replaying documented payloads, a real HTTP client, and the ledger checked after.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
