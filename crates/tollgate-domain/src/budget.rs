@@ -481,6 +481,14 @@ impl Book {
         }
     }
 
+    /// Forget a counter nothing is reserved in (its period is long over).
+    pub fn remove_idle(&mut self, key: &str) -> bool {
+        match self.accounts.get(key) {
+            Some(a) if a.reserved == Money::ZERO => self.accounts.remove(key).is_some(),
+            _ => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.accounts.len()
     }

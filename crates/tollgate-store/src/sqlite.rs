@@ -62,6 +62,55 @@ const MIGRATIONS: &[&str] = &[
         first_seen_ms INTEGER NOT NULL
     );
     "#,
+    // 2: budgets set at run time, the runaway-agent guard's halted tasks and incidents,
+    //    alert deliveries.
+    r#"
+    CREATE TABLE budgets (
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        limit_nanos INTEGER NOT NULL,
+        hard INTEGER NOT NULL,
+        alert_at TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (scope, period)
+    );
+    CREATE TABLE tasks (
+        task TEXT PRIMARY KEY,
+        agent TEXT,
+        status TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        incident_id INTEGER,
+        halted_ms INTEGER NOT NULL,
+        released_ms INTEGER
+    );
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        task TEXT NOT NULL,
+        agent TEXT,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        request_id TEXT
+    );
+    CREATE INDEX incidents_task ON incidents (task);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        text TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        delivered_ms INTEGER
+    );
+    CREATE INDEX alerts_subject ON alerts (subject);
+    CREATE INDEX ledger_task ON ledger (task);
+    "#,
 ];
 
 /// A SQLite database file holding the ledger, keys and price-table registry.
