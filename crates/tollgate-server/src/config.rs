@@ -21,6 +21,9 @@ use tollgate_domain::pricing::{
 use tollgate_providers::tokenizer::Encoding;
 use tollgate_store::Durability;
 
+pub mod limits;
+pub use limits::LimitsConfig;
+
 // ---------------------------------------------------------------------------------------
 // Raw: what the file says.
 
@@ -37,6 +40,14 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    pub budgets: limits::RawBudgets,
+    #[serde(default)]
+    pub rate_limits: Vec<limits::RawRateLimit>,
+    #[serde(default)]
+    pub guard: limits::RawGuard,
+    #[serde(default)]
+    pub alerts: limits::RawAlerts,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -197,6 +208,8 @@ pub struct Config {
     pub unpriced: UnpricedPolicy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub deployments: BTreeMap<String, Arc<Deployment>>,
+    /// Budgets, rate limits, the runaway-agent guard, alerts.
+    pub limits: LimitsConfig,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -520,6 +533,15 @@ impl RawConfig {
             );
         }
 
+        let limits = limits::validate(
+            &self.budgets,
+            &self.rate_limits,
+            &self.guard,
+            &self.alerts,
+            env,
+            &mut errs,
+        );
+
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -543,6 +565,7 @@ impl RawConfig {
             unpriced,
             upstreams,
             deployments,
+            limits,
         })
     }
 }

@@ -7,6 +7,9 @@
 //! 2. auth: virtual key → key owner's attribution (401 stops here, unmetered)
 //! 3. body: read with a size cap (413), parse (400), resolve the deployment (404/403)
 //! 4. attribution: key owner, then `x-tollgate-*` headers, then body `user`/`metadata`
+//! 4b. admission ([`admission::admit`]): task guard (409), worst-case reservation across
+//!    every budget and rate limit (402/429), maybe a clamped `max_tokens`; the meter
+//!    settles it at step 8 on every path
 //! 5. upstream call: the deployment's model id; `include_usage` injected for streams
 //! 6. response: JSON read whole; SSE passed through chunk by chunk with a usage tee
 //! 7. pricing: usage × the deployment's rates (exact, rounded up to the nano-USD)
@@ -20,12 +23,19 @@
 //! - [`proxy`]: the OpenAI-compatible endpoints.
 //! - [`meter`]: the always-runs metering step.
 //! - [`admin`]: the admin API.
+//! - [`admission`]: budgets, rate limits and the task guard before the upstream call;
+//!   settlement after it.
+//! - [`guard`]: per-task state and halted tasks at run time.
+//! - [`alerts`]: Slack-compatible webhook alerts, retried and recorded.
 //! - [`error`]: errors and their single mapping to HTTP.
 
 pub mod admin;
+pub mod admission;
+pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod headers;
 pub mod meter;
 pub mod proxy;
@@ -58,6 +68,8 @@ pub enum ServerError {
     Provider(#[from] ProviderError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Counters(#[from] tollgate_store::counters::CounterError),
 }
 
 /// How often keys are reloaded from the store.
@@ -84,6 +96,7 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         config.server.master_key.as_ref(),
         &config.server.master_key_env,
     );
+    let limits = admission::Limits::new(&config, &store)?;
     let gw = Arc::new(Gateway {
         config: ArcSwap::from_pointee(config),
         keys,
@@ -94,6 +107,7 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         ids: RequestIds::new(),
+        limits,
     });
     Ok((gw, writer))
 }
@@ -170,6 +184,9 @@ pub async fn serve(
                 let store = gw.store.clone();
                 if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || store.list_keys()).await {
                     gw.keys.replace(keys);
+                }
+                if let Err(e) = admission::refresh(&gw).await {
+                    tracing::warn!(error = %e, "refreshing budgets and halted tasks failed");
                 }
             }
         })

@@ -270,6 +270,9 @@ pub async fn chat_completions(
     };
     meter.set_deployment(&deployment, gw.config.load().prices.hash());
     strip_tollgate_metadata(&mut req.body);
+    if let Err(e) = crate::admission::admit(&gw, &mut meter, &mut req.body).await {
+        return meter.reject(e).await;
+    }
     let (upstream_body, injected_usage) = req.upstream_body(&deployment.model);
     let stream = req.stream;
     if let Some(Value::Array(messages)) = req.body.remove("messages") {
@@ -330,6 +333,9 @@ pub async fn embeddings(
     };
     meter.set_deployment(&deployment, gw.config.load().prices.hash());
     strip_tollgate_metadata(&mut req.body);
+    if let Err(e) = crate::admission::admit(&gw, &mut meter, &mut req.body).await {
+        return meter.reject(e).await;
+    }
     let upstream_body = req.upstream_body(&deployment.model);
     if let Some(input) = req.body.remove("input") {
         meter.prompt = Prompt::Embeddings(input);
@@ -390,6 +396,8 @@ async fn json_response(
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = status;
     copy_headers(&upstream_headers, out.headers_mut());
+    out.headers_mut()
+        .extend(std::mem::take(&mut meter.limit_headers));
     request_id_header(&mut out, &row.request_id);
     if let Ok(v) = HeaderValue::from_str(&row.cost.to_string()) {
         out.headers_mut().insert(headers::COST_USD, v);
@@ -410,6 +418,7 @@ fn stream_response(
     meter.scanner = Some(SseScanner::new(injected_usage, strict));
     let mut head = HeaderMap::new();
     copy_headers(resp.headers(), &mut head);
+    head.extend(std::mem::take(&mut meter.limit_headers));
     let request_id = meter.request_id().to_string();
     let body = async_stream::stream! {
         let mut meter = meter;

@@ -23,6 +23,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub ids: RequestIds,
+    /// Budgets, rate limits and the runaway-agent guard.
+    pub limits: crate::admission::Limits,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique across restarts and

@@ -176,7 +176,10 @@ struct Scripts {
 /// Counters in one Redis, shared by every replica pointed at the same prefix.
 #[derive(Clone)]
 pub struct RedisCounters {
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// Connected on first use (so building the gateway needs no runtime); the manager
+    /// reconnects by itself after that.
+    conn: Arc<tokio::sync::OnceCell<ConnectionManager>>,
     prefix: String,
     scripts: Arc<Scripts>,
 }
@@ -186,20 +189,12 @@ fn err(e: impl std::fmt::Display) -> CounterError {
 }
 
 impl RedisCounters {
-    /// Connect (and keep reconnecting) to `url`. `prefix` namespaces every key, so
-    /// several deployments (or tests) can share one Redis.
-    pub async fn connect(url: &str, prefix: &str) -> Result<RedisCounters, CounterError> {
-        let client = redis::Client::open(url).map_err(err)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = client
-            .get_connection_manager_with_config(cfg)
-            .await
-            .map_err(err)?;
+    /// Counters at `url` (not connected yet). `prefix` namespaces every key, so several
+    /// deployments (or tests) can share one Redis.
+    pub fn new(url: &str, prefix: &str) -> Result<RedisCounters, CounterError> {
         Ok(RedisCounters {
-            conn,
+            client: redis::Client::open(url).map_err(err)?,
+            conn: Arc::new(tokio::sync::OnceCell::new()),
             prefix: format!("{prefix}:"),
             scripts: Arc::new(Scripts {
                 reserve: Script::new(RESERVE),
@@ -207,6 +202,29 @@ impl RedisCounters {
                 seed: Script::new(SEED),
             }),
         })
+    }
+
+    /// [`RedisCounters::new`], connected.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisCounters, CounterError> {
+        let r = RedisCounters::new(url, prefix)?;
+        r.conn().await?;
+        Ok(r)
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, CounterError> {
+        self.conn
+            .get_or_try_init(|| async {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(2);
+                self.client
+                    .get_connection_manager_with_config(cfg)
+                    .await
+                    .map_err(err)
+            })
+            .await
+            .cloned()
     }
 
     fn k(&self, key: &str) -> String {
@@ -244,7 +262,7 @@ impl RedisCounters {
         for (r, elapsed) in req.rate.iter().zip(&windows) {
             inv.arg(r.limit).arg(r.cost).arg(r.window_ms).arg(*elapsed);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let out: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(err)?;
         let at = |i: usize| -> Result<i64, CounterError> {
             out.get(i)
@@ -323,7 +341,7 @@ impl RedisCounters {
             let used = rate_actual.get(i).copied().unwrap_or(charged);
             inv.arg(charged.saturating_sub(used));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
         let status: i64 = match out.first() {
             Some(v) => redis::FromRedisValue::from_redis_value_ref(v).map_err(err)?,
@@ -365,7 +383,7 @@ impl RedisCounters {
                 .arg("spent")
                 .arg("reserved");
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let rows: Vec<(Option<i64>, Option<i64>)> =
             pipe.query_async(&mut conn).await.map_err(err)?;
         Ok(rows
@@ -395,7 +413,7 @@ impl RedisCounters {
             for e in chunk {
                 inv.arg(e.spent.nanos()).arg(e.expire_at_ms.unwrap_or(-1));
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let n: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
             created += n.max(0) as usize;
         }
@@ -404,7 +422,7 @@ impl RedisCounters {
 
     /// Delete every key under this prefix (tests).
     pub async fn clear(&self) -> Result<(), CounterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let pattern = format!("{}*", self.prefix);
         let mut cursor: u64 = 0;
         loop {
