@@ -78,6 +78,9 @@ pub struct Limits {
     /// The config file's budgets with the run-time ones (database) merged over them.
     rules: ArcSwap<Vec<BudgetRule>>,
     seed_lock: tokio::sync::Mutex<()>,
+    /// When the counters were last fully seeded (requests that waited for a reseed
+    /// running in parallel do not run it again).
+    seeded_at_ms: AtomicI64,
     pub stats: LimitStats,
 }
 
@@ -154,6 +157,7 @@ impl Limits {
             guard,
             rules: ArcSwap::from_pointee(rules),
             seed_lock: tokio::sync::Mutex::new(()),
+            seeded_at_ms: AtomicI64::new(i64::MIN),
             stats: LimitStats::default(),
         })
     }
@@ -224,10 +228,15 @@ async fn seed(gw: &Arc<Gateway>, rules: &[BudgetRule], mark: bool) -> Result<(),
 
 /// The counter store lost its data (a Redis restarted empty): rebuild every budget's
 /// current counters from the ledger, once, however many requests notice at the same time.
-async fn reseed(gw: &Arc<Gateway>) -> Result<(), ApiError> {
+async fn reseed(gw: &Arc<Gateway>, noticed_ms: i64) -> Result<(), ApiError> {
     let _one = gw.limits.seed_lock.lock().await;
+    if gw.limits.seeded_at_ms.load(Ordering::Acquire) >= noticed_ms {
+        return Ok(());
+    }
     let rules = gw.limits.rules();
-    seed(gw, &rules, true).await
+    seed(gw, &rules, true).await?;
+    gw.limits.seeded_at_ms.store(now_ms(), Ordering::Release);
+    Ok(())
 }
 
 /// What a budget line is for (alerts and error messages).
@@ -576,7 +585,7 @@ async fn reserve(
         Ok(r) => Ok(Some(r)),
         Err(ReserveError::Store(e)) => unreachable(e),
         Err(ReserveError::Unseeded) => {
-            reseed(gw).await?;
+            reseed(gw, now_ms()).await?;
             match gw.limits.counters.reserve(req).await {
                 Ok(r) => Ok(Some(r)),
                 Err(ReserveError::Store(e)) => unreachable(e),

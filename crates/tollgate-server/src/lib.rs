@@ -126,6 +126,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))
         .route("/admin/requests/{id}", get(admin::request_row))
+        .route(
+            "/admin/budgets",
+            get(admin::list_budgets)
+                .put(admin::set_budget)
+                .delete(admin::delete_budget),
+        )
+        .route("/admin/tasks", get(admin::list_tasks))
+        .route("/admin/tasks/{task}", get(admin::show_task))
+        .route("/admin/tasks/{task}/release", post(admin::release_task))
+        .route("/admin/alerts", get(admin::list_alerts))
         .fallback(not_found)
         .with_state(gw)
 }
