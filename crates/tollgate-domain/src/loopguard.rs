@@ -5,9 +5,12 @@
 //! each settled cost ([`TaskState::record_cost`]), and halts the task when:
 //! - it ran more calls than `max_iterations`, longer than `max_duration_ms`, cost more
 //!   than `max_cost` or spends faster than `max_cost_per_minute`;
-//! - it loops: the call repeats near-identical earlier calls (the same tool call and
-//!   result over and over) more than `loop_max_repeats` times within the last
-//!   `loop_window` calls. "Near-identical" is measured on a [`Fingerprint`]: a 64-bit
+//! - it loops: more than `loop_max_repeats` calls in a row each repeat a near-identical
+//!   call among the last `loop_window` and bring nothing new (the same tool call and
+//!   result over and over, or a cycle over a few calls). A repeat between calls that bring something new (polling
+//!   a job while working, re-reading a file after editing it) restarts the count: that
+//!   is what keeps healthy agents running. "Near-identical" is measured on a
+//!   [`Fingerprint`]: a 64-bit
 //!   SimHash of word 3-gram shingles of the call's newest messages (the model's last turn
 //!   and what came back), normalised so ids, timestamps and whitespace do not hide a
 //!   repeat;
@@ -37,7 +40,8 @@ pub struct GuardLimits {
     pub max_cost_per_minute: Option<Money>,
     /// Calls compared for repeats.
     pub loop_window: usize,
-    /// A call may repeat earlier near-identical calls this many times; one more halts.
+    /// This many calls in a row may each repeat an earlier near-identical call; one more
+    /// halts.
     pub loop_max_repeats: Option<u32>,
     /// SimHash bits (of 64) two calls may differ in and still count as near-identical.
     pub loop_max_distance: u32,
@@ -291,6 +295,7 @@ pub struct TaskState {
     recent: VecDeque<Seen>,
     seen: HashSet<u64>,
     stale_streak: u32,
+    repeat_streak: u32,
     spend: VecDeque<(i64, Money)>,
     /// Set once the task has been reported (dry-run mode keeps it running, but alerts
     /// once).
@@ -307,6 +312,7 @@ impl TaskState {
             recent: VecDeque::new(),
             seen: HashSet::new(),
             stale_streak: 0,
+            repeat_streak: 0,
             spend: VecDeque::new(),
             flagged: None,
         }
@@ -404,31 +410,6 @@ impl TaskState {
             .iter()
             .filter(|s| (s.simhash ^ fp.simhash).count_ones() <= limits.loop_max_distance)
             .collect();
-        if let Some(max) = limits.loop_max_repeats
-            && similar.len() as u64 > u64::from(max)
-        {
-            let first = similar.first().map(|s| s.at_ms).unwrap_or(now_ms);
-            return Some(Halt {
-                kind: HaltKind::Loop,
-                reason: format!(
-                    "loop detected: this call repeats {} near-identical calls among the last {} (limit {max} repeats)",
-                    similar.len(),
-                    self.recent.len()
-                ),
-                evidence: self.evidence(
-                    now_ms,
-                    json!({
-                        "repeated": fp.summary,
-                        "repeats": similar.len(),
-                        "window": self.recent.len(),
-                        "repeating_for_s": (now_ms - first) as f64 / 1000.0,
-                        "max_distance_bits": limits.loop_max_distance,
-                        "distances": similar.iter().map(|s| (s.simhash ^ fp.simhash).count_ones()).collect::<Vec<_>>(),
-                        "earlier": similar.iter().rev().take(3).map(|s| s.summary.clone()).collect::<Vec<_>>(),
-                    }),
-                ),
-            });
-        }
         // Progress: the share of this call's shingles the task has not seen before.
         let total = fp.shingles.len();
         let new = fp
@@ -441,6 +422,37 @@ impl TaskState {
             self.stale_streak += 1;
         } else {
             self.stale_streak = 0;
+        }
+        // A repeat: near-identical to a recent call, and nothing new in it.
+        if similar.is_empty() || novelty_pct >= usize::from(limits.min_novelty_pct) {
+            self.repeat_streak = 0;
+        } else {
+            self.repeat_streak += 1;
+        }
+        if let Some(max) = limits.loop_max_repeats
+            && self.repeat_streak > max
+        {
+            let first = similar.first().map(|s| s.at_ms).unwrap_or(now_ms);
+            return Some(Halt {
+                kind: HaltKind::Loop,
+                reason: format!(
+                    "loop detected: {} calls in a row repeated earlier near-identical calls (limit {max})",
+                    self.repeat_streak
+                ),
+                evidence: self.evidence(
+                    now_ms,
+                    json!({
+                        "repeated": fp.summary,
+                        "repeats": self.repeat_streak,
+                        "similar_in_window": similar.len(),
+                        "window": self.recent.len(),
+                        "repeating_for_s": (now_ms - first) as f64 / 1000.0,
+                        "max_distance_bits": limits.loop_max_distance,
+                        "distances": similar.iter().map(|s| (s.simhash ^ fp.simhash).count_ones()).collect::<Vec<_>>(),
+                        "earlier": similar.iter().rev().take(3).map(|s| s.summary.clone()).collect::<Vec<_>>(),
+                    }),
+                ),
+            });
         }
         for s in &fp.shingles {
             if self.seen.len() >= MAX_SEEN_SHINGLES {
