@@ -109,7 +109,7 @@ const MIGRATIONS: &[&str] = &[
         delivered_ms INTEGER
     );
     CREATE INDEX alerts_subject ON alerts (subject);
-    CREATE INDEX ledger_task ON ledger (task);
+    CREATE INDEX IF NOT EXISTS ledger_task ON ledger (task);
     "#,
 ];
 

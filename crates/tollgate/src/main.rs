@@ -6,12 +6,16 @@
 //! - `demo`: a simulated provider, a workload, a report.
 //! - `report`: spend tables from the ledger.
 //! - `keys`: virtual key management.
+//! - `budgets`: budgets and spend per period.
+//! - `tasks`: tasks the runaway-agent guard acted on.
 
+mod budgets;
 mod cli;
 mod demo;
 mod keys;
 mod report;
 mod serve;
+mod tasks;
 
 use anyhow::Result;
 use clap::Parser;
@@ -57,6 +61,8 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Demo(a) => demo::demo(a).await,
         Command::Report(a) => report::report(a),
         Command::Keys(a) => keys::keys(a),
+        Command::Budgets(a) => budgets::budgets(a),
+        Command::Tasks(a) => tasks::tasks(a),
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,
