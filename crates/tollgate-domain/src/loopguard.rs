@@ -177,25 +177,51 @@ fn push_text(v: Option<&Value>, out: &mut String) {
     }
 }
 
-/// Lower-cased words. A compound token holding four or more digits (an id, a timestamp,
-/// a hash, a counter that always changes: `2025-06-04T12:00:01Z`, `9f8e7d6c5b`) becomes
-/// `#`; other tokens split into their words (`src/a1.rs` → `src a1 rs`).
-fn words(text: &str) -> Vec<String> {
+/// Hashes of the lower-cased words, and the normalised text's start (evidence). A
+/// compound token holding four or more digits (an id, a timestamp, a hash, a counter
+/// that always changes: `2025-06-04T12:00:01Z`, `9f8e7d6c5b`) becomes `#`; other
+/// tokens split into their words (`src/a1.rs` → `src a1 rs`).
+fn words(text: &str) -> (Vec<u64>, String) {
     let mut out = Vec::new();
+    let mut summary = String::new();
+    let mut note = |w: &str, summary: &mut String| {
+        if summary.len() < EVIDENCE_CHARS {
+            if !summary.is_empty() {
+                summary.push(' ');
+            }
+            summary.extend(w.chars().flat_map(char::to_lowercase));
+        }
+    };
     let compound = |c: char| c.is_alphanumeric() || "_-:./+".contains(c);
     for tok in text.split(|c: char| !compound(c)).filter(|t| !t.is_empty()) {
-        if tok.chars().filter(char::is_ascii_digit).count() >= 4 {
-            out.push("#".to_string());
+        if tok.bytes().filter(u8::is_ascii_digit).count() >= 4 {
+            out.push(hash(b"#"));
+            note("#", &mut summary);
             continue;
         }
         for w in tok
             .split(|c: char| !c.is_alphanumeric() && c != '_')
             .filter(|w| !w.is_empty())
         {
-            out.push(w.to_lowercase());
+            out.push(hash_lower(w));
+            note(w, &mut summary);
         }
     }
-    out
+    (out, summary)
+}
+
+/// [`hash`] of the lower-cased word, without allocating for ASCII.
+fn hash_lower(w: &str) -> u64 {
+    if w.is_ascii() {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in w.bytes() {
+            h ^= u64::from(b.to_ascii_lowercase());
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        finish(h)
+    } else {
+        hash(w.to_lowercase().as_bytes())
+    }
 }
 
 /// FNV-1a 64, then a final mix so nearby inputs spread over all bits.
@@ -205,7 +231,11 @@ fn hash(bytes: &[u8]) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    // splitmix64 finaliser.
+    finish(h)
+}
+
+/// splitmix64's finaliser: spreads nearby inputs over all 64 bits.
+fn finish(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -226,12 +256,12 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// Fingerprint the text a call adds (see [`chat_tail_text`]).
     pub fn of_text(text: &str) -> Fingerprint {
-        let w = words(text);
+        let (w, mut summary) = words(text);
         let mut shingles: Vec<u64> = if w.len() < 3 {
-            w.iter().map(|s| hash(s.as_bytes())).collect()
+            w.clone()
         } else {
             w.windows(3)
-                .map(|g| hash(format!("{}\u{1}{}\u{1}{}", g[0], g[1], g[2]).as_bytes()))
+                .map(|g| finish(g[0] ^ g[1].rotate_left(21) ^ g[2].rotate_left(42)))
                 .collect()
         };
         shingles.sort_unstable();
@@ -252,7 +282,6 @@ impl Fingerprint {
                 0u64,
                 |acc, (bit, v)| if *v > 0 { acc | 1 << bit } else { acc },
             );
-        let mut summary: String = w.join(" ");
         if summary.len() > EVIDENCE_CHARS {
             let mut cut = EVIDENCE_CHARS;
             while !summary.is_char_boundary(cut) {

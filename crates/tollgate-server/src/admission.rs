@@ -71,6 +71,88 @@ pub struct LimitStats {
     pub alerts_failed: AtomicU64,
 }
 
+/// Token counts per message (and per tool list), so an agent's conversation, resent
+/// whole on every call, is tokenised once per message rather than once per call.
+/// Bounded: a full shard is cleared.
+#[derive(Default)]
+pub struct TokenCache {
+    shards: [std::sync::Mutex<HashMap<u64, u32>>; 8],
+}
+
+const TOKEN_CACHE_PER_SHARD: usize = 16_384;
+
+fn hash_value(v: &Value, h: &mut impl std::hash::Hasher) {
+    match v {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => h.write_u8(1 + u8::from(*b)),
+        Value::Number(n) => {
+            h.write_u8(3);
+            match n.as_i64() {
+                Some(i) => h.write_i64(i),
+                None => h.write_u64(n.as_f64().unwrap_or(0.0).to_bits()),
+            }
+        }
+        Value::String(s) => {
+            h.write_u8(4);
+            h.write(s.as_bytes());
+            h.write_u8(0xff);
+        }
+        Value::Array(a) => {
+            h.write_u8(5);
+            h.write_usize(a.len());
+            for x in a {
+                hash_value(x, h);
+            }
+        }
+        Value::Object(o) => {
+            h.write_u8(6);
+            h.write_usize(o.len());
+            for (k, x) in o {
+                h.write(k.as_bytes());
+                h.write_u8(0xff);
+                hash_value(x, h);
+            }
+        }
+    }
+}
+
+impl TokenCache {
+    fn get_or(&self, enc: Encoding, v: &Value, count: impl FnOnce() -> u64) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u8(enc as u8);
+        hash_value(v, &mut h);
+        let key = h.finish();
+        let shard = &self.shards[(key % 8) as usize];
+        if let Some(n) = shard.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return u64::from(*n);
+        }
+        let n = count();
+        let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= TOKEN_CACHE_PER_SHARD {
+            g.clear();
+        }
+        g.insert(key, u32::try_from(n).unwrap_or(u32::MAX));
+        n
+    }
+
+    /// Prompt tokens of a chat request, as [`Encoding::count_chat_prompt`] counts them,
+    /// plus its tool definitions.
+    pub fn chat_prompt(&self, enc: Encoding, messages: &[Value], tools: Option<&Value>) -> u64 {
+        let mut n = 3;
+        for m in messages {
+            n += self.get_or(enc, m, || {
+                enc.count_chat_prompt(std::slice::from_ref(m))
+                    .saturating_sub(3)
+            });
+        }
+        if let Some(t) = tools.filter(|t| !t.is_null()) {
+            n += self.get_or(enc, t, || enc.count(&t.to_string()));
+        }
+        n
+    }
+}
+
 /// The gateway's budgets, rate limits and task guard.
 pub struct Limits {
     pub counters: Counters,
@@ -81,6 +163,7 @@ pub struct Limits {
     /// When the counters were last fully seeded (requests that waited for a reseed
     /// running in parallel do not run it again).
     seeded_at_ms: AtomicI64,
+    pub tokens: TokenCache,
     pub stats: LimitStats,
 }
 
@@ -158,6 +241,7 @@ impl Limits {
             rules: ArcSwap::from_pointee(rules),
             seed_lock: tokio::sync::Mutex::new(()),
             seeded_at_ms: AtomicI64::new(i64::MIN),
+            tokens: TokenCache::default(),
             stats: LimitStats::default(),
         })
     }
@@ -266,12 +350,9 @@ struct Estimate {
     chat: bool,
 }
 
-fn estimate(enc: Encoding, body: &Map<String, Value>) -> Estimate {
+fn estimate(cache: &TokenCache, enc: Encoding, body: &Map<String, Value>) -> Estimate {
     if let Some(Value::Array(messages)) = body.get("messages") {
-        let mut prompt = enc.count_chat_prompt(messages);
-        if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
-            prompt += enc.count(&tools.to_string());
-        }
+        let prompt = cache.chat_prompt(enc, messages, body.get("tools"));
         let max_output = body
             .get("max_completion_tokens")
             .and_then(Value::as_u64)
@@ -423,7 +504,7 @@ pub async fn admit(
         .as_ref()
         .map(|d| d.encoding)
         .unwrap_or(Encoding::O200kBase);
-    let est = estimate(enc, body);
+    let est = estimate(&gw.limits.tokens, enc, body);
     let tier = body.get("service_tier").and_then(Value::as_str);
     let rates: Option<EffectiveRates> = deployment
         .as_ref()
@@ -855,11 +936,19 @@ mod tests {
             r#"{"messages":[{"role":"user","content":"Hello!"}],"max_tokens":50}"#,
         )
         .unwrap();
-        let e = estimate(Encoding::O200kBase, &body);
+        let cache = TokenCache::default();
+        let e = estimate(&cache, Encoding::O200kBase, &body);
         assert!(e.chat && e.prompt_tokens > 3);
+        // Cached per message: the same count, and the same as counting whole.
+        let msgs = body["messages"].as_array().unwrap();
+        assert_eq!(e.prompt_tokens, Encoding::O200kBase.count_chat_prompt(msgs));
+        assert_eq!(
+            estimate(&cache, Encoding::O200kBase, &body).prompt_tokens,
+            e.prompt_tokens
+        );
         assert_eq!(e.max_output, Some(50));
         let emb: Map<String, Value> = serde_json::from_str(r#"{"input":["a b c"]}"#).unwrap();
-        let e = estimate(Encoding::Cl100kBase, &emb);
+        let e = estimate(&cache, Encoding::Cl100kBase, &emb);
         assert_eq!((e.chat, e.max_output), (false, Some(0)));
         let mut b = Map::new();
         set_max_tokens(&mut b, "o3-mini", 9);
