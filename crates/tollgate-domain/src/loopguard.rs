@@ -184,7 +184,7 @@ fn push_text(v: Option<&Value>, out: &mut String) {
 fn words(text: &str) -> (Vec<u64>, String) {
     let mut out = Vec::new();
     let mut summary = String::new();
-    let mut note = |w: &str, summary: &mut String| {
+    let note = |w: &str, summary: &mut String| {
         if summary.len() < EVIDENCE_CHARS {
             if !summary.is_empty() {
                 summary.push(' ');
@@ -446,7 +446,7 @@ impl TaskState {
             .iter()
             .filter(|s| !self.seen.contains(s))
             .count();
-        let novelty_pct = if total == 0 { 0 } else { new * 100 / total };
+        let novelty_pct = (new * 100).checked_div(total).unwrap_or(0);
         if novelty_pct < usize::from(limits.min_novelty_pct) {
             self.stale_streak += 1;
         } else {

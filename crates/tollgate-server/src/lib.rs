@@ -7,9 +7,9 @@
 //! 2. auth: virtual key → key owner's attribution (401 stops here, unmetered)
 //! 3. body: read with a size cap (413), parse (400), resolve the deployment (404/403)
 //! 4. attribution: key owner, then `x-tollgate-*` headers, then body `user`/`metadata`
-//! 4b. admission ([`admission::admit`]): task guard (409), worst-case reservation across
-//!    every budget and rate limit (402/429), maybe a clamped `max_tokens`; the meter
-//!    settles it at step 8 on every path
+//!    then admission ([`admission::admit`]): task guard (409), worst-case reservation
+//!    across every budget and rate limit (402/429), maybe a clamped `max_tokens`; the
+//!    meter settles it at step 8 on every path
 //! 5. upstream call: the deployment's model id; `include_usage` injected for streams
 //! 6. response: JSON read whole; SSE passed through chunk by chunk with a usage tee
 //! 7. pricing: usage × the deployment's rates (exact, rounded up to the nano-USD)

@@ -18,7 +18,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -26,7 +26,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -393,7 +393,7 @@ pub fn runaway(seed: u64, kind: Runaway, healthy_prefix: usize, len: usize) -> (
                 json!({"query": q}),
                 format!(
                     "No results found for {q}. (request {:010x}, 2025-06-04T12:{:02}:{:02}Z)",
-                    r.next() & 0xff_ffff_ffff,
+                    r.next_u64() & 0xff_ffff_ffff,
                     i / 60,
                     i % 60
                 ),
