@@ -411,3 +411,65 @@ limit_usd = "0.06"
         .unwrap();
     r.clear().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_are_released_on_every_path() {
+    let up = fixture(0).await;
+    let cfg = config(
+        &up.base_url(),
+        r#"[[budgets.limits]]
+scope = "org"
+period = "day"
+limit_usd = "1"
+"#,
+    );
+    let gw = TestGateway::start(&cfg, HashMap::new()).await;
+    let http = client();
+    let post = |body: Value| {
+        http.post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .json(&body)
+            .send()
+    };
+    // 1. A JSON success.
+    assert_eq!(post(chat(Some(10))).await.unwrap().status(), 200);
+    // 2. A stream read to the end.
+    let mut f = Fixture::sse(Fixture::file("openai/chat_stream_usage.sse"));
+    up.set(f.clone());
+    let mut s = chat(Some(10));
+    s["stream"] = json!(true);
+    let r = post(s.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    // 3. A stream the client hangs up on half way.
+    f.chunk_size = Some(40);
+    f.chunk_delay = Duration::from_millis(30);
+    up.set(f);
+    let mut r = post(s).await.unwrap();
+    for _ in 0..3 {
+        let _ = r.chunk().await.unwrap();
+    }
+    drop(r);
+    // 4. An upstream error.
+    up.set(Fixture::json(500, Fixture::file("openai/error_500.json")));
+    assert_eq!(post(chat(Some(10))).await.unwrap().status(), 500);
+    // 5. A client that gives up while the upstream is still thinking (the handler
+    //    future is dropped mid-call).
+    let mut slow = Fixture::json(200, Fixture::file("openai/chat.json"));
+    slow.delay = Duration::from_millis(500);
+    up.set(slow);
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), post(chat(Some(10)))).await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let live = admin_budgets(&gw).await["budgets"][0]["current"][0]["live"].clone();
+    assert_eq!(live["reserved_usd"], "0.000000000", "{live}");
+    let store = gw.stop().await;
+    let rep = store.usage_report(None, 0, i64::MAX).unwrap();
+    assert_eq!(rep.total.requests, 5);
+    assert_eq!(
+        live["spent_usd"],
+        rep.total.cost.to_string(),
+        "the counters agree with the ledger"
+    );
+}
