@@ -150,6 +150,12 @@ async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
             "commit_failures": stats.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
         },
         "keys": gw.keys.len(),
+        "limits": {
+            "counters": gw.limits.counters.name(),
+            "budgets": gw.limits.rules().len(),
+            "tasks_watched": gw.limits.guard.len(),
+            "tasks_halted": gw.limits.guard.halted_count(),
+        },
         "deployments": gw.config.load().deployments.len(),
         "price_table": gw.config.load().prices.hash(),
     }))
