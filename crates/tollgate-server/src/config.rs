@@ -37,6 +37,10 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    pub outcomes: crate::outcomes::RawOutcomes,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::RawTelemetry,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,6 +151,15 @@ pub enum UpstreamKind {
     OpenAi,
 }
 
+impl UpstreamKind {
+    /// The OpenTelemetry GenAI `gen_ai.provider.name` of this kind of upstream.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
@@ -197,6 +210,8 @@ pub struct Config {
     pub unpriced: UnpricedPolicy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub deployments: BTreeMap<String, Arc<Deployment>>,
+    pub outcomes: crate::outcomes::OutcomeSettings,
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -520,10 +535,15 @@ impl RawConfig {
             );
         }
 
+        let outcomes = crate::outcomes::validate_config(&self.outcomes, &mut errs);
+        let telemetry = crate::telemetry::validate(&self.telemetry, &mut errs);
+
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
         Ok(Config {
+            outcomes,
+            telemetry,
             server: ServerSettings {
                 listen,
                 max_body_bytes: max_body as usize,

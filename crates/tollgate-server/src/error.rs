@@ -40,6 +40,8 @@ pub enum ApiError {
     Internal(String),
     #[error("Not found: {0}")]
     NotFound(String),
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::Upstream(e) => e.code(),
             ApiError::UpstreamMalformed(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -82,7 +85,7 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminDisabled(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::ModelNotAllowed(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) | ApiError::InvalidParam { .. } | ApiError::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -103,7 +106,7 @@ impl ApiError {
                 ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminDisabled(_) => {
                     "authentication_error"
                 }
-                ApiError::ModelNotAllowed(_) => "permission_error",
+                ApiError::ModelNotAllowed(_) | ApiError::Forbidden(_) => "permission_error",
                 _ => "invalid_request_error",
             },
             Fault::Upstream => "upstream_error",
