@@ -97,7 +97,9 @@ pub enum OutcomeError {
     Status(String),
     #[error("give either value_usd or minutes_saved, not both")]
     BothValues,
-    #[error("minutes_saved needs an hourly rate: send hourly_rate_usd or configure [outcomes] hourly_rate_usd")]
+    #[error(
+        "minutes_saved needs an hourly rate: send hourly_rate_usd or configure [outcomes] hourly_rate_usd"
+    )]
     NoHourlyRate,
     #[error("{field} must not be negative")]
     Negative { field: &'static str },
@@ -144,8 +146,8 @@ pub fn validate(
     default_rate: Option<Money>,
 ) -> Result<TaskOutcome, OutcomeError> {
     let task = attribution::label("task_id", task)?.ok_or(OutcomeError::EmptyTask)?;
-    let status =
-        OutcomeStatus::parse(input.status.trim()).ok_or(OutcomeError::Status(input.status.clone()))?;
+    let status = OutcomeStatus::parse(input.status.trim())
+        .ok_or(OutcomeError::Status(input.status.clone()))?;
     let basis = match (input.value_usd, input.minutes_saved) {
         (Some(_), Some(_)) => return Err(OutcomeError::BothValues),
         (Some(v), None) => {

@@ -69,12 +69,7 @@ impl Ratio {
             return format!("{sign}{abs}");
         }
         let p = 10u128.pow(decimals);
-        format!(
-            "{sign}{}.{:0w$}",
-            abs / p,
-            abs % p,
-            w = decimals as usize
-        )
+        format!("{sign}{}.{:0w$}", abs / p, abs % p, w = decimals as usize)
     }
 
     /// A percentage with `decimals` places: `ROI 2.5` → `250.0%`.
@@ -250,10 +245,7 @@ pub fn roi_groups(
         let calls: u64 = parts.iter().map(|p| p.calls).sum();
         let cost: Money = parts.iter().map(|p| p.cost).sum();
         total.add_task(status, calls, cost, value);
-        let weights: Vec<u64> = parts
-            .iter()
-            .map(|p| p.cost.nanos().max(0) as u64)
-            .collect();
+        let weights: Vec<u64> = parts.iter().map(|p| p.cost.nanos().max(0) as u64).collect();
         for (p, v) in parts.iter().zip(allocate(value, &weights)) {
             groups
                 .entry(p.group.clone())
@@ -288,7 +280,9 @@ impl Mechanism {
 
     pub fn describe(self) -> &'static str {
         match self {
-            Mechanism::PromptCache => "provider prompt caching (vs every prompt token at the input rate)",
+            Mechanism::PromptCache => {
+                "provider prompt caching (vs every prompt token at the input rate)"
+            }
         }
     }
 }
@@ -388,7 +382,12 @@ mod tests {
         assert_eq!(good.value_per_dollar().unwrap().decimal(2), "8.00");
         // Saves five minutes and costs $20: ROI −58.3%.
         let mut bad = TaskStats::default();
-        bad.add_task(Some(OutcomeStatus::Success), 40, usd("20"), usd("8.333333333"));
+        bad.add_task(
+            Some(OutcomeStatus::Success),
+            40,
+            usd("20"),
+            usd("8.333333333"),
+        );
         assert_eq!(bad.roi().unwrap().percent(1), "-58.3%");
         assert_eq!(bad.successes_per_dollar().unwrap().decimal(3), "0.050");
     }

@@ -449,7 +449,10 @@ fn render_histograms(
             );
         }
         let count = h.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{deployment=\"{d}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{deployment=\"{d}\",le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "{name}_sum{{deployment=\"{d}\"}} {}",

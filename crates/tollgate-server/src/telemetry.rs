@@ -181,8 +181,10 @@ pub async fn metrics_endpoint(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if !gw.config.load().telemetry.metrics {
-        return crate::error::ApiError::NotFound("metrics are disabled ([telemetry] metrics = false)".into())
-            .into_response(None);
+        return crate::error::ApiError::NotFound(
+            "metrics are disabled ([telemetry] metrics = false)".into(),
+        )
+        .into_response(None);
     }
     let body = gw.telemetry.metrics.render(Some(gw.ledger.stats()));
     (

@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_domain::money::Money;
 use tollgate_domain::report::GroupBy;
-use tollgate_domain::value::{
-    Ratio, RoiReport, Savings, SavingsReport, TaskStats, TaskSummary,
-};
+use tollgate_domain::value::{Ratio, RoiReport, Savings, SavingsReport, TaskStats, TaskSummary};
 use tollgate_store::StoreError;
 
 /// Run a store call on the blocking pool.
@@ -284,14 +282,17 @@ pub async fn savings(
     )
 }
 
+/// The shortest time span the spend chart shows.
+const MIN_CHART_SPAN_MS: i64 = 300_000;
+
 /// Most series a spend chart stacks; the rest are summed as `other`.
 const MAX_SERIES: usize = 8;
 
 /// Bucket width for a window: about 60 points, in round units.
 fn bucket_for(span_ms: i64) -> i64 {
     const STEPS: [i64; 10] = [
-        10_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000, 10_800_000,
-        21_600_000, 86_400_000,
+        10_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000, 10_800_000, 21_600_000,
+        86_400_000,
     ];
     STEPS
         .into_iter()
@@ -310,20 +311,32 @@ pub async fn dashboard(
             gw.master.check(&headers)?;
             let w = window(&q, "24h")?;
             let g = group_by(&q, GroupBy::Agent)?;
-            let bucket = match q.bucket.as_deref() {
-                Some(b) => crate::admin::parse_duration_ms(b)
-                    .filter(|b| *b > 0)
-                    .ok_or_else(|| ApiError::InvalidParam {
-                        param: "bucket".into(),
-                        message: format!("{b:?} is not a duration (10s, 5m, 1h)"),
-                    })?,
-                None => bucket_for(w.until - w.since),
+            let explicit_bucket = match q.bucket.as_deref() {
+                Some(b) => Some(
+                    crate::admin::parse_duration_ms(b)
+                        .filter(|b| *b > 0)
+                        .ok_or_else(|| ApiError::InvalidParam {
+                            param: "bucket".into(),
+                            message: format!("{b:?} is not a duration (10s, 5m, 1h)"),
+                        })?,
+                ),
+                None => None,
             };
             let store = gw.store.clone();
             let data = store_call(move || {
+                // The chart starts where the data does (at least 5 minutes back), so a
+                // young ledger is not a spike at the edge of an empty week.
+                let chart_since = match store.ledger_span(w.since, w.until)? {
+                    Some((first, _)) => {
+                        let pad = ((w.until - first) / 10).max(10_000);
+                        (first - pad).min(w.until - MIN_CHART_SPAN_MS).max(w.since)
+                    }
+                    None => w.since,
+                };
+                let bucket = explicit_bucket.unwrap_or_else(|| bucket_for(w.until - chart_since));
                 Ok((
                     store.usage_report(None, w.since, w.until)?,
-                    store.spend_series(g, w.since, w.until, bucket)?,
+                    (chart_since, bucket, store.spend_series(g, chart_since, w.until, bucket)?),
                     store.roi_report(GroupBy::Agent, w.since, w.until)?,
                     store.savings_report(None, w.since, w.until)?,
                     store.task_summaries(w.since, w.until, 10)?,
@@ -333,7 +346,8 @@ pub async fn dashboard(
                 ))
             })
             .await?;
-            let (usage, series, roi, savings, top, budgets, halted, alerts) = data;
+            let (usage, (chart_since, bucket, series), roi, savings, top, budgets, halted, alerts) =
+                data;
             Ok::<_, ApiError>(json!({
                 "since": iso(w.since),
                 "until": iso(w.until),
@@ -349,7 +363,7 @@ pub async fn dashboard(
                     "cost_per_successful_task_usd": money_opt(roi.total.cost_per_successful_task()),
                     "saved_usd": savings.total.iter().map(|s| s.saved()).sum::<Money>().to_string(),
                 },
-                "spend": spend_json(g, bucket, w.since, w.until, &series),
+                "spend": spend_json(g, bucket, chart_since, w.until, &series),
                 "roi": roi_json(&roi),
                 "savings": savings_json(&savings),
                 "top_tasks": top.iter().map(task_json).collect::<Vec<_>>(),

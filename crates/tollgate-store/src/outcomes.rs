@@ -91,7 +91,9 @@ impl SqliteStore {
         let current = StoredOutcome {
             outcome: outcome.clone(),
             value: outcome.value(),
-            revision: previous.as_ref().map_or(1, |p| p.revision.saturating_add(1)),
+            revision: previous
+                .as_ref()
+                .map_or(1, |p| p.revision.saturating_add(1)),
             recorded_ms: now_ms,
             recorded_by: recorded_by.to_string(),
         };
@@ -179,9 +181,8 @@ impl SqliteStore {
     /// Who spent on `task` (at most 16 distinct parties).
     pub fn task_parties(&self, task: &str) -> Result<Vec<TaskParty>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
-        let mut stmt = conn.prepare(
-            "SELECT DISTINCT key_id, agent, team FROM ledger WHERE task = ?1 LIMIT 16",
-        )?;
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT key_id, agent, team FROM ledger WHERE task = ?1 LIMIT 16")?;
         let rows = stmt
             .query_map([task], |r| {
                 Ok(TaskParty {
@@ -229,10 +230,7 @@ mod tests {
             .unwrap();
         assert!(fix.changed);
         assert_eq!(fix.current.revision, 2);
-        assert_eq!(
-            fix.previous.unwrap().outcome.status,
-            OutcomeStatus::Success
-        );
+        assert_eq!(fix.previous.unwrap().outcome.status, OutcomeStatus::Success);
         let now = s.task_outcome("t-1").unwrap().unwrap();
         assert_eq!(now.outcome.status, OutcomeStatus::Failure);
         assert_eq!(now.recorded_by, "master");

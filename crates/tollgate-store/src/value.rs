@@ -10,8 +10,7 @@ use tollgate_domain::money::Money;
 use tollgate_domain::outcome::OutcomeStatus;
 use tollgate_domain::report::GroupBy;
 use tollgate_domain::value::{
-    Mechanism, OutcomeFigure, RoiReport, Savings, SavingsReport, TaskSlice, TaskSummary,
-    roi_groups,
+    Mechanism, OutcomeFigure, RoiReport, Savings, SavingsReport, TaskSlice, TaskSummary, roi_groups,
 };
 
 /// How a mechanism shows in the ledger: which rows it touched, and what those rows would
@@ -295,6 +294,21 @@ impl SqliteStore {
         Ok(rows)
     }
 
+    /// The first and last row times in `[since_ms, until_ms)`, if any.
+    pub fn ledger_span(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT MIN(ts_ms), MAX(ts_ms) FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2",
+            params![since_ms, until_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(first.zip(last))
+    }
+
     /// Ledger usage summed per hour × key × attribution × model, for exports.
     pub fn hourly_usage(
         &self,
@@ -415,7 +429,12 @@ mod tests {
         )
         .unwrap();
         let total_cost: Money = (0..30).map(|i| row(i).cost).sum();
-        for g in [GroupBy::Agent, GroupBy::Model, GroupBy::Route, GroupBy::Team] {
+        for g in [
+            GroupBy::Agent,
+            GroupBy::Model,
+            GroupBy::Route,
+            GroupBy::Team,
+        ] {
             let r = s.roi_report(g, 0, i64::MAX).unwrap();
             assert_eq!(r.total.tasks, 5);
             assert_eq!(r.total.succeeded, 1);
@@ -449,7 +468,10 @@ mod tests {
         assert_eq!(by_group, 66 * 30);
         assert!(s.optional_table("budgets", 10).unwrap().is_none());
         assert_eq!(
-            s.optional_table("task_outcomes", 10).unwrap().unwrap().len(),
+            s.optional_table("task_outcomes", 10)
+                .unwrap()
+                .unwrap()
+                .len(),
             0
         );
         let series = s.spend_series(GroupBy::Agent, 0, i64::MAX, 10).unwrap();

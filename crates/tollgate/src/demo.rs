@@ -205,14 +205,46 @@ async fn review(w: &Workload, a: &Agent) -> Result<()> {
 /// saved (priced at the `[outcomes]` hourly rates), or a failure.
 async fn record_outcomes(w: &Workload, agents: &[Agent]) -> Result<()> {
     let outcomes: [(usize, &str, Value); 9] = [
-        (0, "ticket-1001", json!({"status": "success", "minutes_saved": 20})),
-        (0, "ticket-1002", json!({"status": "success", "minutes_saved": 15})),
-        (0, "ticket-1003", json!({"status": "success", "minutes_saved": 25, "labels": {"csat": "5"}})),
-        (0, "ticket-1004", json!({"status": "abandoned", "labels": {"reason": "upstream rate limit"}})),
-        (1, "report-q3-churn", json!({"status": "success", "value_usd": "120.00"})),
-        (1, "report-pricing", json!({"status": "failure", "labels": {"reason": "stream cut"}})),
-        (2, "pr-4821", json!({"status": "success", "minutes_saved": 30})),
-        (2, "pr-4822", json!({"status": "success", "minutes_saved": 10})),
+        (
+            0,
+            "ticket-1001",
+            json!({"status": "success", "minutes_saved": 24}),
+        ),
+        (
+            0,
+            "ticket-1002",
+            json!({"status": "success", "minutes_saved": 12}),
+        ),
+        (
+            0,
+            "ticket-1003",
+            json!({"status": "success", "minutes_saved": 36, "labels": {"csat": "5"}}),
+        ),
+        (
+            0,
+            "ticket-1004",
+            json!({"status": "abandoned", "labels": {"reason": "upstream rate limit"}}),
+        ),
+        (
+            1,
+            "report-q3-churn",
+            json!({"status": "success", "value_usd": "120.00"}),
+        ),
+        (
+            1,
+            "report-pricing",
+            json!({"status": "failure", "labels": {"reason": "stream cut"}}),
+        ),
+        (
+            2,
+            "pr-4821",
+            json!({"status": "success", "minutes_saved": 30}),
+        ),
+        (
+            2,
+            "pr-4822",
+            json!({"status": "success", "minutes_saved": 10}),
+        ),
         (2, "pr-4823", json!({"status": "failure"})),
     ];
     for (a, task, body) in outcomes {

@@ -54,7 +54,14 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         .into_iter()
         .filter_map(|k| Some((k.id, k.name?)))
         .collect();
-    let csv = focus_csv(&groups, &Pricing { raw: &raw, prices: &prices }, &key_names);
+    let csv = focus_csv(
+        &groups,
+        &Pricing {
+            raw: &raw,
+            prices: &prices,
+        },
+        &key_names,
+    );
     match &args.out {
         Some(path) => {
             std::fs::write(path, &csv).with_context(|| format!("writing {}", path.display()))?;
@@ -144,7 +151,10 @@ pub const COLUMNS: [&str; 42] = [
 ];
 
 /// The meters of a group: (token kind, SKU meter name, tokens, rate weight).
-fn meters(g: &HourlyUsage, price: Option<&ModelPrice>) -> Vec<(&'static str, &'static str, u64, u128)> {
+fn meters(
+    g: &HourlyUsage,
+    price: Option<&ModelPrice>,
+) -> Vec<(&'static str, &'static str, u64, u128)> {
     let rates = price.and_then(|p| p.rates(0, None));
     let rate = |f: fn(&tollgate_domain::pricing::EffectiveRates) -> tollgate_domain::Rate| {
         rates.as_ref().map(f).unwrap_or_default()
@@ -152,11 +162,31 @@ fn meters(g: &HourlyUsage, price: Option<&ModelPrice>) -> Vec<(&'static str, &'s
     let non_reasoning = g.output_tokens.saturating_sub(g.reasoning_tokens);
     let all = [
         ("input", "Input Tokens", g.input_tokens, rate(|r| r.input)),
-        ("cache_read", "Cached Input Tokens", g.cache_read_tokens, rate(|r| r.cache_read)),
-        ("cache_write_5m", "Cache Write Tokens (5 min)", g.cache_write_5m_tokens, rate(|r| r.cache_write_5m)),
-        ("cache_write_1h", "Cache Write Tokens (1 h)", g.cache_write_1h_tokens, rate(|r| r.cache_write_1h)),
+        (
+            "cache_read",
+            "Cached Input Tokens",
+            g.cache_read_tokens,
+            rate(|r| r.cache_read),
+        ),
+        (
+            "cache_write_5m",
+            "Cache Write Tokens (5 min)",
+            g.cache_write_5m_tokens,
+            rate(|r| r.cache_write_5m),
+        ),
+        (
+            "cache_write_1h",
+            "Cache Write Tokens (1 h)",
+            g.cache_write_1h_tokens,
+            rate(|r| r.cache_write_1h),
+        ),
         ("output", "Output Tokens", non_reasoning, rate(|r| r.output)),
-        ("reasoning", "Reasoning Tokens", g.reasoning_tokens.min(g.output_tokens), rate(|r| r.reasoning)),
+        (
+            "reasoning",
+            "Reasoning Tokens",
+            g.reasoning_tokens.min(g.output_tokens),
+            rate(|r| r.reasoning),
+        ),
     ];
     all.into_iter()
         .filter(|m| m.2 > 0)
@@ -256,15 +286,20 @@ pub fn focus_csv(
         let costs = allocate(g.cost, &weights(&ms));
         let (period_start, period_end) = month(g.hour_ms);
         let tags = tags(g);
-        let sub_name = g
-            .key_id
-            .as_ref()
-            .map(|k| key_names.get(k).cloned().unwrap_or_else(|| format!("key {k}")));
+        let sub_name = g.key_id.as_ref().map(|k| {
+            key_names
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| format!("key {k}"))
+        });
         for ((kind, meter, tokens, _), cost) in ms.iter().zip(costs) {
             // Effective unit price: exactly cost / tokens, to 18 decimal places.
-            let unit = Ratio::new(i128::from(cost.nanos()), i128::from(*tokens) * 1_000_000_000)
-                .map(|r| r.decimal(18))
-                .unwrap_or_else(|| "0".into());
+            let unit = Ratio::new(
+                i128::from(cost.nanos()),
+                i128::from(*tokens) * 1_000_000_000,
+            )
+            .map(|r| r.decimal(18))
+            .unwrap_or_else(|| "0".into());
             let cost_s = cost.to_string();
             // Decimal quantities (FOCUS types them Decimal): `358.0`, never `358`.
             let tokens_s = format!("{tokens}.0");
@@ -278,7 +313,12 @@ pub fn focus_csv(
                 period_start.clone(),
                 "Usage".into(),
                 String::new(),
-                format!("{} {} via {}", g.upstream_model, meter.to_lowercase(), g.deployment),
+                format!(
+                    "{} {} via {}",
+                    g.upstream_model,
+                    meter.to_lowercase(),
+                    g.deployment
+                ),
                 "Usage-Based".into(),
                 ts(g.hour_ms + 3_600_000),
                 ts(g.hour_ms),
@@ -305,7 +345,11 @@ pub fn focus_csv(
                 format!("{}/{}", g.upstream_model, kind),
                 g.key_id.clone().unwrap_or_default(),
                 sub_name.clone().unwrap_or_default(),
-                if g.key_id.is_some() { "Virtual Key".into() } else { String::new() },
+                if g.key_id.is_some() {
+                    "Virtual Key".into()
+                } else {
+                    String::new()
+                },
                 tags.clone(),
                 g.deployment.clone(),
                 g.upstream.clone(),
@@ -313,13 +357,7 @@ pub fn focus_csv(
                 g.requests.to_string(),
                 g.unpriced.to_string(),
             ];
-            out.push_str(
-                &cells
-                    .iter()
-                    .map(|c| field(c))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
+            out.push_str(&cells.iter().map(|c| field(c)).collect::<Vec<_>>().join(","));
             out.push('\n');
         }
     }
@@ -339,13 +377,24 @@ mod tests {
         let prices = raw.price_table().unwrap();
         let groups = s.hourly_usage(T0, UNTIL).unwrap();
         let names = BTreeMap::from([("tgk_support".to_string(), "support key".to_string())]);
-        let csv = focus_csv(&groups, &Pricing { raw: &raw, prices: &prices }, &names);
+        let csv = focus_csv(
+            &groups,
+            &Pricing {
+                raw: &raw,
+                prices: &prices,
+            },
+            &names,
+        );
         insta::assert_snapshot!("focus_csv", csv);
         // BilledCost adds up to the ledger to the nano.
         let billed: i64 = csv
             .lines()
             .skip(1)
-            .map(|l| Money::parse_usd(l.split(',').next().unwrap()).unwrap().nanos())
+            .map(|l| {
+                Money::parse_usd(l.split(',').next().unwrap())
+                    .unwrap()
+                    .nanos()
+            })
             .sum();
         let ledger: Money = groups.iter().map(|g| g.cost).sum();
         assert_eq!(billed, ledger.nanos());

@@ -46,7 +46,10 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
                 labels: label_map,
             };
             // The default hourly rate of the task's agent or team, from [outcomes].
-            let raw = RawConfig::load(config_path(args.config.config.clone()).as_deref(), &env_map())?;
+            let raw = RawConfig::load(
+                config_path(args.config.config.clone()).as_deref(),
+                &env_map(),
+            )?;
             let mut errs = Vec::new();
             let settings = validate_config(&raw.outcomes, &mut errs);
             if !errs.is_empty() {

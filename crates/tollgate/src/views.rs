@@ -154,12 +154,7 @@ fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = headers.join(",");
     out.push('\n');
     for r in rows {
-        out.push_str(
-            &r.iter()
-                .map(|c| csv_field(c))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        out.push_str(&r.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
         out.push('\n');
     }
     out
@@ -421,7 +416,9 @@ pub fn savings_table(r: &SavingsReport) -> String {
             s.mechanism.describe()
         ));
     }
-    out.push_str("routing and pruning: not part of this build; they get a line here when they are.\n");
+    out.push_str(
+        "routing and pruning: not part of this build; they get a line here when they are.\n",
+    );
     out
 }
 
@@ -517,16 +514,64 @@ pub(crate) mod tests {
             output,
             reasoning,
         };
-        let rows = vec![
+        let rows = [
             // support: ticket-1 (cached prompt), ticket-2.
-            row(0, "support", Some("ticket-1"), "gpt-4o-mini", u(1200, 0, 300, 0), 360_000, 360_000),
-            row(1, "support", Some("ticket-1"), "gpt-4o-mini", u(86, 1920, 280, 0), 312_900, 456_900),
-            row(2, "support", Some("ticket-2"), "gpt-4o-mini", u(900, 0, 200, 0), 255_000, 255_000),
+            row(
+                0,
+                "support",
+                Some("ticket-1"),
+                "gpt-4o-mini",
+                u(1200, 0, 300, 0),
+                360_000,
+                360_000,
+            ),
+            row(
+                1,
+                "support",
+                Some("ticket-1"),
+                "gpt-4o-mini",
+                u(86, 1920, 280, 0),
+                312_900,
+                456_900,
+            ),
+            row(
+                2,
+                "support",
+                Some("ticket-2"),
+                "gpt-4o-mini",
+                u(900, 0, 200, 0),
+                255_000,
+                255_000,
+            ),
             // research: report-1 spans two models.
-            row(3, "research", Some("report-1"), "gpt-4o", u(2000, 0, 900, 0), 14_000_000, 14_000_000),
-            row(4, "research", Some("report-1"), "o3-mini", u(500, 0, 1200, 800), 5_830_000, 5_830_000),
+            row(
+                3,
+                "research",
+                Some("report-1"),
+                "gpt-4o",
+                u(2000, 0, 900, 0),
+                14_000_000,
+                14_000_000,
+            ),
+            row(
+                4,
+                "research",
+                Some("report-1"),
+                "o3-mini",
+                u(500, 0, 1200, 800),
+                5_830_000,
+                5_830_000,
+            ),
             // an untasked call.
-            row(5, "research", None, "gpt-4o", u(100, 0, 10, 0), 350_000, 350_000),
+            row(
+                5,
+                "research",
+                None,
+                "gpt-4o",
+                u(100, 0, 10, 0),
+                350_000,
+                350_000,
+            ),
         ];
         let mut c = s.connect(tollgate_store::sqlite::Sync::Normal).unwrap();
         tollgate_store::ledger::insert_batch(&mut c, rows.iter()).unwrap();

@@ -21,12 +21,9 @@ fn client() -> reqwest::Client {
 }
 
 async fn setup(extra: &str) -> (FixtureUpstream, TestGateway) {
-    let up = FixtureUpstream::start(Fixture::json(
-        200,
-        Fixture::file("openai/chat_cached.json"),
-    ))
-    .await
-    .unwrap();
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat_cached.json")))
+        .await
+        .unwrap();
     let cfg = config_for(&up.base_url(), DEPLOYMENTS, extra);
     let gw = TestGateway::start(&cfg, HashMap::new()).await;
     (up, gw)
@@ -81,25 +78,35 @@ async fn wait_rows(gw: &TestGateway, n: u64) {
 #[tokio::test]
 async fn outcomes_roi_and_savings() {
     // Minutes saved are priced at the agent's rate (agent-a is the harness key's agent).
-    let (_up, gw) = setup(
-        "[outcomes]\nhourly_rate_usd = \"60\"\nagents = { agent-a = \"30\" }\n",
-    )
-    .await;
+    let (_up, gw) =
+        setup("[outcomes]\nhourly_rate_usd = \"60\"\nagents = { agent-a = \"30\" }\n").await;
     chat(&gw, &gw.key, "t-1").await;
     chat(&gw, &gw.key, "t-1").await;
     chat(&gw, &gw.key, "t-2").await;
     wait_rows(&gw, 3).await;
 
     // First outcome: 201, value from minutes at the agent's rate.
-    let (s, v) = outcome(&gw, &gw.key, "t-1", json!({"status": "success", "minutes_saved": 30,
-        "labels": {"reviewer": "dana"}})).await;
+    let (s, v) = outcome(
+        &gw,
+        &gw.key,
+        "t-1",
+        json!({"status": "success", "minutes_saved": 30,
+        "labels": {"reviewer": "dana"}}),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["value_usd"], "15.000000000");
     assert_eq!(v["revision"], 1);
     assert_eq!(v["recorded_by"], format!("key:{}", gw.key_id));
     // Idempotent: the same outcome again changes nothing.
-    let (s, v) = outcome(&gw, &gw.key, "t-1", json!({"status": "success", "minutes_saved": 30,
-        "labels": {"reviewer": "dana"}})).await;
+    let (s, v) = outcome(
+        &gw,
+        &gw.key,
+        "t-1",
+        json!({"status": "success", "minutes_saved": 30,
+        "labels": {"reviewer": "dana"}}),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(v["changed"], false);
     assert_eq!(v["revision"], 1);
@@ -107,7 +114,13 @@ async fn outcomes_roi_and_savings() {
     let (s, _) = outcome(&gw, &gw.key, "t-2", json!({"status": "failure"})).await;
     assert_eq!(s, 201);
     // Bad input: both a value and minutes; an unknown status.
-    let (s, v) = outcome(&gw, &gw.key, "t-2", json!({"status": "success", "minutes_saved": 3, "value_usd": 1})).await;
+    let (s, v) = outcome(
+        &gw,
+        &gw.key,
+        "t-2",
+        json!({"status": "success", "minutes_saved": 3, "value_usd": 1}),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
     let (s, _) = outcome(&gw, &gw.key, "t-2", json!({"status": "won"})).await;
     assert_eq!(s, 400);
@@ -127,7 +140,13 @@ async fn outcomes_roi_and_savings() {
     let (s, v) = outcome(&gw, other_key, "t-1", json!({"status": "failure"})).await;
     assert_eq!(s, 403, "{v}");
     assert_eq!(v["error"]["code"], "forbidden");
-    let (s, v) = outcome(&gw, MASTER_KEY, "t-1", json!({"status": "success", "value_usd": "20"})).await;
+    let (s, v) = outcome(
+        &gw,
+        MASTER_KEY,
+        "t-1",
+        json!({"status": "success", "value_usd": "20"}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["revision"], 2);
     assert_eq!(v["previous"]["value_usd"], "15.000000000");
@@ -178,7 +197,10 @@ async fn outcomes_roi_and_savings() {
 }
 
 /// Parse the Prometheus text format: `name{labels} value` lines, with `# HELP`/`# TYPE`.
-fn parse_prometheus(text: &str) -> (HashMap<String, String>, Vec<(String, BTreeMap<String, String>, f64)>) {
+/// A parsed sample: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn parse_prometheus(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
     let mut types = HashMap::new();
     let mut samples = Vec::new();
     for line in text.lines() {
@@ -199,7 +221,9 @@ fn parse_prometheus(text: &str) -> (HashMap<String, String>, Vec<(String, BTreeM
         }
         assert!(!line.starts_with('#'), "unexpected comment {line}");
         let (series, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
         let (name, labels) = match series.split_once('{') {
             Some((n, l)) => {
                 let l = l.strip_suffix('}').unwrap();
@@ -225,7 +249,10 @@ fn parse_prometheus(text: &str) -> (HashMap<String, String>, Vec<(String, BTreeM
             .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
             .unwrap_or(&name)
             .to_string();
-        assert!(types.contains_key(&family), "sample before its TYPE: {line}");
+        assert!(
+            types.contains_key(&family),
+            "sample before its TYPE: {line}"
+        );
         samples.push((name, labels, value));
     }
     (types, samples)
@@ -252,24 +279,45 @@ async fn metrics_are_scraped_and_parse() {
         samples
             .iter()
             .filter(|(n, l, _)| {
-                n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|s| s.2)
             .sum()
     };
     assert_eq!(types["tollgate_requests_total"], "counter");
     assert_eq!(types["tollgate_request_duration_seconds"], "histogram");
-    assert_eq!(get("tollgate_requests_total", &[("agent", "agent-a"), ("deployment", "gpt-4o")]), 3.0);
+    assert_eq!(
+        get(
+            "tollgate_requests_total",
+            &[("agent", "agent-a"), ("deployment", "gpt-4o")]
+        ),
+        3.0
+    );
     assert!((get("tollgate_cost_usd_total", &[("team", "team-a")]) - 0.016845).abs() < 1e-12);
-    assert_eq!(get("tollgate_tokens_total", &[("kind", "cache_read")]), 3.0 * 1920.0);
-    assert_eq!(get("tollgate_tokens_total", &[("kind", "input")]), 3.0 * 86.0);
+    assert_eq!(
+        get("tollgate_tokens_total", &[("kind", "cache_read")]),
+        3.0 * 1920.0
+    );
+    assert_eq!(
+        get("tollgate_tokens_total", &[("kind", "input")]),
+        3.0 * 86.0
+    );
     assert!((get("tollgate_savings_usd", &[("mechanism", "prompt_cache")]) - 0.0072).abs() < 1e-12);
     assert_eq!(get("tollgate_request_duration_seconds_count", &[]), 3.0);
     assert_eq!(
-        get("tollgate_request_duration_seconds_bucket", &[("le", "+Inf")]),
+        get(
+            "tollgate_request_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
         3.0
     );
-    assert_eq!(get("tollgate_responses_total", &[("status_class", "2xx")]), 3.0);
+    assert_eq!(
+        get("tollgate_responses_total", &[("status_class", "2xx")]),
+        3.0
+    );
     // Bounded labels: no task or request ids anywhere.
     assert!(!text.contains("task-0"));
     assert!(!text.contains("req_"));
@@ -283,10 +331,18 @@ async fn dashboard_assets_are_embedded() {
     let (_up, gw) = setup("").await;
     let r = client().get(gw.url("/dashboard")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let html = r.text().await.unwrap();
     assert!(html.contains("/dashboard/assets/uPlot.iife.min.js"));
-    assert!(!html.contains("http://") && !html.contains("https://"), "no CDN");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN"
+    );
     for (asset, ty) in [
         ("uPlot.iife.min.js", "text/javascript"),
         ("app.js", "text/javascript"),
@@ -299,18 +355,33 @@ async fn dashboard_assets_are_embedded() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{asset}");
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ty));
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(ty)
+        );
     }
-    let r = client().get(gw.url("/dashboard/assets/nope.js")).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/dashboard/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     gw.stop().await;
 }
 
 type Received = Arc<Mutex<Vec<Value>>>;
 
-async fn collect(State(rx): State<Received>, headers: http::HeaderMap, body: bytes::Bytes) -> &'static str {
+async fn collect(
+    State(rx): State<Received>,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+) -> &'static str {
     assert_eq!(headers["content-type"], "application/json");
-    rx.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+    rx.lock()
+        .unwrap()
+        .push(serde_json::from_slice(&body).unwrap());
     "{}"
 }
 
@@ -345,7 +416,10 @@ async fn otlp_spans_reach_a_collector() {
         .iter()
         .flat_map(|r| r["resourceSpans"].as_array().unwrap())
         .inspect(|rs| {
-            assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "tollgate-test");
+            assert_eq!(
+                rs["resource"]["attributes"][0]["value"]["stringValue"],
+                "tollgate-test"
+            );
         })
         .flat_map(|rs| rs["scopeSpans"].as_array().unwrap())
         .flat_map(|ss| ss["spans"].as_array().unwrap())
@@ -359,20 +433,55 @@ async fn otlp_spans_reach_a_collector() {
     assert_eq!(server["spanId"].as_str().unwrap().len(), 16);
     assert_eq!(server["name"], "POST /v1/chat/completions");
     assert_eq!(client_span["name"], "chat gpt-4o");
-    assert_eq!(attr(client_span, "gen_ai.operation.name").unwrap()["stringValue"], "chat");
-    assert_eq!(attr(client_span, "gen_ai.provider.name").unwrap()["stringValue"], "openai");
-    assert_eq!(attr(client_span, "gen_ai.request.model").unwrap()["stringValue"], "gpt-4o");
-    assert_eq!(attr(client_span, "gen_ai.usage.input_tokens").unwrap()["intValue"], "2006");
-    assert_eq!(attr(client_span, "gen_ai.usage.output_tokens").unwrap()["intValue"], "300");
+    assert_eq!(
+        attr(client_span, "gen_ai.operation.name").unwrap()["stringValue"],
+        "chat"
+    );
+    assert_eq!(
+        attr(client_span, "gen_ai.provider.name").unwrap()["stringValue"],
+        "openai"
+    );
+    assert_eq!(
+        attr(client_span, "gen_ai.request.model").unwrap()["stringValue"],
+        "gpt-4o"
+    );
+    assert_eq!(
+        attr(client_span, "gen_ai.usage.input_tokens").unwrap()["intValue"],
+        "2006"
+    );
+    assert_eq!(
+        attr(client_span, "gen_ai.usage.output_tokens").unwrap()["intValue"],
+        "300"
+    );
     assert_eq!(
         attr(client_span, "gen_ai.usage.cache_read.input_tokens").unwrap()["intValue"],
         "1920"
     );
-    assert_eq!(attr(client_span, "tollgate.cost.nanos").unwrap()["intValue"], "5615000");
-    assert!((attr(client_span, "tollgate.cost.usd").unwrap()["doubleValue"].as_f64().unwrap() - 0.005615).abs() < 1e-12);
-    assert_eq!(attr(server, "tollgate.task").unwrap()["stringValue"], "t-otel");
-    assert_eq!(attr(server, "http.response.status_code").unwrap()["intValue"], "200");
-    let start: u128 = server["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        attr(client_span, "tollgate.cost.nanos").unwrap()["intValue"],
+        "5615000"
+    );
+    assert!(
+        (attr(client_span, "tollgate.cost.usd").unwrap()["doubleValue"]
+            .as_f64()
+            .unwrap()
+            - 0.005615)
+            .abs()
+            < 1e-12
+    );
+    assert_eq!(
+        attr(server, "tollgate.task").unwrap()["stringValue"],
+        "t-otel"
+    );
+    assert_eq!(
+        attr(server, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    let start: u128 = server["startTimeUnixNano"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let end: u128 = server["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
     assert!(end >= start);
 }

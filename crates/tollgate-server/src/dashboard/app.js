@@ -26,6 +26,12 @@
     return td;
   }
   function num(n) { return Number(n).toLocaleString("en-US"); }
+  // "1623280.5%" → "1,623,280.5%" (the exact figure stays in the API's answer).
+  function pct(s) {
+    if (s === null || s === undefined) return "n/a";
+    const n = Number(s.replace("%", ""));
+    return n.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 }) + "%";
+  }
   function dur(ms) {
     if (ms < 1000) return ms + " ms";
     if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
@@ -108,7 +114,7 @@
     setKpi("requests", num(t.requests), t.errors + " errors");
     setKpi("tasks", t.succeeded + " / " + t.tasks);
     setKpi("value", usd(t.value_usd), "$" + t.value_usd);
-    setKpi("roi", t.roi_pct === null ? "n/a" : t.roi_pct, "(value − cost) / cost",
+    setKpi("roi", pct(t.roi_pct), "(value − cost) / cost",
       t.roi_pct === null ? "na" : (t.roi_pct.startsWith("-") ? "neg" : "pos"));
     setKpi("cpst", usd(t.cost_per_successful_task_usd),
       t.cost_per_successful_task_usd === null ? "no task succeeded: undefined" : "$" + t.cost_per_successful_task_usd,
@@ -142,13 +148,21 @@
       stroke: COLORS[i % COLORS.length],
       fill: COLORS[i % COLORS.length] + "cc",
       width: 1,
+      points: { show: false },
       value: (u, v, si, idx) => idx == null ? "" : "$" + lastSpend.series[i].usd[idx].toFixed(6),
     })));
     chart = new uPlot({
       width: Math.max(300, box.clientWidth),
       height: 300,
       series: series,
-      axes: [{}, { values: (u, vals) => vals.map((v) => "$" + v.toFixed(v < 0.01 ? 4 : 2)), size: 70 }],
+      axes: [{}, {
+        size: 80,
+        // As many decimals as the tick spacing needs: $0.0025, $0.0050, ... or $10, $20.
+        values: (u, vals, ax, space, incr) => {
+          const dec = Math.min(8, Math.max(0, -Math.floor(Math.log10(incr || 1))));
+          return vals.map((v) => "$" + v.toFixed(dec));
+        },
+      }],
       scales: { x: { time: true } },
       legend: { live: true },
     }, data, box);
@@ -175,11 +189,11 @@
     $("roi-table").hidden = r.groups.length === 0;
     const maxAbs = Math.max(1, ...r.groups.map((g) => Math.abs(g.roi || 0)));
     for (const g of r.groups) {
-      const roiTxt = el("span", { class: "txt " + (g.roi === null ? "na" : g.roi >= 0 ? "pos" : "neg"), text: g.roi_pct === null ? "n/a" : g.roi_pct });
+      const roiTxt = el("span", { class: "txt " + (g.roi === null ? "na" : g.roi >= 0 ? "pos" : "neg"), text: pct(g.roi_pct) });
       tb.append(el("tr", { "data-group": g.group || "(none)" },
         el("td", { text: g.group || "(none)" }),
         el("td", { class: "num", text: g.succeeded + " / " + g.tasks }),
-        el("td", { class: "num" + (g.success_rate_pct === null ? " na" : ""), text: g.success_rate_pct === null ? "n/a" : g.success_rate_pct }),
+        el("td", { class: "num" + (g.success_rate_pct === null ? " na" : ""), text: pct(g.success_rate_pct) }),
         usdCell(g.cost_usd),
         usdCell(g.value_usd),
         usdCell(g.cost_per_successful_task_usd, "cpst"),
