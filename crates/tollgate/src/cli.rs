@@ -51,7 +51,7 @@ pub struct SimArgs {
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
     /// Config file (default: $TOLLGATE_CONFIG, else ./tollgate.toml if present).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -137,7 +137,7 @@ pub struct TasksArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Ledger database (overrides the config's ledger.path).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub db: Option<PathBuf>,
     #[command(subcommand)]
     pub action: TasksAction,
@@ -184,7 +184,7 @@ pub struct KeysArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Ledger database (overrides the config's ledger.path).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub db: Option<PathBuf>,
     #[command(subcommand)]
     pub action: KeysAction,
