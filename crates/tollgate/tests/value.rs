@@ -485,3 +485,92 @@ async fn otlp_spans_reach_a_collector() {
     let end: u128 = server["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
     assert!(end >= start);
 }
+
+fn tollgate(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env_remove("TOLLGATE_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_records_outcomes_and_reports_roi() {
+    let (_up, gw) = setup("").await;
+    chat(&gw, &gw.key, "t-cli").await;
+    let stopped = gw.stop().await;
+    let db = stopped.path().display().to_string();
+    let (ok, out, err) = tollgate(&[
+        "tasks",
+        "--db",
+        &db,
+        "outcome",
+        "t-cli",
+        "--status",
+        "success",
+        "--minutes-saved",
+        "30",
+        "--hourly-rate-usd",
+        "80",
+        "--label",
+        "reviewer=dana",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["value_usd"], "40.000000000");
+    assert_eq!(v["recorded_by"], "cli");
+    assert_eq!(v["labels"]["reviewer"], "dana");
+    // Minutes without any rate (no request rate, no [outcomes] config) are refused.
+    let (ok, _, err) = tollgate(&[
+        "tasks",
+        "--db",
+        &db,
+        "outcome",
+        "t-cli",
+        "--status",
+        "success",
+        "--minutes-saved",
+        "5",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("hourly"), "{err}");
+    let (ok, out, err) = tollgate(&[
+        "report", "--db", &db, "--view", "roi", "--since", "1h", "--format", "json",
+    ]);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["total"]["succeeded"], 1);
+    assert_eq!(r["total"]["value_usd"], "40.000000000");
+    assert_eq!(r["total"]["cost_usd"], "0.005615000");
+    for view in ["tasks", "savings", "roi"] {
+        let (ok, out, err) = tollgate(&["report", "--db", &db, "--view", view, "--since", "1h"]);
+        assert!(ok, "{view}: {err}");
+        assert!(out.contains("t-cli") || view != "tasks", "{out}");
+    }
+    let (ok, out, _) = tollgate(&["tasks", "--db", &db, "show", "t-cli"]);
+    assert!(ok);
+    assert!(out.contains("outcome: success"), "{out}");
+    let focus = std::env::temp_dir().join(format!("tollgate-focus-{}.csv", std::process::id()));
+    let (ok, _, err) = tollgate(&[
+        "export",
+        "--db",
+        &db,
+        "--format",
+        "focus",
+        "--since",
+        "1h",
+        "--out",
+        focus.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(&focus).unwrap();
+    let _ = std::fs::remove_file(&focus);
+    assert_eq!(csv.lines().count(), 1 + 3, "{csv}"); // input, cached input, output
+}
