@@ -239,11 +239,11 @@ pub async fn task(
             let store = gw.store.clone();
             let t = task.clone();
             let (summary, outcome, history) = store_call(move || {
-                let s = store
-                    .task_summaries(0, i64::MAX, 100_000)?
-                    .into_iter()
-                    .find(|s| s.task == t);
-                Ok((s, store.task_outcome(&t)?, store.outcome_history(&t)?))
+                Ok((
+                    store.task_summary(&t)?,
+                    store.task_outcome(&t)?,
+                    store.outcome_history(&t)?,
+                ))
             })
             .await?;
             if summary.is_none() && outcome.is_none() {

@@ -33,18 +33,6 @@ fn count(v: Option<i64>) -> u64 {
     v.unwrap_or(0).max(0) as u64
 }
 
-fn split_list(v: Option<String>) -> Vec<String> {
-    let mut out: Vec<String> = v
-        .unwrap_or_default()
-        .split('\u{1f}')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// A point of a spend-over-time series.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpendPoint {
@@ -143,8 +131,22 @@ impl SqliteStore {
         until_ms: i64,
         limit: usize,
     ) -> Result<Vec<TaskSummary>, StoreError> {
+        self.summaries(since_ms, until_ms, limit, None)
+    }
+
+    /// One task over all time (its summary is `None` when it has no calls).
+    pub fn task_summary(&self, task: &str) -> Result<Option<TaskSummary>, StoreError> {
+        Ok(self.summaries(i64::MIN, i64::MAX, 1, Some(task))?.pop())
+    }
+
+    fn summaries(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+        task: Option<&str>,
+    ) -> Result<Vec<TaskSummary>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
-        // U+001F (unit separator) joins lists: it cannot appear in a label.
         let mut stmt = conn.prepare(
             "SELECT t.*, o.status, o.value_nanos FROM (
                 SELECT task,
@@ -155,12 +157,13 @@ impl SqliteStore {
                   SUM(output_tokens), SUM(reasoning_tokens), SUM(cost_nanos) AS cost,
                   MIN(ts_ms), MAX(ts_ms + latency_us / 1000)
                 FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 AND task IS NOT NULL
+                  AND (?4 IS NULL OR task = ?4)
                 GROUP BY task) t
              LEFT JOIN task_outcomes o ON o.task = t.task
              ORDER BY t.cost DESC, t.task LIMIT ?3",
         )?;
         let mut out = stmt
-            .query_map(params![since_ms, until_ms, limit as i64], |r| {
+            .query_map(params![since_ms, until_ms, limit as i64, task], |r| {
                 let first: i64 = r.get(9)?;
                 let last: i64 = r.get(10)?;
                 let status: Option<String> = r.get(11)?;
@@ -184,19 +187,32 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         // Distinct agents, teams and models of each task.
         let mut lists = conn.prepare(
-            "SELECT GROUP_CONCAT(DISTINCT agent), GROUP_CONCAT(DISTINCT team),
-                    GROUP_CONCAT(DISTINCT upstream_model)
-             FROM ledger WHERE task = ?1 AND ts_ms >= ?2 AND ts_ms < ?3",
+            "SELECT DISTINCT agent, team, upstream_model FROM ledger
+             WHERE task = ?1 AND ts_ms >= ?2 AND ts_ms < ?3",
         )?;
         for t in &mut out {
-            let (a, tm, m): (Option<String>, Option<String>, Option<String>) = lists
-                .query_row(params![t.task, since_ms, until_ms], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            let fix = |v: Option<String>| v.map(|s| s.replace(',', "\u{1f}"));
-            t.agents = split_list(fix(a));
-            t.teams = split_list(fix(tm));
-            t.models = split_list(fix(m));
+            let rows = lists
+                .query_map(params![t.task, since_ms, until_ms], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut agents = std::collections::BTreeSet::new();
+            let mut teams = std::collections::BTreeSet::new();
+            let mut models = std::collections::BTreeSet::new();
+            for (a, tm, m) in rows {
+                agents.extend(a);
+                teams.extend(tm);
+                if !m.is_empty() {
+                    models.insert(m);
+                }
+            }
+            t.agents = agents.into_iter().collect();
+            t.teams = teams.into_iter().collect();
+            t.models = models.into_iter().collect();
         }
         Ok(out)
     }

@@ -96,10 +96,7 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
                 bail!("no ledger at {} (use --db or --config)", db.display());
             }
             let store = SqliteStore::open(&db)?;
-            let summary = store
-                .task_summaries(0, i64::MAX, 1_000_000)?
-                .into_iter()
-                .find(|s| s.task == task);
+            let summary = store.task_summary(&task)?;
             let current = store.task_outcome(&task)?;
             let history = store.outcome_history(&task)?;
             if summary.is_none() && current.is_none() {
