@@ -220,8 +220,8 @@
           el("span", { class: "sub", text: m.requests + " calls · saved " })
           , el("strong", { class: Number(m.saved_usd) >= 0 ? "pos saved" : "neg saved", text: usd(m.saved_usd) }),
           el("span", { class: "sub", text: m.saved_pct ? " (" + m.saved_pct + ")" : "" })),
-        row("without", base, "fill-base", m.without_usd),
-        row("charged", act, "fill-act", m.actual_usd)));
+        m.requests > 0 ? row("without", base, "fill-base", m.without_usd) : null,
+        m.requests > 0 ? row("charged", act, "fill-act", m.actual_usd) : null));
     }
     if (s.mechanisms.every((m) => m.requests === 0)) {
       box.append(el("p", { class: "empty", text: "No call in this window used a saving mechanism yet." }));
