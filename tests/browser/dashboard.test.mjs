@@ -133,7 +133,7 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
     assert.equal(cells[3], usd(g.cost_usd), g.group);
     assert.equal(cells[4], expectedValue[g.group], g.group);
     assert.equal(cells[5], usd(g.cost_per_successful_task_usd), g.group);
-    assert.equal(cells[7], pct(g.roi_pct), g.group);
+    assert.equal(cells[8], pct(g.roi_pct), g.group);
   }
   assert.deepEqual(d.roi.groups.map((g) => g.group).sort(), ["code-reviewer", "research-agent", "support-bot"]);
 

@@ -160,7 +160,7 @@ fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-const ROI_HEADERS: [&str; 12] = [
+const ROI_HEADERS: [&str; 13] = [
     "tasks",
     "success",
     "fail",
@@ -173,6 +173,7 @@ const ROI_HEADERS: [&str; 12] = [
     "cost/success",
     "roi",
     "success/$",
+    "value/$",
 ];
 
 fn roi_cells(name: &str, s: &TaskStats) -> Vec<String> {
@@ -190,6 +191,7 @@ fn roi_cells(name: &str, s: &TaskStats) -> Vec<String> {
         usd_opt(s.cost_per_successful_task()),
         pct_opt(s.roi()),
         dec_opt(s.successes_per_dollar(), 2),
+        dec_opt(s.value_per_dollar(), 2),
     ]
 }
 
@@ -214,10 +216,9 @@ pub fn roi_table(r: &RoiReport) -> String {
         1,
         true,
     );
-    out.push_str(&format!(
-        "value/$ (total): {}   roi = (value − cost) / cost; cost/success = all task cost / successful tasks; n/a = undefined\n",
-        dec_opt(r.total.value_per_dollar(), 2)
-    ));
+    out.push_str(
+        "roi = (value − cost) / cost; cost/success = all task cost / successful tasks; success/$ and value/$ = reasoning per dollar; n/a = undefined\n",
+    );
     if r.untasked_calls > 0 {
         out.push_str(&format!(
             "not in any task: {} calls, {} USD (send x-tollgate-task to count them)\n",

@@ -198,6 +198,7 @@
         usdCell(g.value_usd),
         usdCell(g.cost_per_successful_task_usd, "cpst"),
         el("td", { class: "num" + (g.successful_tasks_per_usd === null ? " na" : ""), text: g.successful_tasks_per_usd === null ? "n/a" : g.successful_tasks_per_usd.toFixed(2) }),
+        el("td", { class: "num" + (g.value_per_usd === null ? " na" : ""), text: g.value_per_usd === null ? "n/a" : "$" + g.value_per_usd.toLocaleString("en-US", { maximumFractionDigits: 2 }) }),
         el("td", { class: "roi" }, el("div", { class: "roi-cell" }, roiTxt, roiBar(g.roi, maxAbs)))));
     }
   }
