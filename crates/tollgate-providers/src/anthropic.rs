@@ -196,15 +196,25 @@ mod tests {
 
     #[test]
     fn usage_keeps_cache_tokens_beside_input() {
-        let u = usage_from_wire(&json!({"input_tokens": 50, "cache_creation_input_tokens": 1500,
+        let u = usage_from_wire(
+            &json!({"input_tokens": 50, "cache_creation_input_tokens": 1500,
             "cache_read_input_tokens": 8000, "output_tokens": 300,
-            "cache_creation": {"ephemeral_5m_input_tokens": 500, "ephemeral_1h_input_tokens": 1000}}));
+            "cache_creation": {"ephemeral_5m_input_tokens": 500, "ephemeral_1h_input_tokens": 1000}}),
+        );
         assert_eq!(
-            (u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h, u.output),
+            (
+                u.input,
+                u.cache_read,
+                u.cache_write_5m,
+                u.cache_write_1h,
+                u.output
+            ),
             (50, 8000, 500, 1000, 300)
         );
         assert_eq!(u.prompt_total(), 9550);
-        let old = usage_from_wire(&json!({"input_tokens": 5, "cache_creation_input_tokens": 7, "output_tokens": 1}));
+        let old = usage_from_wire(
+            &json!({"input_tokens": 5, "cache_creation_input_tokens": 7, "output_tokens": 1}),
+        );
         assert_eq!((old.cache_write_5m, old.cache_write_1h), (7, 0));
         assert_eq!(usage_from_wire(&usage_to_wire(&u)), u);
     }

@@ -64,7 +64,11 @@ pub fn model_path(model: &str, stream: bool) -> String {
     format!(
         "/model/{}/{}",
         crate::sigv4::uri_encode(model, false),
-        if stream { "converse-stream" } else { "converse" }
+        if stream {
+            "converse-stream"
+        } else {
+            "converse"
+        }
     )
 }
 
@@ -122,7 +126,9 @@ pub fn response_usage(body: &[u8]) -> Result<Option<Usage>, String> {
     if !v.is_object() {
         return Err("not a JSON object".into());
     }
-    Ok(v.get("usage").filter(|u| u.is_object()).map(usage_from_wire))
+    Ok(v.get("usage")
+        .filter(|u| u.is_object())
+        .map(usage_from_wire))
 }
 
 /// Generated text of a Converse body.
@@ -200,16 +206,20 @@ mod tests {
 
     #[test]
     fn usage_keeps_cache_tokens_beside_input() {
-        let u = usage_from_wire(&json!({"inputTokens": 20, "outputTokens": 30, "totalTokens": 1250,
-            "cacheReadInputTokens": 1000, "cacheWriteInputTokens": 200}));
+        let u = usage_from_wire(
+            &json!({"inputTokens": 20, "outputTokens": 30, "totalTokens": 1250,
+            "cacheReadInputTokens": 1000, "cacheWriteInputTokens": 200}),
+        );
         assert_eq!(
             (u.input, u.cache_read, u.cache_write_5m, u.output),
             (20, 1000, 200, 30)
         );
         assert_eq!(u.total(), 1250);
         assert_eq!(usage_from_wire(&usage_to_wire(&u)), u);
-        let ttl = usage_from_wire(&json!({"inputTokens": 1, "outputTokens": 1, "cacheWriteInputTokens": 300,
-            "cacheDetails": [{"ttl": "1h", "inputTokens": 100}, {"ttl": "5m", "inputTokens": 200}]}));
+        let ttl = usage_from_wire(
+            &json!({"inputTokens": 1, "outputTokens": 1, "cacheWriteInputTokens": 300,
+            "cacheDetails": [{"ttl": "1h", "inputTokens": 100}, {"ttl": "5m", "inputTokens": 200}]}),
+        );
         assert_eq!((ttl.cache_write_5m, ttl.cache_write_1h), (200, 100));
         assert_eq!(usage_from_wire(&usage_to_wire(&ttl)), ttl);
     }
@@ -225,6 +235,9 @@ mod tests {
             ErrorClass::RateLimited
         );
         assert_eq!(error_class("throttlingException"), ErrorClass::RateLimited);
-        assert_eq!(error_type(ErrorClass::NotFound), "ResourceNotFoundException");
+        assert_eq!(
+            error_type(ErrorClass::NotFound),
+            "ResourceNotFoundException"
+        );
     }
 }

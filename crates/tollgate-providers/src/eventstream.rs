@@ -93,10 +93,7 @@ impl Message {
     pub fn event(event_type: &str, payload: &[u8]) -> Message {
         Message {
             headers: vec![
-                (
-                    ":event-type".into(),
-                    HeaderValue::String(event_type.into()),
-                ),
+                (":event-type".into(), HeaderValue::String(event_type.into())),
                 (
                     ":content-type".into(),
                     HeaderValue::String("application/json".into()),
@@ -392,7 +389,10 @@ mod tests {
             assert_eq!(got.len(), 2, "cut at {cut}");
             assert_eq!(got[0].0, a);
             assert_eq!(got[1].1.message_type(), Some("exception"));
-            assert_eq!(got[1].1.header(":exception-type"), Some("throttlingException"));
+            assert_eq!(
+                got[1].1.header(":exception-type"),
+                Some("throttlingException")
+            );
         }
         let mut bad = a.to_vec();
         let n = bad.len();

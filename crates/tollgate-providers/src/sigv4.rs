@@ -137,10 +137,7 @@ fn string_to_sign(
     amz_date: &str,
     scope: &str,
 ) -> String {
-    let canonical_headers: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}:{v}\n"))
-        .collect();
+    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
     let canonical_request = format!(
         "{method}\n{canonical_uri}\n{query}\n{canonical_headers}\n{}\n{payload_hash}",
@@ -309,7 +306,9 @@ pub fn parse_authorization(value: &str) -> Result<AuthHeader, SigV4Error> {
     }
     let signed_headers: Vec<String> = signed.split(';').map(str::to_ascii_lowercase).collect();
     if !signed_headers.iter().any(|h| h == "host") {
-        return Err(SigV4Error::Malformed("the host header must be signed".into()));
+        return Err(SigV4Error::Malformed(
+            "the host header must be signed".into(),
+        ));
     }
     Ok(AuthHeader {
         access_key_id: akid.to_string(),
@@ -513,10 +512,7 @@ mod tests {
             headers: &h,
             body,
         };
-        assert_eq!(
-            verify(&auth, secret, &req(body, path), t + 60),
-            Ok(())
-        );
+        assert_eq!(verify(&auth, secret, &req(body, path), t + 60), Ok(()));
         assert_eq!(
             verify(&auth, "wrong", &req(body, path), t),
             Err(SigV4Error::Mismatch)
@@ -540,6 +536,9 @@ mod tests {
         assert!(parse_authorization("Bearer x").is_err());
         assert!(parse_authorization("AWS4-HMAC-SHA256 Credential=a/b").is_err());
         assert_eq!(canonical_query("b=2&a=x%20y&c"), "a=x%20y&b=2&c=");
-        assert_eq!(uri_encode("/model/a%3Ab/converse", true), "/model/a%253Ab/converse");
+        assert_eq!(
+            uri_encode("/model/a%3Ab/converse", true),
+            "/model/a%253Ab/converse"
+        );
     }
 }

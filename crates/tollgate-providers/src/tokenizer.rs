@@ -75,8 +75,10 @@ impl Encoding {
             Value::Object(o) => {
                 // Content parts: count text, skip type tags; an image costs a fixed 85
                 // (OpenAI's low-detail price) as a floor.
-                if matches!(o.get("type").and_then(Value::as_str), Some("image_url" | "image"))
-                    || o.get("image").is_some_and(Value::is_object)
+                if matches!(
+                    o.get("type").and_then(Value::as_str),
+                    Some("image_url" | "image")
+                ) || o.get("image").is_some_and(Value::is_object)
                 {
                     return 85;
                 }

@@ -470,7 +470,10 @@ impl RawConfig {
                 for (field, set) in [
                     ("region", u.region.is_some()),
                     ("aws_access_key_id_env", u.aws_access_key_id_env.is_some()),
-                    ("aws_secret_access_key_env", u.aws_secret_access_key_env.is_some()),
+                    (
+                        "aws_secret_access_key_env",
+                        u.aws_secret_access_key_env.is_some(),
+                    ),
                     ("aws_session_token_env", u.aws_session_token_env.is_some()),
                 ] {
                     if set {
@@ -514,7 +517,11 @@ impl RawConfig {
                 }
             }
             let auth = if kind == UpstreamKind::Bedrock {
-                let secret_var = |field: &str, v: &Option<String>, default: &str, required: bool, errs: &mut Vec<String>| {
+                let secret_var = |field: &str,
+                                  v: &Option<String>,
+                                  default: &str,
+                                  required: bool,
+                                  errs: &mut Vec<String>| {
                     let var = v.clone().unwrap_or_else(|| default.to_string());
                     match env.get(&var).filter(|x| !x.is_empty()) {
                         Some(x) => Some(SecretString::from(x.clone())),
@@ -634,12 +641,9 @@ impl RawConfig {
                     api_key,
                     request_headers: headers,
                     auth,
-                    anthropic_version: u
-                        .anthropic_version
-                        .clone()
-                        .unwrap_or_else(|| {
-                            tollgate_providers::anthropic::DEFAULT_VERSION.to_string()
-                        }),
+                    anthropic_version: u.anthropic_version.clone().unwrap_or_else(|| {
+                        tollgate_providers::anthropic::DEFAULT_VERSION.to_string()
+                    }),
                 }),
             );
         }
@@ -941,14 +945,25 @@ mod tests {
             ("AWS_SECRET_ACCESS_KEY", "secret"),
             ("AWS_SESSION_TOKEN", "token"),
         ]);
-        let c = RawConfig::from_toml(text, &e).unwrap().validate(&e).unwrap();
+        let c = RawConfig::from_toml(text, &e)
+            .unwrap()
+            .validate(&e)
+            .unwrap();
         let claude = &c.upstreams["claude"];
         assert_eq!(claude.base_url, "https://api.anthropic.com/v1");
         assert!(claude.request_headers["x-api-key"].is_sensitive());
         let aws = &c.upstreams["aws"];
-        assert_eq!(aws.base_url, "https://bedrock-runtime.us-east-1.amazonaws.com");
+        assert_eq!(
+            aws.base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
         match &aws.auth {
-            UpstreamAuth::SigV4 { region, host, credentials, .. } => {
+            UpstreamAuth::SigV4 {
+                region,
+                host,
+                credentials,
+                ..
+            } => {
                 assert_eq!(region, "us-east-1");
                 assert_eq!(host, "bedrock-runtime.us-east-1.amazonaws.com");
                 assert!(credentials.session_token.is_some());
@@ -959,8 +974,18 @@ mod tests {
         // Missing credentials and region are reported with their fields.
         let bad = "[[upstreams]]\nname = \"aws\"\nkind = \"bedrock\"\nanthropic_version = \"x\"\n";
         let e = env(&[]);
-        let errs = RawConfig::from_toml(bad, &e).unwrap().validate(&e).unwrap_err().0.join("\n");
-        for needle in ["aws_access_key_id_env", "aws_secret_access_key_env", "upstreams[0].region", "anthropic_version"] {
+        let errs = RawConfig::from_toml(bad, &e)
+            .unwrap()
+            .validate(&e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        for needle in [
+            "aws_access_key_id_env",
+            "aws_secret_access_key_env",
+            "upstreams[0].region",
+            "anthropic_version",
+        ] {
             assert!(errs.contains(needle), "missing {needle} in:\n{errs}");
         }
     }

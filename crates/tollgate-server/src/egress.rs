@@ -71,8 +71,9 @@ pub fn prepare(
                     translate::bedrock::request_from_ir(&ir, client)?,
                 ),
             };
-            let bytes = serde_json::to_vec(&v)
-                .map_err(|e| ApiError::Internal(format!("serializing the upstream request: {e}")))?;
+            let bytes = serde_json::to_vec(&v).map_err(|e| {
+                ApiError::Internal(format!("serializing the upstream request: {e}"))
+            })?;
             (path, Bytes::from(bytes))
         }
     };
@@ -195,7 +196,9 @@ pub fn translate_json(
         Format::Anthropic => translate::anthropic::response_from_ir(&r, model),
         Format::Bedrock => translate::bedrock::response_from_ir(&r, latency_ms),
     };
-    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| e.to_string())
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 /// An upstream error status, read in the upstream's terms, to be passed on in the

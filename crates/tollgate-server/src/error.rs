@@ -163,14 +163,17 @@ impl ApiError {
         let mut resp = match format {
             Format::OpenAi => return self.into_response(request_id),
             Format::Anthropic => {
-                let body = tollgate_providers::anthropic::error_body(self.class(), &self.to_string());
+                let body =
+                    tollgate_providers::anthropic::error_body(self.class(), &self.to_string());
                 (status, axum::Json(body)).into_response()
             }
             Format::Bedrock => {
                 let body = tollgate_providers::bedrock::error_body(&self.to_string());
                 let mut r = (status, axum::Json(body)).into_response();
-                r.headers_mut()
-                    .insert("x-amzn-errortype", HeaderValue::from_static(self.bedrock_type()));
+                r.headers_mut().insert(
+                    "x-amzn-errortype",
+                    HeaderValue::from_static(self.bedrock_type()),
+                );
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
                     r.headers_mut().insert("x-amzn-requestid", id);
                 }

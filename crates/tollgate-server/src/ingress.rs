@@ -204,9 +204,7 @@ impl IngressRequest {
                 to,
             )),
             IngressRequest::Messages(r) => translate::anthropic::request_to_ir(&r.body, to),
-            IngressRequest::Converse(r) => {
-                translate::bedrock::request_to_ir(&r.body, r.stream, to)
-            }
+            IngressRequest::Converse(r) => translate::bedrock::request_to_ir(&r.body, r.stream, to),
         }
     }
 

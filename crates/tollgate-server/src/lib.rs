@@ -125,7 +125,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/embeddings", post(proxy::embeddings))
         .route("/v1/messages", post(proxy::messages))
         .route("/model/{model_id}/converse", post(proxy::converse))
-        .route("/model/{model_id}/converse-stream", post(proxy::converse_stream))
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(proxy::converse_stream),
+        )
         .route("/v1/models", get(proxy::list_models))
         .route("/models", get(proxy::list_models))
         .route("/healthz", get(healthz))

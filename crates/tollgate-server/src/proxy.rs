@@ -366,9 +366,16 @@ pub async fn pipeline(
     // 7. response, 8. meter
     if stream && resp.status().is_success() && egress::is_stream(upstream, resp.headers()) {
         let tap = if upstream == Format::OpenAi && !translated {
-            StreamTap::openai_native(injected_usage, meter.durability() == tollgate_store::Durability::Strict)
+            StreamTap::openai_native(
+                injected_usage,
+                meter.durability() == tollgate_store::Durability::Strict,
+            )
         } else {
-            StreamTap::decoded(upstream, client, meter.durability() == tollgate_store::Durability::Strict)
+            StreamTap::decoded(
+                upstream,
+                client,
+                meter.durability() == tollgate_store::Durability::Strict,
+            )
         };
         return stream_response(gw, meter, resp, tap, translated, format);
     }
@@ -396,7 +403,12 @@ struct Answer {
 
 /// A non-streaming upstream answer: read it whole, meter it, pass it through (or
 /// translate it).
-async fn json_response(gw: &Gateway, mut meter: Meter, resp: reqwest::Response, a: Answer) -> Response {
+async fn json_response(
+    gw: &Gateway,
+    mut meter: Meter,
+    resp: reqwest::Response,
+    a: Answer,
+) -> Response {
     let (max, timeout) = {
         let cfg = gw.config.load();
         (cfg.server.max_response_bytes, cfg.server.upstream_timeout)
@@ -423,7 +435,8 @@ async fn json_response(gw: &Gateway, mut meter: Meter, resp: reqwest::Response, 
             let err = egress::upstream_error(a.upstream, status.as_u16(), &upstream_headers, &body);
             let mut out = err.into_response_as(a.client, Some(&row.request_id));
             if let Some(v) = upstream_headers.get(http::header::RETRY_AFTER) {
-                out.headers_mut().insert(http::header::RETRY_AFTER, v.clone());
+                out.headers_mut()
+                    .insert(http::header::RETRY_AFTER, v.clone());
             }
             return out;
         }
@@ -460,7 +473,9 @@ async fn json_response(gw: &Gateway, mut meter: Meter, resp: reqwest::Response, 
         None if a.chat => Consumed::Estimate(egress::json_text(a.upstream, &body)),
         None => Consumed::Estimate(String::new()),
     };
-    let row = meter.commit(Outcome::ok(consumed, metered.service_tier)).await;
+    let row = meter
+        .commit(Outcome::ok(consumed, metered.service_tier))
+        .await;
     let mut out = Response::new(Body::from(out_body));
     *out.status_mut() = status;
     if a.translated {

@@ -290,12 +290,21 @@ mod tests {
             .unwrap();
         let stored = s.list_keys().unwrap()[0].sealed_secret.clone().unwrap();
         assert!(!stored.contains(&secret) && !stored.contains(&hex::encode(&secret)));
-        assert_eq!(sealer.open(&k.id, &stored).as_deref(), Some(secret.as_str()));
+        assert_eq!(
+            sealer.open(&k.id, &stored).as_deref(),
+            Some(secret.as_str())
+        );
         assert_eq!(sealer.open("tgk_other", &stored), None);
-        assert_eq!(SecretSealer::new("master-2").unwrap().open(&k.id, &stored), None);
+        assert_eq!(
+            SecretSealer::new("master-2").unwrap().open(&k.id, &stored),
+            None
+        );
         let mut tampered = stored.clone().into_bytes();
         tampered[30] = if tampered[30] == b'0' { b'1' } else { b'0' };
-        assert_eq!(sealer.open(&k.id, std::str::from_utf8(&tampered).unwrap()), None);
+        assert_eq!(
+            sealer.open(&k.id, std::str::from_utf8(&tampered).unwrap()),
+            None
+        );
         let (plain, _) = s.create_key(&NewKey::default(), 2).unwrap();
         assert!(plain.sealed_secret.is_none());
     }

@@ -68,10 +68,9 @@ impl Fixture {
             let payload = item["payload"].to_string();
             let m = match (item["event"].as_str(), item["exception"].as_str()) {
                 (Some(ev), _) => EsMessage::event(ev, payload.as_bytes()),
-                (None, Some(ex)) => EsMessage::exception(
-                    ex,
-                    item["payload"]["message"].as_str().unwrap_or(""),
-                ),
+                (None, Some(ex)) => {
+                    EsMessage::exception(ex, item["payload"]["message"].as_str().unwrap_or(""))
+                }
                 _ => panic!("fixture {name}: an item needs `event` or `exception`"),
             };
             out.extend_from_slice(&m.encode());

@@ -86,7 +86,10 @@ pub fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimUps
         .route("/v1/models", get(models))
         .route("/v1/messages", post(native::messages))
         .route("/model/{model}/converse", post(native::converse))
-        .route("/model/{model}/converse-stream", post(native::converse_stream))
+        .route(
+            "/model/{model}/converse-stream",
+            post(native::converse_stream),
+        )
         .with_state(sim);
     let stop = CancellationToken::new();
     let s = stop.clone();

@@ -254,13 +254,21 @@ async fn triage(w: &Workload, a: &Agent) -> Result<()> {
             json!({"role": "user", "content": ticket}),
         ];
         let r = w
-            .chat(a, &task, json!({"model": "nova-2-lite", "messages": messages, "tools": tools}))
+            .chat(
+                a,
+                &task,
+                json!({"model": "nova-2-lite", "messages": messages, "tools": tools}),
+            )
             .await?;
         if let Some(call) = r["choices"][0]["message"]["tool_calls"][0].as_object() {
             messages.push(r["choices"][0]["message"].clone());
             messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "{\"status\": \"delivered\"}"}));
-            w.chat(a, &task, json!({"model": "nova-2-lite", "messages": messages, "stream": true}))
-                .await?;
+            w.chat(
+                a,
+                &task,
+                json!({"model": "nova-2-lite", "messages": messages, "stream": true}),
+            )
+            .await?;
         }
     }
     Ok(())

@@ -162,7 +162,10 @@ async fn every_stream_shape_passes_through_byte_for_byte_and_is_metered() {
         );
         assert_eq!(row.cost.nanos(), nanos, "{file}");
         assert_eq!(row.usage_source.as_str(), "reported");
-        assert!(row.stream && !row.partial && row.error_code.is_none(), "{file}");
+        assert!(
+            row.stream && !row.partial && row.error_code.is_none(),
+            "{file}"
+        );
     }
 }
 
@@ -232,7 +235,8 @@ async fn a_malformed_stream_is_an_upstream_error_not_a_panic() {
 #[tokio::test]
 async fn upstream_errors_pass_through_and_gateway_errors_are_anthropic_shaped() {
     let (up, gw) = setup(
-        Fixture::json(429, Fixture::file("anthropic/error_429.json")).with_header("retry-after", "7"),
+        Fixture::json(429, Fixture::file("anthropic/error_429.json"))
+            .with_header("retry-after", "7"),
     )
     .await;
     let r = post(&gw, &gw.key, &body(false)).await;

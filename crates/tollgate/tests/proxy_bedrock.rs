@@ -113,7 +113,10 @@ fn request_id(r: &reqwest::Response) -> String {
 fn frames(bytes: &[u8]) -> Vec<Message> {
     let mut d = FrameDecoder::default();
     let out = d.feed(bytes).into_iter().map(|(_, m)| m).collect();
-    assert!(d.error.is_none() && d.pending_len() == 0, "client got bad frames");
+    assert!(
+        d.error.is_none() && d.pending_len() == 0,
+        "client got bad frames"
+    );
     out
 }
 
@@ -135,12 +138,19 @@ async fn converse_is_signed_both_ways_passed_through_and_priced() {
     assert_eq!(path, "/model/us.amazon.nova-2-lite-v1%3A0/converse");
     let sent = up.last_body().unwrap();
     assert_eq!(sent["requestMetadata"], json!({"campaign": "spring"}));
-    assert_eq!(sent["system"][1], json!({"cachePoint": {"type": "default"}}));
+    assert_eq!(
+        sent["system"][1],
+        json!({"cachePoint": {"type": "default"}})
+    );
     let h = up.last_headers().unwrap();
     assert_eq!(h["x-amz-security-token"], "upstream-session");
     let auth = sigv4::parse_authorization(h["authorization"].to_str().unwrap()).unwrap();
     assert_eq!(
-        (auth.access_key_id.as_str(), auth.region.as_str(), auth.service.as_str()),
+        (
+            auth.access_key_id.as_str(),
+            auth.region.as_str(),
+            auth.service.as_str()
+        ),
         ("AKIDUPSTREAM", "us-east-1", "bedrock")
     );
     let raw = up.last_body_bytes().unwrap();
@@ -151,7 +161,10 @@ async fn converse_is_signed_both_ways_passed_through_and_priced() {
         headers: &h,
         body: &raw,
     };
-    assert_eq!(sigv4::verify(&auth, "upstream-secret", &received, now()), Ok(()));
+    assert_eq!(
+        sigv4::verify(&auth, "upstream-secret", &received, now()),
+        Ok(())
+    );
 
     let store = gw.stop().await;
     let row = store.ledger_row(&id).unwrap().unwrap();
@@ -165,7 +178,11 @@ async fn converse_is_signed_both_ways_passed_through_and_priced() {
 
 #[tokio::test]
 async fn cached_tokens_are_beside_input_tokens() {
-    let (_up, gw) = setup(Fixture::json(200, Fixture::file("bedrock/converse_cached.json"))).await;
+    let (_up, gw) = setup(Fixture::json(
+        200,
+        Fixture::file("bedrock/converse_cached.json"),
+    ))
+    .await;
     let r = signed(&gw, false, &body(), &gw.key_id, &gw.key, now()).await;
     // 120 × $0.33/M + 3,200 × $0.0825/M (read) + 1,600 × $0.33/M (write: no premium
     // listed) + 40 × $2.75/M
@@ -184,8 +201,14 @@ async fn every_stream_shape_passes_through_frame_for_frame_and_is_metered() {
     for (file, usage) in [
         ("bedrock/converse_stream.events.json", (30, 0, 628)),
         ("bedrock/converse_stream_tool_use.events.json", (375, 0, 56)),
-        ("bedrock/converse_stream_cached.events.json", (120, 3200, 40)),
-        ("bedrock/converse_stream_reasoning.events.json", (47, 0, 260)),
+        (
+            "bedrock/converse_stream_cached.events.json",
+            (120, 3200, 40),
+        ),
+        (
+            "bedrock/converse_stream_reasoning.events.json",
+            (47, 0, 260),
+        ),
     ] {
         let (up, gw) = setup(Fixture::eventstream(file)).await;
         let r = signed(&gw, true, &body(), &gw.key_id, &gw.key, now()).await;
@@ -225,11 +248,19 @@ async fn a_truncated_event_stream_is_metered_and_ends_with_an_exception() {
     let got = frames(&r.bytes().await.unwrap());
     let last = got.last().unwrap();
     assert_eq!(last.message_type(), Some("exception"));
-    assert_eq!(last.header(":exception-type"), Some("internalServerException"));
+    assert_eq!(
+        last.header(":exception-type"),
+        Some("internalServerException")
+    );
     let text: String = got
         .iter()
         .filter(|m| m.header(":event-type") == Some("contentBlockDelta"))
-        .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["delta"]["text"].as_str().unwrap().to_string())
+        .map(|m| {
+            serde_json::from_slice::<Value>(&m.payload).unwrap()["delta"]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(text, "Here are three pop songs.");
     let store = gw.stop().await;
@@ -278,9 +309,24 @@ async fn an_exception_mid_stream_reaches_the_client_and_the_ledger() {
 async fn forged_stale_and_unknown_signatures_are_403_in_bedrock_shape_and_unmetered() {
     let (up, gw) = setup(Fixture::json(200, Fixture::file("bedrock/converse.json"))).await;
     let cases = [
-        (gw.key_id.clone(), "not-the-secret".to_string(), now(), "InvalidSignatureException"),
-        (gw.key_id.clone(), gw.key.clone(), now() - 20 * 60, "InvalidSignatureException"),
-        ("tgk_nobody".to_string(), gw.key.clone(), now(), "UnrecognizedClientException"),
+        (
+            gw.key_id.clone(),
+            "not-the-secret".to_string(),
+            now(),
+            "InvalidSignatureException",
+        ),
+        (
+            gw.key_id.clone(),
+            gw.key.clone(),
+            now() - 20 * 60,
+            "InvalidSignatureException",
+        ),
+        (
+            "tgk_nobody".to_string(),
+            gw.key.clone(),
+            now(),
+            "UnrecognizedClientException",
+        ),
     ];
     for (id, secret, at, kind) in cases {
         let r = signed(&gw, false, &body(), &id, &secret, at).await;
@@ -312,14 +358,20 @@ async fn forged_stale_and_unknown_signatures_are_403_in_bedrock_shape_and_unmete
         .unwrap();
     assert_eq!(r.status(), 200);
     let store = gw.stop().await;
-    assert_eq!(store.ledger_count().unwrap(), 1, "only the authenticated request");
+    assert_eq!(
+        store.ledger_count().unwrap(),
+        1,
+        "only the authenticated request"
+    );
 }
 
 #[tokio::test]
 async fn errors_are_bedrock_shaped() {
     let (up, gw) = setup(
-        Fixture::json(429, Fixture::file("bedrock/error_429.json"))
-            .with_header("x-amzn-errortype", "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+        Fixture::json(429, Fixture::file("bedrock/error_429.json")).with_header(
+            "x-amzn-errortype",
+            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+        ),
     )
     .await;
     let r = signed(&gw, false, &body(), &gw.key_id, &gw.key, now()).await;

@@ -21,7 +21,11 @@ enum Client {
 
 const CLIENTS: [Client; 3] = [Client::OpenAi, Client::Anthropic, Client::Bedrock];
 /// One deployment per upstream format.
-const DEPLOYMENTS: [&str; 3] = ["gpt-4o-mini", "claude-haiku-4-5", "us.amazon.nova-2-lite-v1:0"];
+const DEPLOYMENTS: [&str; 3] = [
+    "gpt-4o-mini",
+    "claude-haiku-4-5",
+    "us.amazon.nova-2-lite-v1:0",
+];
 
 async fn setup() -> (SimUpstream, TestGateway) {
     setup_with(SimConfig::default()).await
@@ -138,15 +142,21 @@ fn read_json(c: Client, v: &Value) -> Read {
             for b in v["content"].as_array().unwrap() {
                 match b["type"].as_str().unwrap() {
                     "text" => r.text.push_str(b["text"].as_str().unwrap()),
-                    "tool_use" => r.tools.push((b["name"].as_str().unwrap().to_string(), b["input"].clone())),
+                    "tool_use" => r
+                        .tools
+                        .push((b["name"].as_str().unwrap().to_string(), b["input"].clone())),
                     _ => {}
                 }
             }
             let u = &v["usage"];
-            r.prompt = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-                .iter()
-                .map(|k| u[k].as_u64().unwrap_or(0))
-                .sum();
+            r.prompt = [
+                "input_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            ]
+            .iter()
+            .map(|k| u[k].as_u64().unwrap_or(0))
+            .sum();
             r.output = u["output_tokens"].as_u64().unwrap();
         }
         Client::Bedrock => {
@@ -155,7 +165,8 @@ fn read_json(c: Client, v: &Value) -> Read {
                     r.text.push_str(t);
                 }
                 if let Some(t) = b.get("toolUse") {
-                    r.tools.push((t["name"].as_str().unwrap().to_string(), t["input"].clone()));
+                    r.tools
+                        .push((t["name"].as_str().unwrap().to_string(), t["input"].clone()));
                 }
             }
             let u = &v["usage"];
@@ -213,21 +224,34 @@ fn read_stream(c: Client, bytes: &[u8]) -> Result<Read, String> {
                         "content_block_start" if v["content_block"]["type"] == "tool_use" => {
                             let k = v["index"].as_u64().unwrap();
                             order.push(k);
-                            args.insert(k, (v["content_block"]["name"].as_str().unwrap().to_string(), String::new()));
+                            args.insert(
+                                k,
+                                (
+                                    v["content_block"]["name"].as_str().unwrap().to_string(),
+                                    String::new(),
+                                ),
+                            );
                         }
                         "content_block_delta" => {
                             let d = &v["delta"];
                             r.text.push_str(d["text"].as_str().unwrap_or(""));
                             if let Some(p) = d["partial_json"].as_str() {
-                                args.get_mut(&v["index"].as_u64().unwrap()).unwrap().1.push_str(p);
+                                args.get_mut(&v["index"].as_u64().unwrap())
+                                    .unwrap()
+                                    .1
+                                    .push_str(p);
                             }
                         }
                         "message_delta" => {
                             let u = &v["usage"];
-                            r.prompt = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-                                .iter()
-                                .map(|k| u[k].as_u64().unwrap_or(0))
-                                .sum();
+                            r.prompt = [
+                                "input_tokens",
+                                "cache_creation_input_tokens",
+                                "cache_read_input_tokens",
+                            ]
+                            .iter()
+                            .map(|k| u[k].as_u64().unwrap_or(0))
+                            .sum();
                             r.output = u["output_tokens"].as_u64().unwrap();
                         }
                         "message_stop" => saw_end = true,
@@ -255,18 +279,28 @@ fn read_stream(c: Client, bytes: &[u8]) -> Result<Read, String> {
                     "contentBlockStart" => {
                         let k = v["contentBlockIndex"].as_u64().unwrap();
                         order.push(k);
-                        args.insert(k, (v["start"]["toolUse"]["name"].as_str().unwrap().to_string(), String::new()));
+                        args.insert(
+                            k,
+                            (
+                                v["start"]["toolUse"]["name"].as_str().unwrap().to_string(),
+                                String::new(),
+                            ),
+                        );
                     }
                     "contentBlockDelta" => {
                         r.text.push_str(v["delta"]["text"].as_str().unwrap_or(""));
                         if let Some(i) = v["delta"]["toolUse"]["input"].as_str() {
-                            args.get_mut(&v["contentBlockIndex"].as_u64().unwrap()).unwrap().1.push_str(i);
+                            args.get_mut(&v["contentBlockIndex"].as_u64().unwrap())
+                                .unwrap()
+                                .1
+                                .push_str(i);
                         }
                     }
                     "metadata" => {
                         saw_end = true;
                         let u = &v["usage"];
-                        r.prompt = u["totalTokens"].as_u64().unwrap() - u["outputTokens"].as_u64().unwrap();
+                        r.prompt = u["totalTokens"].as_u64().unwrap()
+                            - u["outputTokens"].as_u64().unwrap();
                         r.output = u["outputTokens"].as_u64().unwrap();
                     }
                     _ => {}
@@ -284,7 +318,14 @@ fn read_stream(c: Client, bytes: &[u8]) -> Result<Read, String> {
     Ok(r)
 }
 
-async fn call(gw: &TestGateway, c: Client, model: &str, stream: bool, user: &str, tool: bool) -> reqwest::Response {
+async fn call(
+    gw: &TestGateway,
+    c: Client,
+    model: &str,
+    stream: bool,
+    user: &str,
+    tool: bool,
+) -> reqwest::Response {
     let (path, body) = request(c, model, stream, user, tool);
     let req = http().post(gw.url(&path)).json(&body);
     let req = match c {
@@ -295,7 +336,10 @@ async fn call(gw: &TestGateway, c: Client, model: &str, stream: bool, user: &str
 }
 
 fn request_id(r: &reqwest::Response) -> String {
-    r.headers()["x-tollgate-request-id"].to_str().unwrap().to_string()
+    r.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -305,17 +349,31 @@ async fn every_pair_json_and_stream_gives_the_same_answer_and_usage_as_the_ledge
     for c in CLIENTS {
         for d in DEPLOYMENTS {
             for stream in [false, true] {
-                let r = call(&gw, c, d, stream, "Name three colors of the rainbow.", false).await;
+                let r = call(
+                    &gw,
+                    c,
+                    d,
+                    stream,
+                    "Name three colors of the rainbow.",
+                    false,
+                )
+                .await;
                 assert_eq!(r.status(), 200, "{c:?} → {d} stream={stream}");
                 let id = request_id(&r);
                 let read = if stream {
-                    read_stream(c, &r.bytes().await.unwrap()).unwrap_or_else(|e| panic!("{c:?} → {d}: {e}"))
+                    read_stream(c, &r.bytes().await.unwrap())
+                        .unwrap_or_else(|e| panic!("{c:?} → {d}: {e}"))
                 } else {
                     read_json(c, &r.json().await.unwrap())
                 };
                 // The simulator answers one token per word.
                 assert!(!read.text.is_empty(), "{c:?} → {d} stream={stream}");
-                assert_eq!(read.output, read.text.split_whitespace().count() as u64, "{c:?} → {d} stream={stream}: {}", read.text);
+                assert_eq!(
+                    read.output,
+                    read.text.split_whitespace().count() as u64,
+                    "{c:?} → {d} stream={stream}: {}",
+                    read.text
+                );
                 assert!(read.tools.is_empty());
                 checks.push((c, d, stream, id, read));
             }
@@ -351,7 +409,10 @@ async fn tool_calls_cross_every_pair() {
                 };
                 assert_eq!(read.tools.len(), 1, "{c:?} → {d} stream={stream}: {read:?}");
                 assert_eq!(read.tools[0].0, "lookup");
-                assert_eq!(read.tools[0].1, json!({"query": "Find the weather in Paris"}));
+                assert_eq!(
+                    read.tools[0].1,
+                    json!({"query": "Find the weather in Paris"})
+                );
             }
         }
     }
@@ -373,7 +434,14 @@ async fn upstream_errors_arrive_in_the_clients_shape_with_their_status() {
                     assert_eq!(v["error"]["type"], "rate_limit_error", "{c:?} → {d}: {v}");
                 }
                 Client::Bedrock => {
-                    assert!(errortype.unwrap().to_str().unwrap().starts_with("ThrottlingException"), "{d}");
+                    assert!(
+                        errortype
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .starts_with("ThrottlingException"),
+                        "{d}"
+                    );
                     assert!(v["message"].is_string());
                 }
             }
@@ -392,7 +460,10 @@ async fn cut_and_malformed_streams_end_with_an_error_in_the_clients_format() {
     let mut ids = Vec::new();
     for c in CLIENTS {
         for d in DEPLOYMENTS {
-            for (fault, code) in [("[[sim:cut]]", "upstream_cut"), ("[[sim:malformed]]", "upstream_malformed")] {
+            for (fault, code) in [
+                ("[[sim:cut]]", "upstream_cut"),
+                ("[[sim:malformed]]", "upstream_malformed"),
+            ] {
                 // OpenAI → OpenAI passes malformed chunks through untouched (the SDK
                 // raises on them); every decoded stream stops at them.
                 if c == Client::OpenAi && d == "gpt-4o-mini" && code == "upstream_malformed" {
@@ -440,7 +511,10 @@ async fn untranslatable_features_are_a_400_naming_them() {
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("top_k"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("top_k"),
+        "{v}"
+    );
     let r = http()
         .post(gw.url("/v1/embeddings"))
         .bearer_auth(&gw.key)

@@ -57,7 +57,11 @@ fn blocks_of(content: &Value, to: Format) -> Result<Vec<Block>, TranslateError> 
             }]);
         }
         Value::Array(a) => a,
-        _ => return Err(TranslateError::Invalid("content must be a string or an array".into())),
+        _ => {
+            return Err(TranslateError::Invalid(
+                "content must be a string or an array".into(),
+            ));
+        }
     };
     let mut out = Vec::new();
     for b in items {
@@ -71,7 +75,11 @@ fn blocks_of(content: &Value, to: Format) -> Result<Vec<Block>, TranslateError> 
             "image" => {
                 let src = &b["source"];
                 if src["type"].as_str() != Some("base64") {
-                    return Err(TranslateError::unsupported("image sources other than base64", ME, to));
+                    return Err(TranslateError::unsupported(
+                        "image sources other than base64",
+                        ME,
+                        to,
+                    ));
                 }
                 Block::Image {
                     media_type: src["media_type"].as_str().unwrap_or("").to_string(),
@@ -93,7 +101,9 @@ fn blocks_of(content: &Value, to: Format) -> Result<Vec<Block>, TranslateError> 
                         let mut texts = Vec::new();
                         for p in parts {
                             match p["type"].as_str() {
-                                Some("text") => texts.push(p["text"].as_str().unwrap_or("").to_string()),
+                                Some("text") => {
+                                    texts.push(p["text"].as_str().unwrap_or("").to_string())
+                                }
                                 _ => {
                                     return Err(TranslateError::unsupported(
                                         "tool_result content other than text",
@@ -119,7 +129,11 @@ fn blocks_of(content: &Value, to: Format) -> Result<Vec<Block>, TranslateError> 
                 signature: b["signature"].as_str().map(str::to_string),
             },
             other => {
-                return Err(TranslateError::unsupported(format!("content block `{other}`"), ME, to));
+                return Err(TranslateError::unsupported(
+                    format!("content block `{other}`"),
+                    ME,
+                    to,
+                ));
             }
         });
     }
@@ -136,11 +150,18 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
     let mut req = Request::default();
     match body.get("system") {
         None | Some(Value::Null) => {}
-        Some(Value::String(s)) => req.system.push(SystemPart { text: s.clone(), cache: None }),
+        Some(Value::String(s)) => req.system.push(SystemPart {
+            text: s.clone(),
+            cache: None,
+        }),
         Some(Value::Array(parts)) => {
             for p in parts {
                 if p["type"].as_str() != Some("text") {
-                    return Err(TranslateError::unsupported("system blocks other than text", ME, to));
+                    return Err(TranslateError::unsupported(
+                        "system blocks other than text",
+                        ME,
+                        to,
+                    ));
                 }
                 req.system.push(SystemPart {
                     text: p["text"].as_str().unwrap_or("").to_string(),
@@ -148,7 +169,11 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
                 });
             }
         }
-        Some(_) => return Err(TranslateError::Invalid("system must be a string or an array".into())),
+        Some(_) => {
+            return Err(TranslateError::Invalid(
+                "system must be a string or an array".into(),
+            ));
+        }
     }
     let msgs = body
         .get("messages")
@@ -158,7 +183,11 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
         let role = match m["role"].as_str() {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            other => return Err(TranslateError::Invalid(format!("unknown message role {other:?}"))),
+            other => {
+                return Err(TranslateError::Invalid(format!(
+                    "unknown message role {other:?}"
+                )));
+            }
         };
         let content = blocks_of(&m["content"], to)?;
         match req.messages.last_mut() {
@@ -171,12 +200,19 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
             if let Some(ty) = t.get("type").and_then(Value::as_str)
                 && ty != "custom"
             {
-                return Err(TranslateError::unsupported(format!("server tool `{ty}`"), ME, to));
+                return Err(TranslateError::unsupported(
+                    format!("server tool `{ty}`"),
+                    ME,
+                    to,
+                ));
             }
             req.tools.push(Tool {
                 name: t["name"].as_str().unwrap_or("").to_string(),
                 description: t["description"].as_str().map(str::to_string),
-                schema: t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                schema: t
+                    .get("input_schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"})),
                 cache: cache_of(t),
             });
         }
@@ -187,7 +223,11 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
             Some("any") => ToolChoice::Any,
             Some("none") => ToolChoice::None,
             Some("tool") => ToolChoice::Tool(c["name"].as_str().unwrap_or("").to_string()),
-            other => return Err(TranslateError::Invalid(format!("unknown tool_choice type {other:?}"))),
+            other => {
+                return Err(TranslateError::Invalid(format!(
+                    "unknown tool_choice type {other:?}"
+                )));
+            }
         });
         if c["disable_parallel_tool_use"].as_bool() == Some(true) {
             req.parallel_tool_calls = Some(false);
@@ -199,7 +239,12 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
     req.stop = body
         .get("stop_sequences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     req.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     req.user = body
@@ -217,17 +262,31 @@ fn block_to_wire(b: &Block) -> Value {
             cache_to_wire(*cache, &mut v);
             v
         }
-        Block::Image { media_type, data, cache } => {
+        Block::Image {
+            media_type,
+            data,
+            cache,
+        } => {
             let mut v = json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
             cache_to_wire(*cache, &mut v);
             v
         }
-        Block::ToolUse { id, name, input, cache } => {
+        Block::ToolUse {
+            id,
+            name,
+            input,
+            cache,
+        } => {
             let mut v = json!({"type": "tool_use", "id": id, "name": name, "input": input});
             cache_to_wire(*cache, &mut v);
             v
         }
-        Block::ToolResult { id, content, is_error, cache } => {
+        Block::ToolResult {
+            id,
+            content,
+            is_error,
+            cache,
+        } => {
             let mut v = json!({"type": "tool_result", "tool_use_id": id, "content": content});
             if *is_error {
                 v["is_error"] = Value::Bool(true);
@@ -479,22 +538,27 @@ impl Decoder {
                 };
                 out.push(Event::BlockStart { index, block });
                 if let Some(t) = b["text"].as_str().filter(|t| !t.is_empty()) {
-                    out.push(Event::Delta { index, delta: Delta::Text(t.to_string()) });
+                    out.push(Event::Delta {
+                        index,
+                        delta: Delta::Text(t.to_string()),
+                    });
                 }
             }
             "content_block_delta" => {
                 let d = &v["delta"];
                 let delta = match d["type"].as_str() {
-                    Some("text_delta") => Some(Delta::Text(d["text"].as_str().unwrap_or("").to_string())),
-                    Some("input_json_delta") => {
-                        Some(Delta::ToolInput(d["partial_json"].as_str().unwrap_or("").to_string()))
+                    Some("text_delta") => {
+                        Some(Delta::Text(d["text"].as_str().unwrap_or("").to_string()))
                     }
-                    Some("thinking_delta") => {
-                        Some(Delta::Thinking(d["thinking"].as_str().unwrap_or("").to_string()))
-                    }
-                    Some("signature_delta") => {
-                        Some(Delta::Signature(d["signature"].as_str().unwrap_or("").to_string()))
-                    }
+                    Some("input_json_delta") => Some(Delta::ToolInput(
+                        d["partial_json"].as_str().unwrap_or("").to_string(),
+                    )),
+                    Some("thinking_delta") => Some(Delta::Thinking(
+                        d["thinking"].as_str().unwrap_or("").to_string(),
+                    )),
+                    Some("signature_delta") => Some(Delta::Signature(
+                        d["signature"].as_str().unwrap_or("").to_string(),
+                    )),
                     _ => None,
                 };
                 if let Some(delta) = delta {
@@ -504,7 +568,9 @@ impl Decoder {
             "content_block_stop" => out.push(Event::BlockStop { index }),
             "message_delta" => {
                 if let Some(r) = v["delta"]["stop_reason"].as_str() {
-                    out.push(Event::Stop { reason: stop_from_wire(r) });
+                    out.push(Event::Stop {
+                        reason: stop_from_wire(r),
+                    });
                 }
                 self.merge_usage(&v["usage"]);
                 out.push(Event::Usage {
@@ -515,7 +581,10 @@ impl Decoder {
             "message_stop" => out.push(Event::End),
             "error" => out.push(Event::Error {
                 class: error_class(v["error"]["type"].as_str().unwrap_or("")),
-                message: v["error"]["message"].as_str().unwrap_or("upstream error").to_string(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("upstream error")
+                    .to_string(),
             }),
             _ => {}
         }
@@ -559,15 +628,27 @@ impl Encoder {
                 if let Some(i) = self.open.take()
                     && i != *index
                 {
-                    sse(out, "content_block_stop", &json!({"type": "content_block_stop", "index": i}));
+                    sse(
+                        out,
+                        "content_block_stop",
+                        &json!({"type": "content_block_stop", "index": i}),
+                    );
                 }
                 self.open = Some(*index);
                 let b = match block {
                     BlockStart::Text => json!({"type": "text", "text": ""}),
-                    BlockStart::ToolUse { id, name } => json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                    BlockStart::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    BlockStart::ToolUse { id, name } => {
+                        json!({"type": "tool_use", "id": id, "name": name, "input": {}})
+                    }
+                    BlockStart::Thinking => {
+                        json!({"type": "thinking", "thinking": "", "signature": ""})
+                    }
                 };
-                sse(out, "content_block_start", &json!({"type": "content_block_start", "index": index, "content_block": b}));
+                sse(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": index, "content_block": b}),
+                );
             }
             Event::Delta { index, delta } => {
                 let d = match delta {
@@ -576,13 +657,21 @@ impl Encoder {
                     Delta::Thinking(t) => json!({"type": "thinking_delta", "thinking": t}),
                     Delta::Signature(s) => json!({"type": "signature_delta", "signature": s}),
                 };
-                sse(out, "content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": d}));
+                sse(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index, "delta": d}),
+                );
             }
             Event::BlockStop { index } => {
                 if self.open == Some(*index) {
                     self.open = None;
                 }
-                sse(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+                sse(
+                    out,
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": index}),
+                );
             }
             Event::Stop { reason } => self.stop = Some(*reason),
             Event::Usage { usage, .. } => self.usage = *usage,
@@ -593,7 +682,11 @@ impl Encoder {
             ),
             Event::End => {
                 if let Some(i) = self.open.take() {
-                    sse(out, "content_block_stop", &json!({"type": "content_block_stop", "index": i}));
+                    sse(
+                        out,
+                        "content_block_stop",
+                        &json!({"type": "content_block_stop", "index": i}),
+                    );
                 }
                 let stop = self.stop.unwrap_or(StopReason::EndTurn);
                 sse(

@@ -1,8 +1,8 @@
 //! Bedrock Converse ⇄ the canonical representation.
 
 use super::{
-    Block, BlockStart, CacheTtl, Delta, Event, Format, Frame, Message, Request,
-    Response, Role, StopReason, SystemPart, Tool, ToolChoice, TranslateError,
+    Block, BlockStart, CacheTtl, Delta, Event, Format, Frame, Message, Request, Response, Role,
+    StopReason, SystemPart, Tool, ToolChoice, TranslateError,
 };
 use crate::bedrock::{error_class, stream_exception_type, usage_from_wire, usage_to_wire};
 use crate::eventstream::{FrameDecoder, Message as EsMessage};
@@ -67,7 +67,11 @@ fn blocks_of(items: &[Value], to: Format) -> Result<Vec<Block>, TranslateError> 
             }),
             "image" => {
                 let Some(data) = v["source"]["bytes"].as_str() else {
-                    return Err(TranslateError::unsupported("image sources other than bytes", ME, to));
+                    return Err(TranslateError::unsupported(
+                        "image sources other than bytes",
+                        ME,
+                        to,
+                    ));
                 };
                 out.push(Block::Image {
                     media_type: media_type(v["format"].as_str().unwrap_or("png")),
@@ -106,7 +110,11 @@ fn blocks_of(items: &[Value], to: Format) -> Result<Vec<Block>, TranslateError> 
             "reasoningContent" => {
                 let r = &v["reasoningText"];
                 if r.is_null() {
-                    return Err(TranslateError::unsupported("redacted reasoningContent", ME, to));
+                    return Err(TranslateError::unsupported(
+                        "redacted reasoningContent",
+                        ME,
+                        to,
+                    ));
                 }
                 out.push(Block::Thinking {
                     text: r["text"].as_str().unwrap_or("").to_string(),
@@ -115,10 +123,18 @@ fn blocks_of(items: &[Value], to: Format) -> Result<Vec<Block>, TranslateError> 
             }
             "cachePoint" => match out.last_mut() {
                 Some(last) => set_cache(last, cache_point_ttl(v)),
-                None => return Err(TranslateError::Invalid("a cachePoint must follow a content block".into())),
+                None => {
+                    return Err(TranslateError::Invalid(
+                        "a cachePoint must follow a content block".into(),
+                    ));
+                }
             },
             other => {
-                return Err(TranslateError::unsupported(format!("content block `{other}`"), ME, to));
+                return Err(TranslateError::unsupported(
+                    format!("content block `{other}`"),
+                    ME,
+                    to,
+                ));
             }
         }
     }
@@ -126,9 +142,15 @@ fn blocks_of(items: &[Value], to: Format) -> Result<Vec<Block>, TranslateError> 
 }
 
 /// A Converse request body → the canonical request.
-pub fn request_to_ir(body: &Map<String, Value>, stream: bool, to: Format) -> Result<Request, TranslateError> {
+pub fn request_to_ir(
+    body: &Map<String, Value>,
+    stream: bool,
+    to: Format,
+) -> Result<Request, TranslateError> {
     for (k, v) in body {
-        let empty = v.is_null() || v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty);
+        let empty = v.is_null()
+            || v.as_object().is_some_and(Map::is_empty)
+            || v.as_array().is_some_and(Vec::is_empty);
         if !empty && !KNOWN.contains(&k.as_str()) {
             return Err(TranslateError::unsupported(k.clone(), ME, to));
         }
@@ -137,25 +159,53 @@ pub fn request_to_ir(body: &Map<String, Value>, stream: bool, to: Format) -> Res
         stream,
         ..Request::default()
     };
-    for s in body.get("system").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+    for s in body
+        .get("system")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         if let Some(t) = s.get("text").and_then(Value::as_str) {
-            req.system.push(SystemPart { text: t.to_string(), cache: None });
+            req.system.push(SystemPart {
+                text: t.to_string(),
+                cache: None,
+            });
         } else if let Some(c) = s.get("cachePoint") {
             match req.system.last_mut() {
                 Some(p) => p.cache = Some(cache_point_ttl(c)),
-                None => return Err(TranslateError::Invalid("a cachePoint must follow a system block".into())),
+                None => {
+                    return Err(TranslateError::Invalid(
+                        "a cachePoint must follow a system block".into(),
+                    ));
+                }
             }
         } else {
-            return Err(TranslateError::unsupported("system blocks other than text and cachePoint", ME, to));
+            return Err(TranslateError::unsupported(
+                "system blocks other than text and cachePoint",
+                ME,
+                to,
+            ));
         }
     }
-    for m in body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         let role = match m["role"].as_str() {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            other => return Err(TranslateError::Invalid(format!("unknown message role {other:?}"))),
+            other => {
+                return Err(TranslateError::Invalid(format!(
+                    "unknown message role {other:?}"
+                )));
+            }
         };
-        let content = blocks_of(m["content"].as_array().map(Vec::as_slice).unwrap_or(&[]), to)?;
+        let content = blocks_of(
+            m["content"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+            to,
+        )?;
         match req.messages.last_mut() {
             Some(last) if last.role == role => last.content.extend(content),
             _ => req.messages.push(Message { role, content }),
@@ -175,7 +225,11 @@ pub fn request_to_ir(body: &Map<String, Value>, stream: bool, to: Format) -> Res
                     last.cache = Some(cache_point_ttl(c));
                 }
             } else {
-                return Err(TranslateError::unsupported("tools other than toolSpec", ME, to));
+                return Err(TranslateError::unsupported(
+                    "tools other than toolSpec",
+                    ME,
+                    to,
+                ));
             }
         }
         if let Some(c) = tc.get("toolChoice").and_then(Value::as_object) {
@@ -183,10 +237,9 @@ pub fn request_to_ir(body: &Map<String, Value>, stream: bool, to: Format) -> Res
                 Some(ToolChoice::Auto)
             } else if c.contains_key("any") {
                 Some(ToolChoice::Any)
-            } else if let Some(t) = c.get("tool") {
-                Some(ToolChoice::Tool(t["name"].as_str().unwrap_or("").to_string()))
             } else {
-                None
+                c.get("tool")
+                    .map(|t| ToolChoice::Tool(t["name"].as_str().unwrap_or("").to_string()))
             };
         }
     }
@@ -197,7 +250,12 @@ pub fn request_to_ir(body: &Map<String, Value>, stream: bool, to: Format) -> Res
         req.stop = ic
             .get("stopSequences")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
     }
     Ok(req)
@@ -209,17 +267,35 @@ fn block_to_wire(b: &Block, out: &mut Vec<Value>) {
             out.push(json!({"text": text}));
             *cache
         }
-        Block::Image { media_type, data, cache } => {
-            out.push(json!({"image": {"format": image_format(media_type), "source": {"bytes": data}}}));
+        Block::Image {
+            media_type,
+            data,
+            cache,
+        } => {
+            out.push(
+                json!({"image": {"format": image_format(media_type), "source": {"bytes": data}}}),
+            );
             *cache
         }
-        Block::ToolUse { id, name, input, cache } => {
+        Block::ToolUse {
+            id,
+            name,
+            input,
+            cache,
+        } => {
             out.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
             *cache
         }
-        Block::ToolResult { id, content, is_error, cache } => {
-            out.push(json!({"toolResult": {"toolUseId": id, "content": [{"text": content}],
-                "status": if *is_error { "error" } else { "success" }}}));
+        Block::ToolResult {
+            id,
+            content,
+            is_error,
+            cache,
+        } => {
+            out.push(
+                json!({"toolResult": {"toolUseId": id, "content": [{"text": content}],
+                "status": if *is_error { "error" } else { "success" }}}),
+            );
             *cache
         }
         Block::Thinking { text, signature } => {
@@ -258,7 +334,11 @@ pub fn request_from_ir(req: &Request, from: Format) -> Result<Value, TranslateEr
         body["system"] = Value::Array(sys);
     }
     if req.parallel_tool_calls == Some(false) && !req.tools.is_empty() {
-        return Err(TranslateError::unsupported("parallel_tool_calls = false", from, ME));
+        return Err(TranslateError::unsupported(
+            "parallel_tool_calls = false",
+            from,
+            ME,
+        ));
     }
     if !req.tools.is_empty() {
         let mut tools = Vec::new();
@@ -278,7 +358,9 @@ pub fn request_from_ir(req: &Request, from: Format) -> Result<Value, TranslateEr
             Some(ToolChoice::Auto) => tc["toolChoice"] = json!({"auto": {}}),
             Some(ToolChoice::Any) => tc["toolChoice"] = json!({"any": {}}),
             Some(ToolChoice::Tool(n)) => tc["toolChoice"] = json!({"tool": {"name": n}}),
-            Some(ToolChoice::None) => return Err(TranslateError::unsupported("tool_choice none", from, ME)),
+            Some(ToolChoice::None) => {
+                return Err(TranslateError::unsupported("tool_choice none", from, ME));
+            }
         }
         body["toolConfig"] = tc;
     }
@@ -430,17 +512,40 @@ impl Decoder {
                 let d = &v["delta"];
                 if let Some(t) = d.get("text").and_then(Value::as_str) {
                     self.ensure_open(index, BlockStart::Text, &mut out);
-                    out.push(Event::Delta { index, delta: Delta::Text(t.to_string()) });
-                } else if let Some(i) = d.get("toolUse").and_then(|t| t.get("input")).and_then(Value::as_str) {
-                    self.ensure_open(index, BlockStart::ToolUse { id: String::new(), name: String::new() }, &mut out);
-                    out.push(Event::Delta { index, delta: Delta::ToolInput(i.to_string()) });
+                    out.push(Event::Delta {
+                        index,
+                        delta: Delta::Text(t.to_string()),
+                    });
+                } else if let Some(i) = d
+                    .get("toolUse")
+                    .and_then(|t| t.get("input"))
+                    .and_then(Value::as_str)
+                {
+                    self.ensure_open(
+                        index,
+                        BlockStart::ToolUse {
+                            id: String::new(),
+                            name: String::new(),
+                        },
+                        &mut out,
+                    );
+                    out.push(Event::Delta {
+                        index,
+                        delta: Delta::ToolInput(i.to_string()),
+                    });
                 } else if let Some(r) = d.get("reasoningContent") {
                     self.ensure_open(index, BlockStart::Thinking, &mut out);
                     if let Some(t) = r.get("text").and_then(Value::as_str) {
-                        out.push(Event::Delta { index, delta: Delta::Thinking(t.to_string()) });
+                        out.push(Event::Delta {
+                            index,
+                            delta: Delta::Thinking(t.to_string()),
+                        });
                     }
                     if let Some(s) = r.get("signature").and_then(Value::as_str) {
-                        out.push(Event::Delta { index, delta: Delta::Signature(s.to_string()) });
+                        out.push(Event::Delta {
+                            index,
+                            delta: Delta::Signature(s.to_string()),
+                        });
                     }
                 }
             }
@@ -483,8 +588,12 @@ impl Encoder {
             Event::BlockStart { index, block } => {
                 self.open.insert(*index);
                 if let BlockStart::ToolUse { id, name } = block {
-                    frame(out, "contentBlockStart", &json!({"contentBlockIndex": index,
-                        "start": {"toolUse": {"toolUseId": id, "name": name}}}));
+                    frame(
+                        out,
+                        "contentBlockStart",
+                        &json!({"contentBlockIndex": index,
+                        "start": {"toolUse": {"toolUseId": id, "name": name}}}),
+                    );
                 }
             }
             Event::Delta { index, delta } => {
@@ -494,20 +603,34 @@ impl Encoder {
                     Delta::Thinking(t) => json!({"reasoningContent": {"text": t}}),
                     Delta::Signature(s) => json!({"reasoningContent": {"signature": s}}),
                 };
-                frame(out, "contentBlockDelta", &json!({"contentBlockIndex": index, "delta": d}));
+                frame(
+                    out,
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": index, "delta": d}),
+                );
             }
             Event::BlockStop { index } => {
                 self.open.remove(index);
-                frame(out, "contentBlockStop", &json!({"contentBlockIndex": index}));
+                frame(
+                    out,
+                    "contentBlockStop",
+                    &json!({"contentBlockIndex": index}),
+                );
             }
             Event::Stop { reason } => {
                 self.close_open(out);
                 self.stopped = true;
-                frame(out, "messageStop", &json!({"stopReason": stop_to_wire(*reason)}));
+                frame(
+                    out,
+                    "messageStop",
+                    &json!({"stopReason": stop_to_wire(*reason)}),
+                );
             }
             Event::Usage { usage, .. } => self.usage = *usage,
             Event::Error { class, message } => {
-                out.extend_from_slice(&EsMessage::exception(stream_exception_type(*class), message).encode());
+                out.extend_from_slice(
+                    &EsMessage::exception(stream_exception_type(*class), message).encode(),
+                );
             }
             Event::End => {
                 if !self.stopped {
@@ -515,7 +638,11 @@ impl Encoder {
                     self.stopped = true;
                     frame(out, "messageStop", &json!({"stopReason": "end_turn"}));
                 }
-                frame(out, "metadata", &json!({"usage": usage_to_wire(&self.usage), "metrics": {"latencyMs": 0}}));
+                frame(
+                    out,
+                    "metadata",
+                    &json!({"usage": usage_to_wire(&self.usage), "metrics": {"latencyMs": 0}}),
+                );
             }
         }
     }
@@ -524,7 +651,11 @@ impl Encoder {
         let mut open: Vec<usize> = self.open.drain().collect();
         open.sort_unstable();
         for index in open {
-            frame(out, "contentBlockStop", &json!({"contentBlockIndex": index}));
+            frame(
+                out,
+                "contentBlockStop",
+                &json!({"contentBlockIndex": index}),
+            );
         }
     }
 

@@ -49,7 +49,9 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
     /// The request uses something the target format cannot express.
-    #[error("`{feature}` cannot be translated to {target}; remove it or use a deployment on a {source_format} upstream")]
+    #[error(
+        "`{feature}` cannot be translated to {target}; remove it or use a deployment on a {source_format} upstream"
+    )]
     Unsupported {
         feature: String,
         target: &'static str,
@@ -95,7 +97,10 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Block {
     /// `cache`: a cache breakpoint after this block.
-    Text { text: String, cache: Option<CacheTtl> },
+    Text {
+        text: String,
+        cache: Option<CacheTtl>,
+    },
     /// Base64 image data.
     Image {
         media_type: String,

@@ -57,12 +57,18 @@ fn text_of(content: &Value, field: &str, to: Format) -> Result<String, Translate
                             to,
                         ));
                     }
-                    None => return Err(TranslateError::Invalid(format!("{field}: a content part has no type"))),
+                    None => {
+                        return Err(TranslateError::Invalid(format!(
+                            "{field}: a content part has no type"
+                        )));
+                    }
                 }
             }
             Ok(out.join("\n"))
         }
-        _ => Err(TranslateError::Invalid(format!("{field}: content must be a string or an array"))),
+        _ => Err(TranslateError::Invalid(format!(
+            "{field}: content must be a string or an array"
+        ))),
     }
 }
 
@@ -102,13 +108,17 @@ fn user_blocks(content: &Value, to: Format) -> Result<Vec<Block>, TranslateError
                             to,
                         ));
                     }
-                    None => return Err(TranslateError::Invalid("a content part has no type".into())),
+                    None => {
+                        return Err(TranslateError::Invalid("a content part has no type".into()));
+                    }
                 }
             }
             Ok(out)
         }
         Value::Null => Ok(Vec::new()),
-        _ => Err(TranslateError::Invalid("content must be a string or an array".into())),
+        _ => Err(TranslateError::Invalid(
+            "content must be a string or an array".into(),
+        )),
     }
 }
 
@@ -185,14 +195,20 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
             }
             "function" => return Err(TranslateError::unsupported("function messages", ME, to)),
             other => {
-                return Err(TranslateError::Invalid(format!("unknown message role {other:?}")));
+                return Err(TranslateError::Invalid(format!(
+                    "unknown message role {other:?}"
+                )));
             }
         }
     }
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
         for t in tools {
             if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::unsupported("tools of a type other than function", ME, to));
+                return Err(TranslateError::unsupported(
+                    "tools of a type other than function",
+                    ME,
+                    to,
+                ));
             }
             let f = &t["function"];
             req.tools.push(Tool {
@@ -212,7 +228,11 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
             "auto" => ToolChoice::Auto,
             "none" => ToolChoice::None,
             "required" => ToolChoice::Any,
-            other => return Err(TranslateError::Invalid(format!("unknown tool_choice {other:?}"))),
+            other => {
+                return Err(TranslateError::Invalid(format!(
+                    "unknown tool_choice {other:?}"
+                )));
+            }
         }),
         Some(v) => match v["function"]["name"].as_str() {
             Some(n) => Some(ToolChoice::Tool(n.to_string())),
@@ -228,7 +248,11 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
     req.top_p = body.get("top_p").and_then(Value::as_f64);
     req.stop = match body.get("stop") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         _ => Vec::new(),
     };
     req.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -273,15 +297,25 @@ pub fn request_from_ir(req: &Request, model: &str, from: Format) -> Result<Value
                 let mut parts = Vec::new();
                 for b in &m.content {
                     match b {
-                        Block::ToolResult { id, content, cache, .. } => {
+                        Block::ToolResult {
+                            id, content, cache, ..
+                        } => {
                             ttl_dropped(*cache);
-                            messages.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
+                            messages.push(
+                                json!({"role": "tool", "tool_call_id": id, "content": content}),
+                            );
                         }
-                        Block::Text { text, .. } => parts.push(json!({"type": "text", "text": text})),
-                        Block::Image { media_type, data, .. } => parts.push(json!({"type": "image_url",
+                        Block::Text { text, .. } => {
+                            parts.push(json!({"type": "text", "text": text}))
+                        }
+                        Block::Image {
+                            media_type, data, ..
+                        } => parts.push(json!({"type": "image_url",
                             "image_url": {"url": format!("data:{media_type};base64,{data}")}})),
                         Block::ToolUse { .. } => {
-                            return Err(TranslateError::Invalid("a user message cannot hold a tool call".into()));
+                            return Err(TranslateError::Invalid(
+                                "a user message cannot hold a tool call".into(),
+                            ));
                         }
                         Block::Thinking { .. } => {
                             return Err(TranslateError::unsupported("thinking blocks", from, ME));
@@ -300,13 +334,19 @@ pub fn request_from_ir(req: &Request, model: &str, from: Format) -> Result<Value
                 for b in &m.content {
                     match b {
                         Block::Text { text: t, .. } => text.push_str(t),
-                        Block::ToolUse { id, name, input, .. } => calls.push(json!({"id": id, "type": "function",
+                        Block::ToolUse {
+                            id, name, input, ..
+                        } => calls.push(json!({"id": id, "type": "function",
                             "function": {"name": name, "arguments": input.to_string()}})),
                         Block::Thinking { .. } => {
                             return Err(TranslateError::unsupported("thinking blocks", from, ME));
                         }
                         Block::Image { .. } | Block::ToolResult { .. } => {
-                            return Err(TranslateError::unsupported("images or tool results in assistant turns", from, ME));
+                            return Err(TranslateError::unsupported(
+                                "images or tool results in assistant turns",
+                                from,
+                                ME,
+                            ));
                         }
                     }
                 }
@@ -319,7 +359,9 @@ pub fn request_from_ir(req: &Request, model: &str, from: Format) -> Result<Value
         }
     }
     let mut body = json!({"model": model, "messages": messages});
-    let o = body.as_object_mut().ok_or_else(|| TranslateError::Invalid("internal".into()))?;
+    let o = body
+        .as_object_mut()
+        .ok_or_else(|| TranslateError::Invalid("internal".into()))?;
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
             .tools
@@ -437,7 +479,9 @@ pub fn response_from_ir(r: &Response, model: &str, created: u64) -> Value {
         match b {
             Block::Text { text: t, .. } => text.push_str(t),
             Block::Thinking { text: t, .. } => reasoning.push_str(t),
-            Block::ToolUse { id, name, input, .. } => calls.push(json!({"id": id, "type": "function",
+            Block::ToolUse {
+                id, name, input, ..
+            } => calls.push(json!({"id": id, "type": "function",
                 "function": {"name": name, "arguments": input.to_string()}})),
             Block::Image { .. } | Block::ToolResult { .. } => {}
         }
@@ -471,7 +515,10 @@ fn openai_id(id: &str) -> String {
 
 /// The error class of an OpenAI stream `error` object.
 fn error_class(e: &Value) -> ErrorClass {
-    let t = e["type"].as_str().or_else(|| e["code"].as_str()).unwrap_or("");
+    let t = e["type"]
+        .as_str()
+        .or_else(|| e["code"].as_str())
+        .unwrap_or("");
     match t {
         "invalid_request_error" => ErrorClass::InvalidRequest,
         "authentication_error" => ErrorClass::Authentication,
@@ -483,7 +530,9 @@ fn error_class(e: &Value) -> ErrorClass {
 /// The OpenAI `error.type` for an error class.
 pub fn error_type(c: ErrorClass) -> &'static str {
     match c {
-        ErrorClass::InvalidRequest | ErrorClass::NotFound | ErrorClass::TooLarge => "invalid_request_error",
+        ErrorClass::InvalidRequest | ErrorClass::NotFound | ErrorClass::TooLarge => {
+            "invalid_request_error"
+        }
         ErrorClass::Authentication => "authentication_error",
         ErrorClass::Permission => "permission_error",
         ErrorClass::RateLimited => "rate_limit_error",
@@ -558,7 +607,10 @@ impl Decoder {
         if let Some(e) = v.get("error").filter(|e| e.is_object()) {
             out.push(Event::Error {
                 class: error_class(e),
-                message: e["message"].as_str().unwrap_or("upstream error").to_string(),
+                message: e["message"]
+                    .as_str()
+                    .unwrap_or("upstream error")
+                    .to_string(),
             });
             return out;
         }
@@ -577,7 +629,10 @@ impl Decoder {
                         Some((i, 1)) => i,
                         _ => self.open_block(1, BlockStart::Thinking, &mut out),
                     };
-                    out.push(Event::Delta { index: i, delta: Delta::Thinking(t.to_string()) });
+                    out.push(Event::Delta {
+                        index: i,
+                        delta: Delta::Thinking(t.to_string()),
+                    });
                     break;
                 }
             }
@@ -586,7 +641,10 @@ impl Decoder {
                     Some((i, 0)) => i,
                     _ => self.open_block(0, BlockStart::Text, &mut out),
                 };
-                out.push(Event::Delta { index: i, delta: Delta::Text(t.to_string()) });
+                out.push(Event::Delta {
+                    index: i,
+                    delta: Delta::Text(t.to_string()),
+                });
             }
             if let Some(calls) = d["tool_calls"].as_array() {
                 for c in calls {
@@ -603,8 +661,14 @@ impl Decoder {
                             i
                         }
                     };
-                    if let Some(a) = c["function"]["arguments"].as_str().filter(|a| !a.is_empty()) {
-                        out.push(Event::Delta { index: i, delta: Delta::ToolInput(a.to_string()) });
+                    if let Some(a) = c["function"]["arguments"]
+                        .as_str()
+                        .filter(|a| !a.is_empty())
+                    {
+                        out.push(Event::Delta {
+                            index: i,
+                            delta: Delta::ToolInput(a.to_string()),
+                        });
                     }
                 }
             }
@@ -612,13 +676,18 @@ impl Decoder {
                 if let Some((i, _)) = self.open.take() {
                     out.push(Event::BlockStop { index: i });
                 }
-                out.push(Event::Stop { reason: stop_from_wire(r) });
+                out.push(Event::Stop {
+                    reason: stop_from_wire(r),
+                });
             }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object())
             && let Ok(w) = serde_json::from_value::<WireUsage>(u.clone())
         {
-            out.push(Event::Usage { usage: w.to_usage(), final_count: true });
+            out.push(Event::Usage {
+                usage: w.to_usage(),
+                final_count: true,
+            });
         }
         out
     }
@@ -665,11 +734,18 @@ impl Encoder {
                 self.id = openai_id(id);
                 self.chunk(out, json!({"role": "assistant", "content": ""}), None);
             }
-            Event::BlockStart { index, block: BlockStart::ToolUse { id, name } } => {
+            Event::BlockStart {
+                index,
+                block: BlockStart::ToolUse { id, name },
+            } => {
                 let k = self.tools.len();
                 self.tools.insert(*index, k);
-                self.chunk(out, json!({"tool_calls": [{"index": k, "id": id, "type": "function",
-                    "function": {"name": name, "arguments": ""}}]}), None);
+                self.chunk(
+                    out,
+                    json!({"tool_calls": [{"index": k, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                );
             }
             Event::BlockStart { .. } | Event::BlockStop { .. } => {}
             Event::Delta { index, delta } => match delta {
@@ -677,7 +753,11 @@ impl Encoder {
                 Delta::Thinking(t) => self.chunk(out, json!({"reasoning_content": t}), None),
                 Delta::ToolInput(a) => {
                     let k = self.tools.get(index).copied().unwrap_or(0);
-                    self.chunk(out, json!({"tool_calls": [{"index": k, "function": {"arguments": a}}]}), None);
+                    self.chunk(
+                        out,
+                        json!({"tool_calls": [{"index": k, "function": {"arguments": a}}]}),
+                        None,
+                    );
                 }
                 Delta::Signature(_) => {}
             },

@@ -259,7 +259,9 @@ fn assemble(events: &[Event]) -> Response {
     r.content = blocks
         .into_iter()
         .map(|(_, b, args)| match b {
-            Block::ToolUse { id, name, cache, .. } => Block::ToolUse {
+            Block::ToolUse {
+                id, name, cache, ..
+            } => Block::ToolUse {
                 id,
                 name,
                 input: parse_arguments(&args),
@@ -303,8 +305,11 @@ fn events_of(r: &Response) -> Vec<Event> {
                     },
                 });
                 let s = input.to_string();
-                let mid = (0..=s.len() / 2).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-            let (a, b) = s.split_at(mid);
+                let mid = (0..=s.len() / 2)
+                    .rev()
+                    .find(|i| s.is_char_boundary(*i))
+                    .unwrap_or(0);
+                let (a, b) = s.split_at(mid);
                 for part in [a, b] {
                     ev.push(Event::Delta {
                         index,
@@ -455,7 +460,8 @@ fn untranslatable_features_are_named() {
     let e = openai::request_to_ir(body.as_object().unwrap(), Format::Anthropic).unwrap_err();
     assert_eq!(e.param(), Some("logit_bias"));
     assert!(e.to_string().contains("Anthropic Messages"), "{e}");
-    let body = json!({"model": "m", "max_tokens": 5, "messages": [], "thinking": {"type": "enabled"}});
+    let body =
+        json!({"model": "m", "max_tokens": 5, "messages": [], "thinking": {"type": "enabled"}});
     let e = anthropic::request_to_ir(body.as_object().unwrap(), Format::OpenAi).unwrap_err();
     assert_eq!(e.param(), Some("thinking"));
     let body = json!({"messages": [], "guardrailConfig": {"guardrailIdentifier": "g"}});

@@ -115,7 +115,10 @@ async fn pause(text: &str, sim: &Sim) {
 
 fn anthropic_error(status: u16) -> Response {
     let (kind, msg) = match status {
-        429 => ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"),
+        429 => (
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
         529 => ("overloaded_error", "Overloaded"),
         400 => ("invalid_request_error", "messages: roles must alternate"),
         401 => ("authentication_error", "invalid x-api-key"),
@@ -179,7 +182,11 @@ fn anthropic_prompt(req: &Value) -> Prompt {
     }
     let tools = req["tools"]
         .as_array()
-        .map(|t| t.iter().filter_map(|t| t["name"].as_str().map(str::to_string)).collect())
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     // The last user message's text decides faults and tool queries: put it last.
     if let Some(last) = req["messages"].as_array().and_then(|m| m.last()) {
@@ -304,7 +311,10 @@ pub(super) async fn messages(State(sim): State<Arc<Sim>>, body: Bytes) -> Respon
         yield Ok(sse("message_stop", &json!({"type": "message_stop"})));
     };
     Response::builder()
-        .header(http::header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/event-stream; charset=utf-8",
+        )
         .header("request-id", "req_sim")
         .body(Body::from_stream(s))
         .unwrap_or_else(|_| anthropic_error(500))
@@ -315,13 +325,25 @@ pub(super) async fn messages(State(sim): State<Arc<Sim>>, body: Bytes) -> Respon
 
 fn bedrock_error(status: u16) -> Response {
     let (kind, msg) = match status {
-        429 => ("ThrottlingException", "Too many requests, please wait before trying again."),
-        400 => ("ValidationException", "Malformed input request, please reformat your input and try again."),
-        403 => ("AccessDeniedException", "You don't have access to the model with the specified model ID."),
+        429 => (
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+        ),
+        400 => (
+            "ValidationException",
+            "Malformed input request, please reformat your input and try again.",
+        ),
+        403 => (
+            "AccessDeniedException",
+            "You don't have access to the model with the specified model ID.",
+        ),
         404 => ("ResourceNotFoundException", "The model does not exist."),
         408 => ("ModelTimeoutException", "The model timed out."),
         503 => ("ServiceUnavailableException", "The service is unavailable."),
-        _ => ("InternalServerException", "The server encountered an error processing the request."),
+        _ => (
+            "InternalServerException",
+            "The server encountered an error processing the request.",
+        ),
     };
     let mut r = (
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
@@ -361,7 +383,12 @@ fn bedrock_prompt(req: &Value) -> Prompt {
     if let Some(last) = req["messages"].as_array().and_then(|m| m.last()) {
         let t = last["content"]
             .as_array()
-            .map(|b| b.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(" "))
+            .map(|b| {
+                b.iter()
+                    .filter_map(|b| b["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default();
         if texts.last() != Some(&t) && !t.is_empty() {
             texts.push(t);
@@ -397,11 +424,19 @@ fn frame(event: &str, payload: &Value) -> Bytes {
     EsMessage::event(event, payload.to_string().as_bytes()).encode()
 }
 
-pub(super) async fn converse(State(sim): State<Arc<Sim>>, Path(model): Path<String>, body: Bytes) -> Response {
+pub(super) async fn converse(
+    State(sim): State<Arc<Sim>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> Response {
     bedrock(sim, model, body, false).await
 }
 
-pub(super) async fn converse_stream(State(sim): State<Arc<Sim>>, Path(model): Path<String>, body: Bytes) -> Response {
+pub(super) async fn converse_stream(
+    State(sim): State<Arc<Sim>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> Response {
     bedrock(sim, model, body, true).await
 }
 
@@ -474,7 +509,10 @@ async fn bedrock(sim: Arc<Sim>, model: String, body: Bytes, stream: bool) -> Res
         }
     };
     Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/vnd.amazon.eventstream")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/vnd.amazon.eventstream",
+        )
         .header("x-amzn-requestid", "sim-request")
         .body(Body::from_stream(s))
         .unwrap_or_else(|_| bedrock_error(500))
