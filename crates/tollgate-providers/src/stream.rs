@@ -308,3 +308,55 @@ impl StreamTap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANTHROPIC: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"m\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi there\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n";
+    const STOP: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    fn client(format: Format) -> ClientStream {
+        ClientStream {
+            format,
+            model: "claude".into(),
+            created: 0,
+            include_usage: false,
+        }
+    }
+
+    #[test]
+    fn same_format_passes_bytes_through_and_holds_the_end_when_asked() {
+        let input = format!("{ANTHROPIC}{STOP}");
+        let mut t = StreamTap::decoded(Format::Anthropic, client(Format::Anthropic), true);
+        let mut out = Vec::new();
+        for piece in input.as_bytes().chunks(7) {
+            out.extend_from_slice(&t.feed(Bytes::copy_from_slice(piece)));
+        }
+        assert_eq!(out, ANTHROPIC.as_bytes(), "message_stop is held");
+        out.extend_from_slice(&t.finish(true));
+        assert_eq!(out, input.as_bytes());
+        assert!(t.completed());
+        let u = t.reported_usage().unwrap();
+        assert_eq!((u.input, u.output), (10, 2));
+        assert_eq!(t.generated_text().as_deref(), Some("Hi there"));
+    }
+
+    #[test]
+    fn a_cut_stream_keeps_the_prompt_usage_and_the_text() {
+        let mut t = StreamTap::decoded(Format::Anthropic, client(Format::OpenAi), false);
+        let cut = ANTHROPIC.find("event: content_block_stop").unwrap();
+        let out = t.feed(Bytes::copy_from_slice(&ANTHROPIC.as_bytes()[..cut]));
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("\"content\":\"Hi there\""), "{text}");
+        t.finish(false);
+        assert!(!t.completed());
+        assert!(t.reported_usage().is_none());
+        assert_eq!(t.partial_usage().unwrap().input, 10);
+        assert!(t.cut_tail("cut").starts_with(b"data: {\"error\""));
+    }
+}
