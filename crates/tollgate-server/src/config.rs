@@ -938,6 +938,18 @@ mod tests {
             name = "nova-lite"
             upstream = "aws"
             model = "us.amazon.nova-2-lite-v1:0"
+            [[deployments]]
+            name = "nova-pro"
+            upstream = "aws"
+            model = "us.amazon.nova-2-pro-preview-20251202-v1:0"
+            [[deployments]]
+            name = "nova-lite-global"
+            upstream = "aws"
+            model = "global.amazon.nova-2-lite-v1:0"
+            [[deployments]]
+            name = "nova-lite-base"
+            upstream = "aws"
+            model = "amazon.nova-2-lite-v1:0"
         "#;
         let e = env(&[
             ("ANTHROPIC_API_KEY", "sk-ant"),
@@ -970,7 +982,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(c.deployments["nova-lite"].price.is_some());
+        // Regional ids are separate catalog entries with their own prices.
+        for (name, key) in [
+            ("nova-lite", "us.amazon.nova-2-lite-v1:0"),
+            ("nova-pro", "us.amazon.nova-2-pro-preview-20251202-v1:0"),
+            ("nova-lite-global", "global.amazon.nova-2-lite-v1:0"),
+            ("nova-lite-base", "amazon.nova-2-lite-v1:0"),
+            ("sonnet", "claude-sonnet-4-5"),
+        ] {
+            assert_eq!(c.deployments[name].price_key.as_deref(), Some(key));
+        }
+        let rate = |n: &str| {
+            c.deployments[n]
+                .price
+                .as_ref()
+                .unwrap()
+                .rates(0, None)
+                .unwrap()
+                .input
+                .atto()
+        };
+        assert_ne!(rate("nova-lite"), rate("nova-lite-base"));
         // Missing credentials and region are reported with their fields.
         let bad = "[[upstreams]]\nname = \"aws\"\nkind = \"bedrock\"\nanthropic_version = \"x\"\n";
         let e = env(&[]);

@@ -460,6 +460,23 @@ pub fn error_class(t: &str) -> ErrorClass {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct DeltaEvent {
+    #[serde(default)]
+    index: usize,
+    delta: DeltaBody,
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaBody {
+    #[serde(rename = "type", default)]
+    kind: String,
+    text: Option<String>,
+    partial_json: Option<String>,
+    thinking: Option<String>,
+    signature: Option<String>,
+}
+
 /// Upstream Anthropic SSE → events.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -504,8 +521,30 @@ impl Decoder {
 
     fn events(&mut self, raw: &[u8]) -> Vec<Event> {
         let mut out = Vec::new();
-        let (_, data) = event_fields(raw);
+        let (name, data) = event_fields(raw);
         if data.is_empty() {
+            return out;
+        }
+        // The frequent event is read into a small typed struct, not a `Value`.
+        if name == Some("content_block_delta") {
+            match serde_json::from_slice::<DeltaEvent>(&data) {
+                Ok(d) => {
+                    let delta = match d.delta.kind.as_str() {
+                        "text_delta" => d.delta.text.map(Delta::Text),
+                        "input_json_delta" => d.delta.partial_json.map(Delta::ToolInput),
+                        "thinking_delta" => d.delta.thinking.map(Delta::Thinking),
+                        "signature_delta" => d.delta.signature.map(Delta::Signature),
+                        _ => None,
+                    };
+                    if let Some(delta) = delta {
+                        out.push(Event::Delta {
+                            index: d.index,
+                            delta,
+                        });
+                    }
+                }
+                Err(_) => self.bad = true,
+            }
             return out;
         }
         let Ok(v) = serde_json::from_slice::<Value>(&data) else {

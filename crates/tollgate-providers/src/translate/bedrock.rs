@@ -433,6 +433,33 @@ pub fn response_from_ir(r: &Response, latency_ms: u64) -> Value {
     })
 }
 
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeltaEvent {
+    #[serde(default)]
+    content_block_index: usize,
+    delta: DeltaBody,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeltaBody {
+    text: Option<String>,
+    tool_use: Option<ToolInput>,
+    reasoning_content: Option<Reasoning>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolInput {
+    input: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Reasoning {
+    text: Option<String>,
+    signature: Option<String>,
+}
+
 /// Upstream event stream → events.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -487,6 +514,45 @@ impl Decoder {
             }
             _ => return out,
         }
+        // The frequent event is read into a small typed struct, not a `Value`.
+        if m.header(":event-type") == Some("contentBlockDelta") {
+            let Ok(d) = serde_json::from_slice::<DeltaEvent>(&m.payload) else {
+                return out;
+            };
+            let index = d.content_block_index;
+            if let Some(t) = d.delta.text {
+                self.ensure_open(index, BlockStart::Text, &mut out);
+                out.push(Event::Delta {
+                    index,
+                    delta: Delta::Text(t),
+                });
+            } else if let Some(t) = d.delta.tool_use {
+                let block = BlockStart::ToolUse {
+                    id: String::new(),
+                    name: String::new(),
+                };
+                self.ensure_open(index, block, &mut out);
+                out.push(Event::Delta {
+                    index,
+                    delta: Delta::ToolInput(t.input),
+                });
+            } else if let Some(r) = d.delta.reasoning_content {
+                self.ensure_open(index, BlockStart::Thinking, &mut out);
+                if let Some(t) = r.text {
+                    out.push(Event::Delta {
+                        index,
+                        delta: Delta::Thinking(t),
+                    });
+                }
+                if let Some(s) = r.signature {
+                    out.push(Event::Delta {
+                        index,
+                        delta: Delta::Signature(s),
+                    });
+                }
+            }
+            return out;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
             return out;
         };
@@ -507,47 +573,6 @@ impl Decoder {
                     BlockStart::Text
                 };
                 self.ensure_open(index, block, &mut out);
-            }
-            "contentBlockDelta" => {
-                let d = &v["delta"];
-                if let Some(t) = d.get("text").and_then(Value::as_str) {
-                    self.ensure_open(index, BlockStart::Text, &mut out);
-                    out.push(Event::Delta {
-                        index,
-                        delta: Delta::Text(t.to_string()),
-                    });
-                } else if let Some(i) = d
-                    .get("toolUse")
-                    .and_then(|t| t.get("input"))
-                    .and_then(Value::as_str)
-                {
-                    self.ensure_open(
-                        index,
-                        BlockStart::ToolUse {
-                            id: String::new(),
-                            name: String::new(),
-                        },
-                        &mut out,
-                    );
-                    out.push(Event::Delta {
-                        index,
-                        delta: Delta::ToolInput(i.to_string()),
-                    });
-                } else if let Some(r) = d.get("reasoningContent") {
-                    self.ensure_open(index, BlockStart::Thinking, &mut out);
-                    if let Some(t) = r.get("text").and_then(Value::as_str) {
-                        out.push(Event::Delta {
-                            index,
-                            delta: Delta::Thinking(t.to_string()),
-                        });
-                    }
-                    if let Some(s) = r.get("signature").and_then(Value::as_str) {
-                        out.push(Event::Delta {
-                            index,
-                            delta: Delta::Signature(s.to_string()),
-                        });
-                    }
-                }
             }
             "contentBlockStop" => {
                 self.open.remove(&index);
