@@ -346,6 +346,36 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         assert_eq!(t.generated_text().as_deref(), Some("Hi there"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_through_any_pair_never_panic(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            cuts in proptest::collection::vec(0usize..3000, 0..6),
+            hold in proptest::prelude::any::<bool>(),
+        ) {
+            let formats = [Format::OpenAi, Format::Anthropic, Format::Bedrock];
+            for up in formats {
+                for down in formats {
+                    let mut t = if up == Format::OpenAi && down == Format::OpenAi {
+                        StreamTap::openai_native(hold, hold)
+                    } else {
+                        StreamTap::decoded(up, client(down), hold)
+                    };
+                    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+                    cuts.sort_unstable();
+                    let mut prev = 0;
+                    for c in cuts.into_iter().chain([data.len()]) {
+                        let _ = t.feed(Bytes::copy_from_slice(&data[prev..c]));
+                        prev = c;
+                    }
+                    let _ = t.finish(hold);
+                    let _ = (t.reported_usage(), t.partial_usage(), t.generated_text(), t.completed());
+                    let _ = t.cut_tail("x");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_cut_stream_keeps_the_prompt_usage_and_the_text() {
         let mut t = StreamTap::decoded(Format::Anthropic, client(Format::OpenAi), false);
