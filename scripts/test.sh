@@ -10,6 +10,3 @@ cargo build -p tollgate
 if [ -f tests/sdk/run.sh ]; then
   TOLLGATE_BIN="${TOLLGATE_BIN:-$PWD/target/debug/tollgate}" bash tests/sdk/run.sh
 fi
-if [ -f tests/sdk/run_native.sh ]; then
-  TOLLGATE_BIN="${TOLLGATE_BIN:-$PWD/target/debug/tollgate}" bash tests/sdk/run_native.sh
-fi

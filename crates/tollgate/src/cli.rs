@@ -47,7 +47,7 @@ pub struct SimArgs {
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
     /// Config file (default: $TOLLGATE_CONFIG, else ./tollgate.toml if present).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -105,7 +105,7 @@ pub struct KeysArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Ledger database (overrides the config's ledger.path).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub db: Option<PathBuf>,
     #[command(subcommand)]
     pub action: KeysAction,
