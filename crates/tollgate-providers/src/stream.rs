@@ -291,16 +291,12 @@ impl StreamTap {
         }
     }
 
-    /// What to send the client, in its own format, when the stream broke off.
-    pub fn cut_tail(&self, message: &str) -> Bytes {
+    /// What to send the client, in its own format, when the stream broke off; `code`
+    /// is the row's error code (OpenAI clients see it as `error.code`).
+    pub fn cut_tail(&self, message: &str, code: &str) -> Bytes {
         match self.ingress {
             Format::OpenAi => {
-                let e = crate::openai::error_body(
-                    message,
-                    "upstream_error",
-                    None,
-                    Some("upstream_error"),
-                );
+                let e = crate::openai::error_body(message, "upstream_error", None, Some(code));
                 Bytes::from(format!("data: {e}\n\n"))
             }
             Format::Anthropic => anthropic::Encoder::cut(message),
@@ -370,7 +366,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
                     }
                     let _ = t.finish(hold);
                     let _ = (t.reported_usage(), t.partial_usage(), t.generated_text(), t.completed());
-                    let _ = t.cut_tail("x");
+                    let _ = t.cut_tail("x", "upstream_cut");
                 }
             }
         }
@@ -387,6 +383,9 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         assert!(!t.completed());
         assert!(t.reported_usage().is_none());
         assert_eq!(t.partial_usage().unwrap().input, 10);
-        assert!(t.cut_tail("cut").starts_with(b"data: {\"error\""));
+        assert!(
+            t.cut_tail("cut", "upstream_cut")
+                .starts_with(b"data: {\"error\"")
+        );
     }
 }

@@ -576,7 +576,7 @@ fn stream_response(
                     Some("upstream_malformed") => "The upstream sent a malformed stream.",
                     _ => "The upstream stream ended before it was complete.",
                 };
-                (tail, outcome, s.cut_tail(message))
+                (tail, outcome, s.cut_tail(message, error_code.unwrap_or("upstream_cut")))
             }
             None => (Bytes::new(), Outcome::ok(Consumed::Nothing, None), Bytes::new()),
         };

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::openai::WireUsage;
 use crate::sse::{SseFramer, event_fields};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use tollgate_domain::usage::Usage;
@@ -781,11 +781,5 @@ impl Encoder {
                 out.extend_from_slice(b"data: [DONE]\n\n");
             }
         }
-    }
-
-    /// Bytes that tell the client the stream broke off.
-    pub fn cut(&self, message: &str) -> Bytes {
-        let e = crate::openai::error_body(message, "upstream_error", None, Some("upstream_error"));
-        Bytes::from(format!("data: {e}\n\n"))
     }
 }
