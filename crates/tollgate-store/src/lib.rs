@@ -12,7 +12,7 @@ pub mod ledger;
 pub mod report;
 pub mod sqlite;
 
-pub use keys::{NewKey, VirtualKey};
+pub use keys::{NewKey, SecretSealer, VirtualKey};
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerStats, LedgerWriter};
 pub use sqlite::SqliteStore;
 

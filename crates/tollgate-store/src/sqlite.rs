@@ -62,6 +62,12 @@ const MIGRATIONS: &[&str] = &[
         first_seen_ms INTEGER NOT NULL
     );
     "#,
+    // 2: the key secret sealed (AES-256-GCM under a key derived from the master key), so
+    // SigV4 signatures (Bedrock clients) can be verified; NULL for keys created without
+    // a master key, which then work as bearer tokens only.
+    r#"
+    ALTER TABLE keys ADD COLUMN sealed_secret TEXT;
+    "#,
 ];
 
 /// A SQLite database file holding the ledger, keys and price-table registry.
