@@ -21,7 +21,8 @@
 #
 # Knobs (environment): DURATION (s, measured per run), WARMUP (s), RATE, CONC, MAXCONC,
 # POOL (open-loop connection pool), PIN (both|pinned|unpinned), LEDGER_ROWS,
-# STRICT_ROWS, STRICT_PRODUCERS, NAIVE_ROWS, OUT, NO_BUILD=1.
+# STRICT_ROWS, STRICT_PRODUCERS, NAIVE_ROWS, OUT, NO_BUILD=1, GATEWAY_BIN (another
+# tollgate binary to measure, e.g. a copy of an older build for an A/B comparison).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ BIN="$TARGET_DIR/release"
 for b in tollgate stub load ledger; do
     [[ -x "$BIN/$b" ]] || { log "missing $BIN/$b"; exit 1; }
 done
+GATEWAY_BIN=${GATEWAY_BIN:-$BIN/tollgate}
 
 WORK=$(mktemp -d -t tollgate-bench.XXXXXX)
 PIDS=()
@@ -137,9 +139,9 @@ upstream = "stub"
 model = "gpt-4o-mini"
 EOF
     local key
-    key=$("$BIN/tollgate" keys create --db "$dir/ledger.db" --team bench --agent load 2>/dev/null)
+    key=$("$GATEWAY_BIN" keys create --db "$dir/ledger.db" --team bench --agent load 2>/dev/null)
     TOLLGATE_MASTER_KEY=bench-master-key TOLLGATE_LOG=warn \
-        $GW_PIN "$BIN/tollgate" serve --config "$dir/tollgate.toml" 2>"$dir/gateway.log" &
+        $GW_PIN "$GATEWAY_BIN" serve --config "$dir/tollgate.toml" 2>"$dir/gateway.log" &
     local gw_pid=$!
     PIDS+=("$gw_pid")
     local gw="http://127.0.0.1:$port"

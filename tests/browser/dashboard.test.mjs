@@ -115,17 +115,21 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
   const kpi = (k) => page.textContent(`[data-kpi="${k}"]`);
   assert.equal(await kpi("cost"), usd(d.totals.cost_usd));
   assert.equal(await kpi("requests"), Number(d.totals.requests).toLocaleString("en-US"));
-  // The demo records 9 outcomes, 6 of them successes.
-  assert.equal(await kpi("tasks"), "6 / 9");
-  // 72 min at $35 (support) + $120 (research) + 40 min at $60 (reviews) = $202.
-  assert.equal(d.totals.value_usd, "202.000000000");
-  assert.equal(await kpi("value"), "$202.00");
+  // The demo records 13 outcomes, 9 of them successes.
+  assert.equal(await kpi("tasks"), "9 / 13");
+  // 72 min at $35 (support) + $120 (research) + 40 min at $60 (reviews) + 9 min at $60
+  // (triage) + $25 (copy) = $236.
+  assert.equal(d.totals.value_usd, "236.000000000");
+  assert.equal(await kpi("value"), "$236.00");
   assert.equal(await kpi("roi"), pct(d.totals.roi_pct));
   assert.equal(await kpi("saved"), usd(d.totals.saved_usd));
   assert.ok(Number(d.totals.saved_usd) > 0, "the demo's cached prompts save money");
 
   // Value per dollar by agent: one row per agent, with the demo's values.
-  const expectedValue = { "support-bot": "$42.0000", "research-agent": "$120.00", "code-reviewer": "$40.0000" };
+  const expectedValue = {
+    "support-bot": "$42.0000", "research-agent": "$120.00", "code-reviewer": "$40.0000",
+    "triage-agent": "$9.0000", "writer-assistant": "$25.0000",
+  };
   for (const g of d.roi.groups) {
     const row = page.locator(`#roi-table tr[data-group="${g.group}"]`);
     const cells = await row.locator("td").allTextContents();
@@ -135,11 +139,14 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
     assert.equal(cells[5], usd(g.cost_per_successful_task_usd), g.group);
     assert.equal(cells[8], pct(g.roi_pct), g.group);
   }
-  assert.deepEqual(d.roi.groups.map((g) => g.group).sort(), ["code-reviewer", "research-agent", "support-bot"]);
+  assert.deepEqual(d.roi.groups.map((g) => g.group).sort(),
+    ["code-reviewer", "research-agent", "support-bot", "triage-agent", "writer-assistant"]);
 
   // Spend over time: a uPlot chart stacked by agent, with pixels drawn.
   const legend = await page.locator("#spend-chart .u-legend").textContent();
-  for (const a of ["support-bot", "research-agent", "code-reviewer"]) assert.ok(legend.includes(a), legend);
+  for (const a of ["support-bot", "research-agent", "code-reviewer", "triage-agent", "writer-assistant"]) {
+    assert.ok(legend.includes(a), legend);
+  }
   const painted = await page.evaluate(() => {
     const c = document.querySelector("#spend-chart canvas");
     const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;

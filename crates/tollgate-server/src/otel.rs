@@ -134,7 +134,17 @@ fn upstream_called(row: &LedgerRow) -> bool {
     !row.route.upstream.is_empty()
         && !matches!(
             row.error_code.as_deref(),
-            Some("invalid_request" | "request_too_large" | "model_not_found" | "model_not_allowed")
+            Some(
+                "invalid_request"
+                    | "request_too_large"
+                    | "model_not_found"
+                    | "model_not_allowed"
+                    | "unsupported_feature"
+                    | "invalid_api_key"
+                    | "invalid_signature"
+                    | "signature_expired"
+                    | "sigv4_unavailable"
+            )
         )
 }
 

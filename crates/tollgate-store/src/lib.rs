@@ -16,7 +16,7 @@ pub mod report;
 pub mod sqlite;
 pub mod value;
 
-pub use keys::{NewKey, VirtualKey};
+pub use keys::{NewKey, SecretSealer, VirtualKey};
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerStats, LedgerWriter};
 pub use sqlite::SqliteStore;
 

@@ -62,7 +62,13 @@ const MIGRATIONS: &[&str] = &[
         first_seen_ms INTEGER NOT NULL
     );
     "#,
-    // 2: value per dollar (issue 6): what a request would have cost without provider
+    // 2: the key secret sealed (AES-256-GCM under a key derived from the master key), so
+    // SigV4 signatures (Bedrock clients) can be verified; NULL for keys created without
+    // a master key, which then work as bearer tokens only.
+    r#"
+    ALTER TABLE keys ADD COLUMN sealed_secret TEXT;
+    "#,
+    // 3: value per dollar (issue 6): what a request would have cost without provider
     // prompt caching (NULL for rows metered before: read as their cost), task outcomes
     // and their history, and an index for per-task queries.
     r#"
