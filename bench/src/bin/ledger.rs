@@ -103,6 +103,8 @@ fn row(i: usize) -> LedgerRow {
         },
         usage_source: UsageSource::Reported,
         cost: Money::from_nanos(49_875 + i as i64 % 100),
+        // The 1024 cached tokens at the uncached input rate: 76,800 nanos more.
+        cost_without_cache: Money::from_nanos(49_875 + 76_800 + i as i64 % 100),
         priced: true,
         price_hash: "9f3c2a7be1d04c58".into(),
         latency_us: 180 + (i % 50) as u64,

@@ -13,13 +13,17 @@
 //! - [`attribution`]: who pays: key, user, team, agent, task, tags.
 //! - [`ledger`]: the metered row.
 //! - [`report`]: report dimensions and sums.
+//! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
+//! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
 
 pub mod attribution;
 pub mod cost;
 pub mod ledger;
 pub mod money;
+pub mod outcome;
 pub mod pricing;
 pub mod report;
 pub mod usage;
+pub mod value;
 
 pub use money::{Money, Rate};

@@ -39,6 +39,10 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    pub outcomes: crate::outcomes::RawOutcomes,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::RawTelemetry,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,6 +176,15 @@ impl UpstreamKind {
             UpstreamKind::Bedrock => Format::Bedrock,
         }
     }
+
+    /// The OpenTelemetry GenAI `gen_ai.provider.name` of this kind of upstream.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Anthropic => "anthropic",
+            UpstreamKind::Bedrock => "aws.bedrock",
+        }
+    }
 }
 
 /// How calls to an upstream are authenticated beyond its static headers.
@@ -243,6 +256,8 @@ pub struct Config {
     pub unpriced: UnpricedPolicy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub deployments: BTreeMap<String, Arc<Deployment>>,
+    pub outcomes: crate::outcomes::OutcomeSettings,
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -693,10 +708,15 @@ impl RawConfig {
             );
         }
 
+        let outcomes = crate::outcomes::validate_config(&self.outcomes, &mut errs);
+        let telemetry = crate::telemetry::validate(&self.telemetry, &mut errs);
+
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
         Ok(Config {
+            outcomes,
+            telemetry,
             server: ServerSettings {
                 listen,
                 max_body_bytes: max_body as usize,

@@ -63,6 +63,8 @@ pub enum ApiError {
         class: ErrorClass,
         message: String,
     },
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -79,6 +81,7 @@ impl ApiError {
             ApiError::Upstream(e) => e.code(),
             ApiError::UpstreamMalformed(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Untranslatable(TranslateError::Unsupported { .. }) => "unsupported_feature",
             ApiError::Untranslatable(TranslateError::Invalid(_)) => "invalid_request",
             ApiError::MissingSignature | ApiError::UnknownAccessKey => "invalid_api_key",
@@ -118,6 +121,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::ModelNotAllowed(_)
+            | ApiError::Forbidden(_)
             | ApiError::MissingSignature
             | ApiError::UnknownAccessKey
             | ApiError::SigV4Unavailable(_)
@@ -196,7 +200,7 @@ impl ApiError {
                 ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminDisabled(_) => {
                     "authentication_error"
                 }
-                ApiError::ModelNotAllowed(_) => "permission_error",
+                ApiError::ModelNotAllowed(_) | ApiError::Forbidden(_) => "permission_error",
                 ApiError::MissingSignature
                 | ApiError::UnknownAccessKey
                 | ApiError::SigV4Unavailable(_)

@@ -29,18 +29,29 @@
 //! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
 //! - [`meter`]: the always-runs metering step.
 //! - [`admin`]: the admin API.
+//! - [`outcomes`]: task outcomes (`POST /v1/tasks/{task_id}/outcome`).
+//! - [`value`]: ROI, tasks, savings and dashboard data (admin API).
+//! - [`dashboard`]: the embedded web dashboard.
+//! - [`telemetry`]: what each settled request feeds: [`metrics`] (Prometheus) and
+//!   [`otel`] (OTLP traces).
 //! - [`error`]: errors and their single mapping to HTTP.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod egress;
 pub mod error;
 pub mod headers;
 pub mod ingress;
 pub mod meter;
+pub mod metrics;
+pub mod otel;
+pub mod outcomes;
 pub mod proxy;
 pub mod state;
+pub mod telemetry;
+pub mod value;
 
 use crate::auth::{KeyCache, MasterKey};
 use crate::config::Config;
@@ -101,7 +112,9 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         .as_ref()
         .and_then(|k| SecretSealer::new(secrecy::ExposeSecret::expose_secret(k)))
         .map(Arc::new);
+    let telemetry = telemetry::Telemetry::new(&config.telemetry);
     let gw = Arc::new(Gateway {
+        telemetry,
         config: ArcSwap::from_pointee(config),
         keys,
         master,
@@ -136,6 +149,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))
         .route("/admin/requests/{id}", get(admin::request_row))
+        .route("/v1/tasks/{task_id}/outcome", post(outcomes::record))
+        .route("/admin/roi", get(value::roi))
+        .route("/admin/tasks", get(value::tasks))
+        .route("/admin/tasks/{task}", get(value::task))
+        .route("/admin/savings", get(value::savings))
+        .route("/admin/dashboard", get(value::dashboard))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/assets/{name}", get(dashboard::assets))
+        .route("/metrics", get(telemetry::metrics_endpoint))
         .fallback(not_found)
         .with_state(gw)
 }
@@ -198,6 +221,13 @@ pub async fn serve(
             }
         })
     };
+    gw.telemetry.start(&gw.tasks, gw.client.clone(), {
+        let cfg = gw.config.load();
+        cfg.upstreams
+            .values()
+            .map(|u| (u.name.clone(), u.kind.provider_name().to_string()))
+            .collect()
+    });
     let app = router(gw.clone());
     let grace = gw.config.load().server.shutdown_grace;
     let stop = gw.shutdown.clone();
@@ -232,6 +262,8 @@ pub async fn serve(
     };
     stop.cancel();
     let _ = refresher.await;
+    // No more requests: let the span exporter flush what is queued and stop.
+    gw.telemetry.close();
     gw.tasks.close();
     gw.tasks.wait().await;
     drop(gw);

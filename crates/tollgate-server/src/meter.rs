@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::cost::cost;
+use tollgate_domain::cost::{cost, cost_without_prompt_cache};
 use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
@@ -102,6 +102,7 @@ impl Meter {
                 usage: Usage::default(),
                 usage_source: UsageSource::None,
                 cost: Money::ZERO,
+                cost_without_cache: Money::ZERO,
                 priced: false,
                 price_hash: String::new(),
                 latency_us: 0,
@@ -204,7 +205,12 @@ impl Meter {
             },
             None => (Money::ZERO, false),
         };
+        let without_cache = price
+            .as_ref()
+            .and_then(|p| cost_without_prompt_cache(&usage, p, outcome.service_tier.as_deref()))
+            .map_or(charged, |c| c.charged);
         let mut row = self.row.clone();
+        row.cost_without_cache = without_cache;
         row.usage = usage;
         row.usage_source = source;
         row.cost = charged;
@@ -213,6 +219,8 @@ impl Meter {
         row.status = outcome.status;
         row.error_code = outcome.error_code.map(str::to_string);
         row.partial = outcome.partial;
+        // Metrics and trace spans, where the row is settled (commit and drop alike).
+        self.gw.telemetry.observe(&row);
         row
     }
 

@@ -26,6 +26,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub ids: RequestIds,
+    /// Metrics and trace spans fed by every settled request.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique across restarts and

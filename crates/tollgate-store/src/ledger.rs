@@ -304,8 +304,9 @@ fn append_fallback<'a>(
 const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
-    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
+    cost_without_cache_nanos)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
     ON CONFLICT (request_id) DO NOTHING";
 
 /// Insert rows in one transaction. A row whose request id is already present is skipped
@@ -354,6 +355,7 @@ pub fn insert_batch<'a>(
                 r.error_code,
                 r.stream,
                 r.partial,
+                r.cost_without_cache.nanos(),
             ])?;
         }
     }
@@ -368,7 +370,8 @@ fn sql_u64(v: u64) -> i64 {
 const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
-    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial
+    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
+    COALESCE(cost_without_cache_nanos, cost_nanos)
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -406,6 +409,7 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         },
         usage_source: UsageSource::parse(&source).unwrap_or(UsageSource::None),
         cost: Money::from_nanos(r.get(20)?),
+        cost_without_cache: Money::from_nanos(r.get(29)?),
         priced: r.get(21)?,
         price_hash: r.get(22)?,
         latency_us: u(23)?,
@@ -507,6 +511,7 @@ pub(crate) mod tests {
             },
             usage_source: UsageSource::Reported,
             cost: Money::from_nanos(1234 + i as i64),
+            cost_without_cache: Money::from_nanos(1300 + i as i64),
             priced: true,
             price_hash: "abcd".into(),
             latency_us: 1000,

@@ -6,11 +6,15 @@
 //!   [`LedgerWriter`] thread) and row queries.
 //! - [`keys`]: virtual keys (hashed secrets).
 //! - [`report`]: usage reports grouped by a dimension.
+//! - [`outcomes`]: task outcomes and their history.
+//! - [`value`]: ROI, per-task summaries, savings by mechanism, spend series, exports.
 
 pub mod keys;
 pub mod ledger;
+pub mod outcomes;
 pub mod report;
 pub mod sqlite;
+pub mod value;
 
 pub use keys::{NewKey, SecretSealer, VirtualKey};
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerStats, LedgerWriter};

@@ -68,6 +68,35 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE keys ADD COLUMN sealed_secret TEXT;
     "#,
+    // 3: value per dollar (issue 6): what a request would have cost without provider
+    // prompt caching (NULL for rows metered before: read as their cost), task outcomes
+    // and their history, and an index for per-task queries.
+    r#"
+    ALTER TABLE ledger ADD COLUMN cost_without_cache_nanos INTEGER;
+    CREATE INDEX ledger_task ON ledger (task, ts_ms);
+    CREATE TABLE task_outcomes (
+        task TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        value_nanos INTEGER NOT NULL,
+        value_basis TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        recorded_ms INTEGER NOT NULL,
+        recorded_by TEXT NOT NULL
+    );
+    CREATE TABLE task_outcome_history (
+        id INTEGER PRIMARY KEY,
+        task TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        value_nanos INTEGER NOT NULL,
+        value_basis TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        recorded_ms INTEGER NOT NULL,
+        recorded_by TEXT NOT NULL
+    );
+    CREATE INDEX task_outcome_history_task ON task_outcome_history (task, revision);
+    "#,
 ];
 
 /// A SQLite database file holding the ledger, keys and price-table registry.

@@ -298,6 +298,83 @@ async fn copywriter(w: &Workload, a: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// What the agents' owners report when each task ends: value in USD or minutes of work
+/// saved (priced at the `[outcomes]` hourly rates), or a failure.
+async fn record_outcomes(w: &Workload, agents: &[Agent]) -> Result<()> {
+    let outcomes: [(usize, &str, Value); 13] = [
+        (
+            0,
+            "ticket-1001",
+            json!({"status": "success", "minutes_saved": 24}),
+        ),
+        (
+            0,
+            "ticket-1002",
+            json!({"status": "success", "minutes_saved": 12}),
+        ),
+        (
+            0,
+            "ticket-1003",
+            json!({"status": "success", "minutes_saved": 36, "labels": {"csat": "5"}}),
+        ),
+        (
+            0,
+            "ticket-1004",
+            json!({"status": "abandoned", "labels": {"reason": "upstream rate limit"}}),
+        ),
+        (
+            1,
+            "report-q3-churn",
+            json!({"status": "success", "value_usd": "120.00"}),
+        ),
+        (
+            1,
+            "report-pricing",
+            json!({"status": "failure", "labels": {"reason": "stream cut"}}),
+        ),
+        (
+            2,
+            "pr-4821",
+            json!({"status": "success", "minutes_saved": 30}),
+        ),
+        (
+            2,
+            "pr-4822",
+            json!({"status": "success", "minutes_saved": 10}),
+        ),
+        (2, "pr-4823", json!({"status": "failure"})),
+        (
+            3,
+            "triage-501",
+            json!({"status": "success", "minutes_saved": 6}),
+        ),
+        (
+            3,
+            "triage-502",
+            json!({"status": "success", "minutes_saved": 3}),
+        ),
+        (3, "triage-503", json!({"status": "failure"})),
+        (
+            4,
+            "copy-spring-campaign",
+            json!({"status": "success", "value_usd": "25.00"}),
+        ),
+    ];
+    for (a, task, body) in outcomes {
+        let resp = w
+            .http
+            .post(format!("{}/v1/tasks/{task}/outcome", w.base))
+            .bearer_auth(&agents[a].key)
+            .json(&body)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("recording the outcome of {task}: {}", resp.text().await?);
+        }
+    }
+    Ok(())
+}
+
 fn demo_config(sim_base: &str, listen: &str, db: &std::path::Path) -> String {
     format!(
         r#"# Written by `tollgate demo`.
@@ -354,6 +431,11 @@ upstream = "sim-anthropic"
 name = "nova-2-lite"
 upstream = "sim-bedrock"
 model = "us.amazon.nova-2-lite-v1:0"
+
+# What an hour of the work an agent saves is worth (for outcomes given in minutes saved).
+[outcomes]
+hourly_rate_usd = "60"
+agents = {{ support-bot = "35" }}
 "#,
         db = db.display().to_string().replace('\\', "/"),
         sim_origin = sim_base.trim_end_matches("/v1"),
@@ -427,7 +509,9 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = stop.clone();
-        gw.tasks.clone().spawn(tollgate_server::serve(
+        // Not on the gateway's own tracker: `serve` waits for that tracker to drain, so a
+        // server task tracked there would wait for itself and never stop.
+        tokio_util::task::TaskTracker::new().spawn(tollgate_server::serve(
             listener,
             gw.clone(),
             writer,
@@ -472,6 +556,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     for r in results {
         r?;
     }
+    record_outcomes(&w, &agents).await?;
     let sent = w.sent.load(Ordering::Relaxed);
     // Wait until every request's row is in the ledger (batched rows land within ms).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -488,6 +573,8 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         let rep = store.usage_report(Some(by), since, now_ms() + 1)?;
         println!("{}", render_table(&rep));
     }
+    let roi = store.roi_report(GroupBy::Agent, since, now_ms() + 1)?;
+    println!("{}", crate::views::roi_table(&roi));
     let exe = std::env::args().next().unwrap_or_else(|| "tollgate".into());
     println!(
         "The same figures, any time:  {exe} report --db {} --by agent|model|task|team|key",
@@ -499,6 +586,8 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
 
     if args.exit {
         stop.cancel();
+        // The server stops its ledger writer once every handle on the state is gone.
+        drop(gw);
         let _ = server.await;
         return Ok(ExitCode::SUCCESS);
     }
@@ -512,9 +601,12 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         agents[0].key
     );
     let _ = (agents[0].team, agents[0].user);
+    println!("Dashboard: http://{addr}/dashboard (sign in with the master key {MASTER_KEY})");
+    println!("Metrics:   http://{addr}/metrics");
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
     stop.cancel();
+    drop(gw);
     let _ = server.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,14 +4,19 @@
 //! - `cli`: argument definitions.
 //! - `serve`: the gateway (also what `demo` runs).
 //! - `demo`: a simulated provider, a workload, a report.
-//! - `report`: spend tables from the ledger.
+//! - `report`: spend tables from the ledger; `views`: the ROI, tasks and savings views.
+//! - `export`: the FOCUS cost-and-usage export.
+//! - `tasks`: task outcomes from the command line.
 //! - `keys`: virtual key management.
 
 mod cli;
 mod demo;
+mod export;
 mod keys;
 mod report;
 mod serve;
+mod tasks;
+mod views;
 
 use anyhow::Result;
 use clap::Parser;
@@ -56,6 +61,8 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Serve(a) => serve::serve(a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Report(a) => report::report(a),
+        Command::Export(a) => export::export(a),
+        Command::Tasks(a) => tasks::tasks(a),
         Command::Keys(a) => keys::keys(a),
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),

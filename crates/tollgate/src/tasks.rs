@@ -1,0 +1,162 @@
+//! `tollgate tasks`: record a task's outcome from the command line (written straight to
+//! the ledger database, `recorded_by: "cli"`), or show a task.
+
+use crate::cli::{TasksAction, TasksArgs};
+use crate::{config_path, db_path, env_map};
+use anyhow::{Result, anyhow, bail};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use tollgate_domain::money::Money;
+use tollgate_domain::outcome::{self, OutcomeInput};
+use tollgate_server::config::RawConfig;
+use tollgate_server::outcomes::{stored_json, validate_config};
+use tollgate_server::state::now_ms;
+use tollgate_server::value::task_json;
+use tollgate_store::SqliteStore;
+
+pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
+    let db = db_path(args.db.clone(), args.config.config.clone())?;
+    match args.action {
+        TasksAction::Outcome {
+            task,
+            status,
+            value_usd,
+            minutes_saved,
+            hourly_rate_usd,
+            labels,
+            json,
+        } => {
+            let store = SqliteStore::open(&db)?;
+            let usd = |flag: &str, v: Option<String>| -> Result<Option<Money>> {
+                v.map(|v| Money::parse_usd(&v).map_err(|e| anyhow!("--{flag}: {e}")))
+                    .transpose()
+            };
+            let mut label_map = BTreeMap::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--label {l:?}: expected KEY=VALUE"))?;
+                label_map.insert(k.to_string(), v.to_string());
+            }
+            let input = OutcomeInput {
+                status,
+                value_usd: usd("value-usd", value_usd)?,
+                minutes_saved,
+                hourly_rate: usd("hourly-rate-usd", hourly_rate_usd)?,
+                labels: label_map,
+            };
+            // The default hourly rate of the task's agent or team, from [outcomes].
+            let raw = RawConfig::load(
+                config_path(args.config.config.clone()).as_deref(),
+                &env_map(),
+            )?;
+            let mut errs = Vec::new();
+            let settings = validate_config(&raw.outcomes, &mut errs);
+            if !errs.is_empty() {
+                bail!("invalid [outcomes] config: {}", errs.join("; "));
+            }
+            let party = store.task_parties(&task)?.into_iter().next();
+            let rate = settings.rate_for(
+                party.as_ref().and_then(|p| p.agent.as_deref()),
+                party.as_ref().and_then(|p| p.team.as_deref()),
+            );
+            let o = outcome::validate(&task, &input, rate)
+                .map_err(|e| anyhow!("{}: {e}", e.field()))?;
+            let r = store.record_outcome(&o, "cli", now_ms())?;
+            if json {
+                let mut v = stored_json(&r.current);
+                v["changed"] = r.changed.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if r.changed {
+                println!(
+                    "task {}: {} (value {} USD), revision {}{}",
+                    r.current.outcome.task,
+                    r.current.outcome.status.as_str(),
+                    r.current.value,
+                    r.current.revision,
+                    r.previous
+                        .map(|p| format!(
+                            "; replaces {} (value {} USD)",
+                            p.outcome.status.as_str(),
+                            p.value
+                        ))
+                        .unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "task {}: unchanged ({} already recorded, revision {})",
+                    r.current.outcome.task,
+                    r.current.outcome.status.as_str(),
+                    r.current.revision
+                );
+            }
+        }
+        TasksAction::Show { task, json } => {
+            if !db.exists() {
+                bail!("no ledger at {} (use --db or --config)", db.display());
+            }
+            let store = SqliteStore::open(&db)?;
+            let summary = store.task_summary(&task)?;
+            let current = store.task_outcome(&task)?;
+            let history = store.outcome_history(&task)?;
+            if summary.is_none() && current.is_none() {
+                eprintln!("no task {task:?} in {}", db.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            if json {
+                let v = serde_json::json!({
+                    "task": task,
+                    "summary": summary.as_ref().map(task_json),
+                    "outcome": current.as_ref().map(stored_json),
+                    "history": history.iter().map(stored_json).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("task {task}");
+            if let Some(s) = &summary {
+                println!(
+                    "  calls {} ({} errors), agents {}, models {}",
+                    s.calls,
+                    s.errors,
+                    s.agents.join(", "),
+                    s.models.join(", ")
+                );
+                println!(
+                    "  tokens: input {}, cached {}, cache writes {}, output {} (reasoning {})",
+                    s.input_tokens,
+                    s.cached_tokens,
+                    s.cache_write_tokens,
+                    s.output_tokens,
+                    s.reasoning_tokens
+                );
+                println!(
+                    "  cost {} USD over {} ms, from {}",
+                    s.cost,
+                    s.duration_ms,
+                    tollgate_server::admin::iso(s.first_ms)
+                );
+            }
+            match &current {
+                Some(o) => println!(
+                    "  outcome: {} (value {} USD), revision {}",
+                    o.outcome.status.as_str(),
+                    o.value,
+                    o.revision
+                ),
+                None => println!("  outcome: none recorded"),
+            }
+            for h in &history {
+                println!(
+                    "    rev {} at {} by {}: {} (value {} USD)",
+                    h.revision,
+                    tollgate_server::admin::iso(h.recorded_ms),
+                    h.recorded_by,
+                    h.outcome.status.as_str(),
+                    h.value
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
