@@ -73,7 +73,7 @@ impl Default for LedgerConfig {
 /// parked on the channel wakes its thread; committing row by row at a few thousand
 /// requests per second cost more CPU than the rest of the request (see BENCHMARKS.md).
 /// Strict mode never lingers: its callers are waiting for the commit.
-pub const BATCH_LINGER: Duration = Duration::from_millis(5);
+pub const BATCH_LINGER: Duration = Duration::from_millis(20);
 
 /// Counters the writer keeps (read by `/metrics` and the benchmark).
 #[derive(Debug, Default)]
