@@ -244,7 +244,16 @@ report() {
         echo "| $l | $(q "$d" .rps) | $(q "$d" .server_cpu_us_per_req) | **$(q "$g" .rps)** | $(us "$g" p50) | $(us "$g" p99) | $(q "$g" .server_cpu_us_per_req) | $(q "$g" .errors) | $(q "$s" .rps) | $(us "$s" p50) | $(us "$s" p99) | $(q "$s" .server_cpu_us_per_req) | $(q "$s" .errors) |"
     done
     echo
-    echo "CPU µs/req: the server process's user + system CPU time over the run (warm-up included, all threads: for the gateway that includes the ledger writer) divided by the requests it answered; it does not depend on what else the machine runs."
+    echo "CPU µs/req: the server process's user + system CPU time over the run (warm-up included, all threads: for the gateway that includes the ledger writer) divided by the requests it answered. Unlike req/s, it barely depends on what else the machine runs, so it is the figure to compare builds with."
+    echo
+    for l in "${LAYOUTS[@]}"; do
+        local g="$l-max-gateway" d="$l-max-direct"
+        local gw_cpu stub_cpu load_cpu
+        gw_cpu=$(q "$g" .server_cpu_us_per_req)
+        stub_cpu=$(q "$d" .server_cpu_us_per_req)
+        load_cpu=$(q "$g" .client_cpu_us_per_req)
+        echo "- $l, derived (not measured): one request through the gateway costs $gw_cpu µs of gateway CPU + $stub_cpu µs of stub + $load_cpu µs of load generator, so $(nproc) idle cores could carry about $(jq -n "$(nproc) * 1000000 / ($gw_cpu + $stub_cpu + $load_cpu) | floor") req/s if nothing else ran (and $(jq -n "1000000 / $gw_cpu | floor") req/s per core given to the gateway alone)."
+    done
     echo
     echo "## Gateway memory and ledger completeness"
     echo

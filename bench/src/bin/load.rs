@@ -336,6 +336,22 @@ fn pacer(rate: f64, w: &Window, tx: mpsc::UnboundedSender<Instant>) -> std::thre
     })
 }
 
+/// This process's user + system CPU time in µs (Linux `/proc`, USER_HZ = 100), or 0.
+fn own_cpu_us() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() * 10_000
+}
+
 fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
     serde_json::json!({
         "p50": h.value_at_quantile(0.50),
@@ -443,6 +459,8 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     for t in &tallies {
         total.add(t);
     }
+    let all = (total.ok + total.non_2xx + total.transport).max(1);
+    let client_cpu_us_per_req = (own_cpu_us() as f64 / all as f64 * 10.0).round() / 10.0;
     let rps = total.measured as f64 / args.duration;
     let mut out = serde_json::json!({
         "label": args.label,
@@ -460,6 +478,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         "non_2xx_total": total.non_2xx,
         "transport_errors_total": total.transport,
         "drain_ms": finished.saturating_duration_since(w.end).as_millis() as u64,
+        "client_cpu_us_per_req": client_cpu_us_per_req,
         "latency_us": quantiles(&total.latency),
     });
     if args.rate.is_some() {
