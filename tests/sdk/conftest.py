@@ -5,7 +5,8 @@ Everything runs as real processes from the tollgate binary (``$TOLLGATE_BIN``, d
 
 1. ``tollgate sim --listen 127.0.0.1:0``      (prints its base URL on the first line)
 2. a config file with four deployments on the simulator, ledger in a temp dir
-3. ``tollgate keys create --db LEDGER --team t --agent sdk-agent --json``
+3. ``tollgate keys --db LEDGER create --team t --agent sdk-agent --json`` (``--db``
+   belongs to ``keys``, not to ``create``)
 4. ``tollgate serve --config FILE`` with ``TOLLGATE_MASTER_KEY`` set, until /healthz is 200
 5. teardown: SIGTERM the gateway (it must exit 0), stop the simulator
 """
@@ -133,9 +134,14 @@ def gateway():
     gw = None
     gw_err = None
     try:
-        sim_base = sim.stdout.readline().strip()
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(sim.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        sim_base = first[0].strip() if first else ""
         if not sim_base.startswith("http://"):
-            raise RuntimeError(f"tollgate sim did not print its base URL: {sim_base!r}; stderr: {sim.stderr.read()}")
+            sim.kill()
+            raise RuntimeError(f"tollgate sim did not print its base URL: {sim_base!r}; stderr: {sim.communicate()[1]}")
         # Nothing more is read from the simulator; drain its pipes anyway.
         _Drain(sim.stdout).start()
         _Drain(sim.stderr).start()
@@ -150,7 +156,7 @@ def gateway():
         env.setdefault("RUST_LOG", "info")
 
         created = subprocess.run(
-            [str(binary), "keys", "create", "--db", str(db), "--team", "t", "--agent", "sdk-agent", "--json"],
+            [str(binary), "keys", "--db", str(db), "create", "--team", "t", "--agent", "sdk-agent", "--json"],
             capture_output=True,
             text=True,
             env=env,

@@ -58,6 +58,27 @@ pub fn cost(usage: &Usage, price: &ModelPrice, service_tier: Option<&str>) -> Op
     Some(cost_at(usage, &rates))
 }
 
+/// What `usage` would have cost without provider prompt caching: every prompt token
+/// (cache reads and cache writes included) priced at the uncached input rate, at the
+/// same context and service tier. The difference with [`cost`] is what caching saved
+/// (negative when cache writes cost more than the reads they enabled).
+pub fn cost_without_prompt_cache(
+    usage: &Usage,
+    price: &ModelPrice,
+    service_tier: Option<&str>,
+) -> Option<Cost> {
+    let rates = price.rates(usage.prompt_total(), service_tier)?;
+    let uncached = Usage {
+        input: usage.prompt_total(),
+        cache_read: 0,
+        cache_write_5m: 0,
+        cache_write_1h: 0,
+        output: usage.output,
+        reasoning: usage.reasoning,
+    };
+    Some(cost_at(&uncached, &rates))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +152,22 @@ mod tests {
         let c = cost(&u, &price, None).unwrap();
         // 100×2 + 400×8 + 600×9 µUSD = 200 + 3200 + 5400
         assert_eq!(c.charged, Money::from_nanos(8_800_000));
+    }
+
+    #[test]
+    fn cost_without_prompt_cache_prices_cached_tokens_as_input() {
+        let price = ModelPrice::flat(TokenRates {
+            input: Some(rate("2.5")),
+            output: Some(rate("10")),
+            cache_read: Some(rate("1.25")),
+            ..TokenRates::default()
+        });
+        let usage = Usage::from_openai(2006, 1920, 300, 0);
+        let without = cost_without_prompt_cache(&usage, &price, None).unwrap();
+        // 2006 × 2.5e-6 + 300 × 1e-5 = 0.005015 + 0.003
+        assert_eq!(without.charged, Money::from_nanos(8_015_000));
+        let with = cost(&usage, &price, None).unwrap();
+        assert_eq!(without.charged.nanos() - with.charged.nanos(), 2_400_000);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct LedgerRow {
     pub usage_source: UsageSource,
     /// What was charged (rounded up to the nano-USD).
     pub cost: Money,
+    /// What this request would have cost without provider prompt caching (every prompt
+    /// token at the input rate); equal to `cost` when no cache was read or written.
+    #[serde(default)]
+    pub cost_without_cache: Money,
     /// `false` when the model had no price: the row is flagged, never priced at zero
     /// silently.
     pub priced: bool,

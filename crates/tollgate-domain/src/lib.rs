@@ -16,6 +16,8 @@
 //! - [`budget`]: scopes, calendar periods, reservation arithmetic, alert thresholds.
 //! - [`ratelimit`]: rolling-window limits on requests, tokens and dollars per minute.
 //! - [`loopguard`]: per-task limits and loop detection (SimHash of the newest messages).
+//! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
+//! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
 
 pub mod attribution;
 pub mod budget;
@@ -23,9 +25,11 @@ pub mod cost;
 pub mod ledger;
 pub mod loopguard;
 pub mod money;
+pub mod outcome;
 pub mod pricing;
 pub mod ratelimit;
 pub mod report;
 pub mod usage;
+pub mod value;
 
 pub use money::{Money, Rate};

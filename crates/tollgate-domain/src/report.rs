@@ -15,10 +15,12 @@ pub enum GroupBy {
     User,
     Deployment,
     Upstream,
+    /// The requested model and the deployment that served it (`gpt-4o → gpt-4o-eu`).
+    Route,
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 8] = [
+    pub const ALL: [GroupBy; 9] = [
         GroupBy::Agent,
         GroupBy::Model,
         GroupBy::Team,
@@ -27,6 +29,7 @@ impl GroupBy {
         GroupBy::User,
         GroupBy::Deployment,
         GroupBy::Upstream,
+        GroupBy::Route,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl GroupBy {
             GroupBy::User => "user",
             GroupBy::Deployment => "deployment",
             GroupBy::Upstream => "upstream",
+            GroupBy::Route => "route",
         }
     }
 

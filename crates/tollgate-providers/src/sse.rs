@@ -223,8 +223,61 @@ impl SseScanner {
     }
 }
 
+/// Splits an SSE byte stream into whole events (raw bytes, blank line included), for
+/// the formats tollgate translates.
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    pending: BytesMut,
+    /// An event larger than [`MAX_EVENT_BYTES`] arrived: the stream is malformed.
+    pub overflow: bool,
+}
+
+impl SseFramer {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if self.overflow {
+            return out;
+        }
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = event_end(&self.pending) {
+            out.push(self.pending.split_to(end).freeze());
+        }
+        if self.pending.len() > MAX_EVENT_BYTES {
+            self.overflow = true;
+            self.pending = BytesMut::new();
+        }
+        out
+    }
+
+    /// The stream ended: a last event without its blank line, if any.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        if self.pending.is_empty() || self.overflow {
+            return None;
+        }
+        Some(self.pending.split().freeze())
+    }
+}
+
+/// The `event:` name and the joined `data:` lines of one SSE event.
+pub fn event_fields(event: &[u8]) -> (Option<&str>, Vec<u8>) {
+    let mut name = None;
+    let mut data: Vec<u8> = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(v) = line.strip_prefix(b"event:") {
+            name = std::str::from_utf8(v).ok().map(str::trim);
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        }
+    }
+    (name, data)
+}
+
 /// Length of the first complete event in `data` (through its blank line), if any.
-fn event_end(data: &[u8]) -> Option<usize> {
+pub(crate) fn event_end(data: &[u8]) -> Option<usize> {
     for i in memchr::memchr_iter(b'\n', data) {
         match data.get(i + 1) {
             Some(b'\n') => return Some(i + 2),

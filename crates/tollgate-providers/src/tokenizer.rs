@@ -63,6 +63,11 @@ impl Encoding {
         n
     }
 
+    /// Tokens of the text in any JSON request body (string leaves; type tags skipped).
+    pub fn count_json(self, v: &Value) -> u64 {
+        self.count_value(v)
+    }
+
     fn count_value(self, v: &Value) -> u64 {
         match v {
             Value::String(s) => self.count(s),
@@ -70,7 +75,11 @@ impl Encoding {
             Value::Object(o) => {
                 // Content parts: count text, skip type tags; an image costs a fixed 85
                 // (OpenAI's low-detail price) as a floor.
-                if o.get("type").and_then(Value::as_str) == Some("image_url") {
+                if matches!(
+                    o.get("type").and_then(Value::as_str),
+                    Some("image_url" | "image")
+                ) || o.get("image").is_some_and(Value::is_object)
+                {
                     return 85;
                 }
                 o.iter()

@@ -153,6 +153,7 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 },
                 usage_source: tollgate_domain::usage::UsageSource::Reported,
                 cost: Money::from_nanos(600_000),
+                cost_without_cache: Money::from_nanos(600_000),
                 priced: true,
                 price_hash: String::new(),
                 latency_us: 0,

@@ -170,10 +170,18 @@ pub async fn create_key(
         }
     };
     let store = gw.store.clone();
-    match blocking(&gw, move || store.create_key(&new, now_ms())).await {
+    let sealer = gw.sealer.clone();
+    match blocking(&gw, move || {
+        store.create_key_sealed(&new, now_ms(), sealer.as_deref())
+    })
+    .await
+    {
         Ok((key, secret)) => {
             gw.keys.insert(key.clone());
             let mut v = serde_json::to_value(&key).unwrap_or_default();
+            // For AWS SDK clients (Bedrock endpoints, SigV4): the same pair.
+            v["aws_access_key_id"] = Value::String(key.id.clone());
+            v["aws_secret_access_key"] = Value::String(secret.clone());
             v["key"] = Value::String(secret);
             (http::StatusCode::CREATED, Json(v)).into_response()
         }

@@ -352,11 +352,22 @@ struct Estimate {
 
 fn estimate(cache: &TokenCache, enc: Encoding, body: &Map<String, Value>) -> Estimate {
     if let Some(Value::Array(messages)) = body.get("messages") {
-        let prompt = cache.chat_prompt(enc, messages, body.get("tools"));
+        let mut prompt = cache.chat_prompt(enc, messages, body.get("tools"));
+        // Anthropic and Bedrock keep the system prompt (and Bedrock the tools) apart.
+        for extra in ["system", "toolConfig"] {
+            if let Some(v) = body.get(extra).filter(|v| !v.is_null()) {
+                prompt += cache.get_or(enc, v, || enc.count(&v.to_string()));
+            }
+        }
         let max_output = body
             .get("max_completion_tokens")
             .and_then(Value::as_u64)
-            .or_else(|| body.get("max_tokens").and_then(Value::as_u64));
+            .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+            .or_else(|| {
+                body.get("inferenceConfig")
+                    .and_then(|c| c.get("maxTokens"))
+                    .and_then(Value::as_u64)
+            });
         Estimate {
             prompt_tokens: prompt,
             max_output,
@@ -377,6 +388,10 @@ fn estimate(cache: &TokenCache, enc: Encoding, body: &Map<String, Value>) -> Est
 /// Write a clamped `max_tokens` in the field the client used (reasoning models only take
 /// `max_completion_tokens`).
 fn set_max_tokens(body: &mut Map<String, Value>, model: &str, n: u64) {
+    if let Some(Value::Object(c)) = body.get_mut("inferenceConfig") {
+        c.insert("maxTokens".into(), Value::from(n));
+        return;
+    }
     let field = if body.contains_key("max_completion_tokens") {
         "max_completion_tokens"
     } else if body.contains_key("max_tokens") {
@@ -387,6 +402,24 @@ fn set_max_tokens(body: &mut Map<String, Value>, model: &str, n: u64) {
         "max_tokens"
     };
     body.insert(field.into(), Value::from(n));
+}
+
+/// [`admit`] for a request in any ingress format (OpenAI chat and embeddings, Anthropic
+/// Messages, Bedrock Converse): their bodies all carry `messages` and a max-tokens
+/// field that [`admit`] reads (and may lower).
+pub async fn admit_request(
+    gw: &Arc<Gateway>,
+    meter: &mut Meter,
+    req: &mut crate::ingress::IngressRequest,
+) -> Result<(), ApiError> {
+    use crate::ingress::IngressRequest;
+    let body = match req {
+        IngressRequest::Chat(r) => &mut r.body,
+        IngressRequest::Embeddings(r) => &mut r.body,
+        IngressRequest::Messages(r) => &mut r.body,
+        IngressRequest::Converse(r) => &mut r.body,
+    };
+    admit(gw, meter, body).await
 }
 
 /// Admit a request: guard its task, reserve its worst case across every budget and rate

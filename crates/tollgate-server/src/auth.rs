@@ -7,56 +7,73 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tollgate_store::VirtualKey;
+use tollgate_providers::sigv4::{self, Received};
 use tollgate_store::keys::hash_secret;
+use tollgate_store::{SecretSealer, VirtualKey};
 
 /// Active keys by the SHA-256 of their secret. Lookups never touch the database: the
 /// cache is reloaded every few seconds (so keys created or revoked by the CLI in another
 /// process take effect) and updated at once by the admin API.
 #[derive(Default)]
 pub struct KeyCache {
-    by_hash: RwLock<HashMap<[u8; 32], Arc<VirtualKey>>>,
+    maps: RwLock<Maps>,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_hash: HashMap<[u8; 32], Arc<VirtualKey>>,
+    /// By public id: SigV4 clients send the id as their access key id.
+    by_id: HashMap<String, Arc<VirtualKey>>,
+}
+
+impl Maps {
+    fn insert(&mut self, key: VirtualKey) {
+        let mut h = [0u8; 32];
+        if hex::decode_to_slice(&key.hash, &mut h).is_ok() {
+            let key = Arc::new(key);
+            self.by_id.insert(key.id.clone(), key.clone());
+            self.by_hash.insert(h, key);
+        }
+    }
 }
 
 impl KeyCache {
     /// Replace the whole cache with `keys` (revoked ones are left out).
     pub fn replace(&self, keys: Vec<VirtualKey>) {
-        let map = keys
-            .into_iter()
-            .filter(VirtualKey::is_active)
-            .filter_map(|k| {
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(&k.hash, &mut h).ok()?;
-                Some((h, Arc::new(k)))
-            })
-            .collect();
-        if let Ok(mut g) = self.by_hash.write() {
-            *g = map;
+        let mut maps = Maps::default();
+        for k in keys.into_iter().filter(VirtualKey::is_active) {
+            maps.insert(k);
+        }
+        if let Ok(mut g) = self.maps.write() {
+            *g = maps;
         }
     }
 
     pub fn insert(&self, key: VirtualKey) {
-        let mut h = [0u8; 32];
-        if hex::decode_to_slice(&key.hash, &mut h).is_ok()
-            && let Ok(mut g) = self.by_hash.write()
-        {
-            g.insert(h, Arc::new(key));
+        if let Ok(mut g) = self.maps.write() {
+            g.insert(key);
         }
     }
 
     pub fn remove(&self, id: &str) {
-        if let Ok(mut g) = self.by_hash.write() {
-            g.retain(|_, k| k.id != id);
+        if let Ok(mut g) = self.maps.write() {
+            g.by_hash.retain(|_, k| k.id != id);
+            g.by_id.remove(id);
         }
     }
 
     pub fn lookup(&self, secret: &str) -> Option<Arc<VirtualKey>> {
         let h = hash_secret(secret);
-        self.by_hash.read().ok()?.get(&h).cloned()
+        self.maps.read().ok()?.by_hash.get(&h).cloned()
+    }
+
+    /// An active key by its public id.
+    pub fn lookup_id(&self, id: &str) -> Option<Arc<VirtualKey>> {
+        self.maps.read().ok()?.by_id.get(id).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.read().map(|g| g.len()).unwrap_or(0)
+        self.maps.read().map(|g| g.by_hash.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,6 +102,48 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub fn authenticate(cache: &KeyCache, headers: &HeaderMap) -> Result<Arc<VirtualKey>, ApiError> {
     let token = bearer(headers).ok_or(ApiError::MissingKey)?;
     cache.lookup(token).ok_or(ApiError::InvalidKey)
+}
+
+/// Whether a request carries an AWS SigV4 `Authorization` header.
+pub fn sigv4_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.trim_start().starts_with(sigv4::ALGORITHM))
+}
+
+/// Authenticate a SigV4-signed request (Bedrock clients): the access key id is a
+/// tollgate key id, the secret access key that key's secret. The secret is read from
+/// its sealed copy (see `tollgate_store::keys`), so this needs the master key.
+pub fn authenticate_sigv4(
+    cache: &KeyCache,
+    sealer: Option<&SecretSealer>,
+    master_key_env: &str,
+    authorization: &str,
+    req: &Received<'_>,
+    now_unix: i64,
+) -> Result<Arc<VirtualKey>, ApiError> {
+    let auth = sigv4::parse_authorization(authorization).map_err(ApiError::BadSignature)?;
+    let key = cache
+        .lookup_id(&auth.access_key_id)
+        .ok_or(ApiError::UnknownAccessKey)?;
+    let sealer = sealer.ok_or_else(|| {
+        ApiError::SigV4Unavailable(format!(
+            "AWS SigV4 authentication is disabled: start tollgate with a master key ({master_key_env}) so key secrets can be verified."
+        ))
+    })?;
+    let secret = key
+        .sealed_secret
+        .as_deref()
+        .and_then(|sealed| sealer.open(&key.id, sealed))
+        .ok_or_else(|| {
+            ApiError::SigV4Unavailable(format!(
+                "Key {} cannot sign AWS requests: it was created without the current master key. Use it as a bearer token, or create a new key.",
+                key.id
+            ))
+        })?;
+    sigv4::verify(&auth, &secret, req, now_unix).map_err(ApiError::BadSignature)?;
+    Ok(key)
 }
 
 /// The master key, kept as a hash so comparisons take the same time whatever matches.

@@ -18,7 +18,9 @@ use tollgate_domain::pricing::{
     DEFAULT_CATALOG_JSON, DEFAULT_CATALOG_SOURCE, ModelPrice, PriceTable, PriceTableBuilder,
     TokenRates,
 };
+use tollgate_providers::sigv4::Credentials;
 use tollgate_providers::tokenizer::Encoding;
+use tollgate_providers::translate::Format;
 use tollgate_store::Durability;
 
 pub mod limits;
@@ -48,6 +50,10 @@ pub struct RawConfig {
     pub guard: limits::RawGuard,
     #[serde(default)]
     pub alerts: limits::RawAlerts,
+    #[serde(default)]
+    pub outcomes: crate::outcomes::RawOutcomes,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::RawTelemetry,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -87,14 +93,26 @@ pub struct RawPricing {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: String,
-    /// `openai` (any OpenAI-compatible server).
+    /// `openai` (any OpenAI-compatible server, the default), `anthropic` or `bedrock`.
     pub kind: Option<String>,
-    pub base_url: String,
-    /// Environment variable holding the API key. Omit for servers that need none.
+    /// Required for `openai`; defaults to `https://api.anthropic.com/v1` for `anthropic`
+    /// and `https://bedrock-runtime.{region}.amazonaws.com` for `bedrock`.
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (`openai`, `anthropic`). Omit for
+    /// servers that need none.
     pub api_key_env: Option<String>,
     /// Extra static headers sent on every call.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `anthropic`: the `anthropic-version` sent when the client sent none.
+    pub anthropic_version: Option<String>,
+    /// `bedrock`: the AWS region (default: `$AWS_REGION`, then `$AWS_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// `bedrock`: environment variables holding the credentials (defaults: the AWS
+    /// standard names `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    pub aws_access_key_id_env: Option<String>,
+    pub aws_secret_access_key_env: Option<String>,
+    pub aws_session_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -156,6 +174,44 @@ pub enum UnpricedPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamKind {
     OpenAi,
+    Anthropic,
+    Bedrock,
+}
+
+impl UpstreamKind {
+    /// The wire format the upstream speaks.
+    pub fn format(self) -> Format {
+        match self {
+            UpstreamKind::OpenAi => Format::OpenAi,
+            UpstreamKind::Anthropic => Format::Anthropic,
+            UpstreamKind::Bedrock => Format::Bedrock,
+        }
+    }
+
+    /// The OpenTelemetry GenAI `gen_ai.provider.name` of this kind of upstream.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Anthropic => "anthropic",
+            UpstreamKind::Bedrock => "aws.bedrock",
+        }
+    }
+}
+
+/// How calls to an upstream are authenticated beyond its static headers.
+#[derive(Debug)]
+pub enum UpstreamAuth {
+    /// Static headers only (bearer token, `x-api-key`, or nothing).
+    Headers,
+    /// AWS SigV4, computed per request.
+    SigV4 {
+        credentials: Credentials,
+        region: String,
+        /// The `Host` header as the HTTP client will send it.
+        host: String,
+        /// The base URL's path (usually empty).
+        base_path: String,
+    },
 }
 
 #[derive(Debug)]
@@ -167,6 +223,9 @@ pub struct Upstream {
     pub api_key: Option<SecretString>,
     /// Headers sent on every call: content type, authorization, configured extras.
     pub request_headers: http::HeaderMap,
+    pub auth: UpstreamAuth,
+    /// `anthropic`: the default `anthropic-version`.
+    pub anthropic_version: String,
 }
 
 #[derive(Debug)]
@@ -210,6 +269,8 @@ pub struct Config {
     pub deployments: BTreeMap<String, Arc<Deployment>>,
     /// Budgets, rate limits, the runaway-agent guard, alerts.
     pub limits: LimitsConfig,
+    pub outcomes: crate::outcomes::OutcomeSettings,
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -418,22 +479,135 @@ impl RawConfig {
             }
             let kind = match u.kind.as_deref() {
                 None | Some("openai") => UpstreamKind::OpenAi,
+                Some("anthropic") => UpstreamKind::Anthropic,
+                Some("bedrock") => UpstreamKind::Bedrock,
                 Some(k) => {
                     errs.push(format!(
-                        "{at}.kind: {k:?} is not a known upstream kind (\"openai\")"
+                        "{at}.kind: {k:?} is not a known upstream kind (\"openai\", \"anthropic\", \"bedrock\")"
                     ));
                     UpstreamKind::OpenAi
                 }
             };
-            let base_url = u.base_url.trim_end_matches('/').to_string();
-            match reqwest::Url::parse(&base_url) {
-                Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
-                Ok(url) => errs.push(format!(
-                    "{at}.base_url: scheme {:?} is not http or https",
-                    url.scheme()
-                )),
-                Err(e) => errs.push(format!("{at}.base_url: {:?}: {e}", u.base_url)),
+            let region = u
+                .region
+                .clone()
+                .or_else(|| env.get("AWS_REGION").cloned())
+                .or_else(|| env.get("AWS_DEFAULT_REGION").cloned())
+                .filter(|r| !r.is_empty());
+            if kind != UpstreamKind::Bedrock {
+                for (field, set) in [
+                    ("region", u.region.is_some()),
+                    ("aws_access_key_id_env", u.aws_access_key_id_env.is_some()),
+                    (
+                        "aws_secret_access_key_env",
+                        u.aws_secret_access_key_env.is_some(),
+                    ),
+                    ("aws_session_token_env", u.aws_session_token_env.is_some()),
+                ] {
+                    if set {
+                        errs.push(format!("{at}.{field}: only for kind = \"bedrock\""));
+                    }
+                }
             }
+            if kind != UpstreamKind::Anthropic && u.anthropic_version.is_some() {
+                errs.push(format!(
+                    "{at}.anthropic_version: only for kind = \"anthropic\""
+                ));
+            }
+            if kind == UpstreamKind::Bedrock && u.api_key_env.is_some() {
+                errs.push(format!(
+                    "{at}.api_key_env: bedrock upstreams sign with AWS credentials (aws_*_env)"
+                ));
+            }
+            let base_url = match (&u.base_url, kind) {
+                (Some(b), _) => b.trim_end_matches('/').to_string(),
+                (None, UpstreamKind::Anthropic) => "https://api.anthropic.com/v1".to_string(),
+                (None, UpstreamKind::Bedrock) => match &region {
+                    Some(r) => format!("https://bedrock-runtime.{r}.amazonaws.com"),
+                    None => String::new(),
+                },
+                (None, UpstreamKind::OpenAi) => {
+                    errs.push(format!("{at}.base_url: required for kind = \"openai\""));
+                    String::new()
+                }
+            };
+            let mut parsed_url = None;
+            if !base_url.is_empty() {
+                match reqwest::Url::parse(&base_url) {
+                    Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {
+                        parsed_url = Some(url)
+                    }
+                    Ok(url) => errs.push(format!(
+                        "{at}.base_url: scheme {:?} is not http or https",
+                        url.scheme()
+                    )),
+                    Err(e) => errs.push(format!("{at}.base_url: {base_url:?}: {e}")),
+                }
+            }
+            let auth = if kind == UpstreamKind::Bedrock {
+                let secret_var = |field: &str,
+                                  v: &Option<String>,
+                                  default: &str,
+                                  required: bool,
+                                  errs: &mut Vec<String>| {
+                    let var = v.clone().unwrap_or_else(|| default.to_string());
+                    match env.get(&var).filter(|x| !x.is_empty()) {
+                        Some(x) => Some(SecretString::from(x.clone())),
+                        None => {
+                            if required {
+                                errs.push(format!(
+                                    "{at}.{field}: environment variable {var} is not set"
+                                ));
+                            }
+                            None
+                        }
+                    }
+                };
+                let akid = secret_var(
+                    "aws_access_key_id_env",
+                    &u.aws_access_key_id_env,
+                    "AWS_ACCESS_KEY_ID",
+                    true,
+                    &mut errs,
+                );
+                let secret = secret_var(
+                    "aws_secret_access_key_env",
+                    &u.aws_secret_access_key_env,
+                    "AWS_SECRET_ACCESS_KEY",
+                    true,
+                    &mut errs,
+                );
+                let token = secret_var(
+                    "aws_session_token_env",
+                    &u.aws_session_token_env,
+                    "AWS_SESSION_TOKEN",
+                    u.aws_session_token_env.is_some(),
+                    &mut errs,
+                );
+                if region.is_none() {
+                    errs.push(format!(
+                        "{at}.region: required for kind = \"bedrock\" (or set AWS_REGION)"
+                    ));
+                }
+                match (akid, secret, region.clone(), &parsed_url) {
+                    (Some(a), Some(s), Some(region), Some(url)) => UpstreamAuth::SigV4 {
+                        credentials: Credentials {
+                            access_key_id: a.expose_secret().to_string(),
+                            secret_access_key: s,
+                            session_token: token,
+                        },
+                        region,
+                        host: match url.port() {
+                            Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
+                            None => url.host_str().unwrap_or("").to_string(),
+                        },
+                        base_path: url.path().trim_end_matches('/').to_string(),
+                    },
+                    _ => UpstreamAuth::Headers,
+                }
+            } else {
+                UpstreamAuth::Headers
+            };
             let api_key = match &u.api_key_env {
                 None => None,
                 Some(var) => match env.get(var).filter(|v| !v.is_empty()) {
@@ -452,10 +626,20 @@ impl RawConfig {
                 http::HeaderValue::from_static("application/json"),
             );
             if let Some(key) = &api_key {
-                match http::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())) {
+                let (name, value) = match kind {
+                    UpstreamKind::Anthropic => (
+                        http::HeaderName::from_static("x-api-key"),
+                        key.expose_secret().to_string(),
+                    ),
+                    _ => (
+                        http::header::AUTHORIZATION,
+                        format!("Bearer {}", key.expose_secret()),
+                    ),
+                };
+                match http::HeaderValue::from_str(&value) {
                     Ok(mut v) => {
                         v.set_sensitive(true);
-                        headers.insert(http::header::AUTHORIZATION, v);
+                        headers.insert(name, v);
                     }
                     Err(_) => errs.push(format!(
                         "{at}.api_key_env: the key is not a valid header value"
@@ -484,6 +668,10 @@ impl RawConfig {
                     base_url,
                     api_key,
                     request_headers: headers,
+                    auth,
+                    anthropic_version: u.anthropic_version.clone().unwrap_or_else(|| {
+                        tollgate_providers::anthropic::DEFAULT_VERSION.to_string()
+                    }),
                 }),
             );
         }
@@ -541,11 +729,15 @@ impl RawConfig {
             env,
             &mut errs,
         );
+        let outcomes = crate::outcomes::validate_config(&self.outcomes, &mut errs);
+        let telemetry = crate::telemetry::validate(&self.telemetry, &mut errs);
 
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
         Ok(Config {
+            outcomes,
+            telemetry,
             server: ServerSettings {
                 listen,
                 max_body_bytes: max_body as usize,
@@ -766,6 +958,110 @@ mod tests {
         let err = RawConfig::from_toml("[server]\nlisten_on = \"x\"\n", &e).unwrap_err();
         assert!(err.0[0].contains("server"), "{err}");
         assert!(err.0[0].contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn anthropic_and_bedrock_upstreams() {
+        let text = r#"
+            [[upstreams]]
+            name = "claude"
+            kind = "anthropic"
+            api_key_env = "ANTHROPIC_API_KEY"
+            [[upstreams]]
+            name = "aws"
+            kind = "bedrock"
+            region = "us-east-1"
+            aws_session_token_env = "AWS_SESSION_TOKEN"
+            [[deployments]]
+            name = "sonnet"
+            upstream = "claude"
+            model = "claude-sonnet-4-5"
+            [[deployments]]
+            name = "nova-lite"
+            upstream = "aws"
+            model = "us.amazon.nova-2-lite-v1:0"
+            [[deployments]]
+            name = "nova-pro"
+            upstream = "aws"
+            model = "us.amazon.nova-2-pro-preview-20251202-v1:0"
+            [[deployments]]
+            name = "nova-lite-global"
+            upstream = "aws"
+            model = "global.amazon.nova-2-lite-v1:0"
+            [[deployments]]
+            name = "nova-lite-base"
+            upstream = "aws"
+            model = "amazon.nova-2-lite-v1:0"
+        "#;
+        let e = env(&[
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+        ]);
+        let c = RawConfig::from_toml(text, &e)
+            .unwrap()
+            .validate(&e)
+            .unwrap();
+        let claude = &c.upstreams["claude"];
+        assert_eq!(claude.base_url, "https://api.anthropic.com/v1");
+        assert!(claude.request_headers["x-api-key"].is_sensitive());
+        let aws = &c.upstreams["aws"];
+        assert_eq!(
+            aws.base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
+        match &aws.auth {
+            UpstreamAuth::SigV4 {
+                region,
+                host,
+                credentials,
+                ..
+            } => {
+                assert_eq!(region, "us-east-1");
+                assert_eq!(host, "bedrock-runtime.us-east-1.amazonaws.com");
+                assert!(credentials.session_token.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Regional ids are separate catalog entries with their own prices.
+        for (name, key) in [
+            ("nova-lite", "us.amazon.nova-2-lite-v1:0"),
+            ("nova-pro", "us.amazon.nova-2-pro-preview-20251202-v1:0"),
+            ("nova-lite-global", "global.amazon.nova-2-lite-v1:0"),
+            ("nova-lite-base", "amazon.nova-2-lite-v1:0"),
+            ("sonnet", "claude-sonnet-4-5"),
+        ] {
+            assert_eq!(c.deployments[name].price_key.as_deref(), Some(key));
+        }
+        let rate = |n: &str| {
+            c.deployments[n]
+                .price
+                .as_ref()
+                .unwrap()
+                .rates(0, None)
+                .unwrap()
+                .input
+                .atto()
+        };
+        assert_ne!(rate("nova-lite"), rate("nova-lite-base"));
+        // Missing credentials and region are reported with their fields.
+        let bad = "[[upstreams]]\nname = \"aws\"\nkind = \"bedrock\"\nanthropic_version = \"x\"\n";
+        let e = env(&[]);
+        let errs = RawConfig::from_toml(bad, &e)
+            .unwrap()
+            .validate(&e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        for needle in [
+            "aws_access_key_id_env",
+            "aws_secret_access_key_env",
+            "upstreams[0].region",
+            "anthropic_version",
+        ] {
+            assert!(errs.contains(needle), "missing {needle} in:\n{errs}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use tollgate_domain::money::Money;
 use tollgate_providers::openai::RequestError;
+use tollgate_providers::translate::{ErrorClass, Format, TranslateError};
 use tollgate_providers::{Fault, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,30 @@ pub enum ApiError {
     TaskHalted { task: String, reason: String },
     #[error("Budget counters are unavailable: {0}")]
     CountersUnavailable(String),
+    /// The request needs a feature the deployment's upstream format cannot express.
+    #[error("{0}")]
+    Untranslatable(#[from] TranslateError),
+    /// A Bedrock client sent no credentials.
+    #[error("Missing Authentication Token")]
+    MissingSignature,
+    /// A SigV4 access key id that is no active tollgate key.
+    #[error("The security token included in the request is invalid.")]
+    UnknownAccessKey,
+    /// SigV4 cannot be verified: no master key, or the key has no sealed secret.
+    #[error("{0}")]
+    SigV4Unavailable(String),
+    #[error("{0}")]
+    BadSignature(tollgate_providers::sigv4::SigV4Error),
+    /// An upstream of another format answered with an error status; it is passed on
+    /// with that status, in the client's format.
+    #[error("{message}")]
+    UpstreamStatus {
+        status: u16,
+        class: ErrorClass,
+        message: String,
+    },
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -89,13 +114,25 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TaskHalted { .. } => "task_halted",
             ApiError::CountersUnavailable(_) => "budget_unavailable",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Untranslatable(TranslateError::Unsupported { .. }) => "unsupported_feature",
+            ApiError::Untranslatable(TranslateError::Invalid(_)) => "invalid_request",
+            ApiError::MissingSignature | ApiError::UnknownAccessKey => "invalid_api_key",
+            ApiError::SigV4Unavailable(_) => "sigv4_unavailable",
+            ApiError::BadSignature(tollgate_providers::sigv4::SigV4Error::Expired(_)) => {
+                "signature_expired"
+            }
+            ApiError::BadSignature(_) => "invalid_signature",
+            ApiError::UpstreamStatus { status: 429, .. } => "upstream_rate_limited",
+            ApiError::UpstreamStatus { status, .. } if *status < 500 => "upstream_client_error",
+            ApiError::UpstreamStatus { .. } => "upstream_server_error",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
             ApiError::Upstream(e) => e.fault(),
-            ApiError::UpstreamMalformed(_) => Fault::Upstream,
+            ApiError::UpstreamMalformed(_) | ApiError::UpstreamStatus { .. } => Fault::Upstream,
             ApiError::Internal(_) | ApiError::CountersUnavailable(_) => Fault::Internal,
             _ => Fault::Client,
         }
@@ -106,6 +143,7 @@ impl ApiError {
             ApiError::Upstream(e) => e.retryable(),
             ApiError::UpstreamMalformed(_) | ApiError::Internal(_) => true,
             ApiError::RateLimited { .. } | ApiError::CountersUnavailable(_) => true,
+            ApiError::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
     }
@@ -116,9 +154,18 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminDisabled(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
-            ApiError::BadRequest(_) | ApiError::InvalidParam { .. } | ApiError::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
+            ApiError::ModelNotAllowed(_)
+            | ApiError::Forbidden(_)
+            | ApiError::MissingSignature
+            | ApiError::UnknownAccessKey
+            | ApiError::SigV4Unavailable(_)
+            | ApiError::BadSignature(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_)
+            | ApiError::InvalidParam { .. }
+            | ApiError::BodyRead(_)
+            | ApiError::Untranslatable(_) => StatusCode::BAD_REQUEST,
+            ApiError::UpstreamStatus { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } | ApiError::NotFound(_) => {
@@ -134,14 +181,69 @@ impl ApiError {
         }
     }
 
+    /// What kind of failure this is, in the terms every API format has a word for.
+    pub fn class(&self) -> ErrorClass {
+        if let ApiError::UpstreamStatus { class, .. } = self {
+            return *class;
+        }
+        class_for_status(self.status().as_u16())
+    }
+
+    /// Bedrock's `x-amzn-ErrorType` for this error.
+    fn bedrock_type(&self) -> &'static str {
+        match self {
+            ApiError::MissingSignature => "MissingAuthenticationTokenException",
+            ApiError::UnknownAccessKey => "UnrecognizedClientException",
+            ApiError::BadSignature(_) => "InvalidSignatureException",
+            _ => tollgate_providers::bedrock::error_type(self.class()),
+        }
+    }
+
+    /// Render in the error shape of the API the client called.
+    pub fn into_response_as(self, format: Format, request_id: Option<&str>) -> Response {
+        let status = self.status();
+        let mut resp = match format {
+            Format::OpenAi => return self.into_response(request_id),
+            Format::Anthropic => {
+                let body =
+                    tollgate_providers::anthropic::error_body(self.class(), &self.to_string());
+                (status, axum::Json(body)).into_response()
+            }
+            Format::Bedrock => {
+                let body = tollgate_providers::bedrock::error_body(&self.to_string());
+                let mut r = (status, axum::Json(body)).into_response();
+                r.headers_mut().insert(
+                    "x-amzn-errortype",
+                    HeaderValue::from_static(self.bedrock_type()),
+                );
+                if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+                    r.headers_mut().insert("x-amzn-requestid", id);
+                }
+                r
+            }
+        };
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            resp.headers_mut().insert(crate::headers::REQUEST_ID, id);
+        }
+        self.limit_headers(resp.headers_mut());
+        resp
+    }
+
     /// OpenAI's `error.type`.
     fn openai_type(&self) -> &'static str {
+        if let ApiError::UpstreamStatus { class, .. } = self {
+            return tollgate_providers::translate::openai::error_type(*class);
+        }
         match self.fault() {
             Fault::Client => match self {
                 ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminDisabled(_) => {
                     "authentication_error"
                 }
-                ApiError::ModelNotAllowed(_) => "permission_error",
+                ApiError::ModelNotAllowed(_) | ApiError::Forbidden(_) => "permission_error",
+                ApiError::MissingSignature
+                | ApiError::UnknownAccessKey
+                | ApiError::SigV4Unavailable(_)
+                | ApiError::BadSignature(_) => "authentication_error",
                 ApiError::BudgetExceeded { .. } => "insufficient_quota",
                 ApiError::RateLimited { .. } => "rate_limit_error",
                 _ => "invalid_request_error",
@@ -154,6 +256,7 @@ impl ApiError {
     fn param(&self) -> Option<String> {
         match self {
             ApiError::BadRequest(e) => e.param().map(str::to_string),
+            ApiError::Untranslatable(e) => e.param().map(str::to_string),
             ApiError::InvalidParam { param, .. } => Some(param.clone()),
             ApiError::ModelNotFound(_) | ApiError::ModelNotAllowed(_) => Some("model".into()),
             _ => None,
@@ -228,6 +331,21 @@ fn reset_text(ms: i64) -> String {
         format!("{}.{:03}s", ms / 1000, ms % 1000)
             .trim_end_matches('0')
             .to_string()
+    }
+}
+
+/// The kind of failure an HTTP status says (for errors that carry no more than that).
+pub fn class_for_status(status: u16) -> ErrorClass {
+    match status {
+        401 => ErrorClass::Authentication,
+        403 => ErrorClass::Permission,
+        404 => ErrorClass::NotFound,
+        413 => ErrorClass::TooLarge,
+        408 | 504 => ErrorClass::Timeout,
+        429 => ErrorClass::RateLimited,
+        503 | 529 => ErrorClass::Overloaded,
+        400..=499 => ErrorClass::InvalidRequest,
+        _ => ErrorClass::Server,
     }
 }
 

@@ -1,32 +1,45 @@
 //! tollgate's HTTP server.
 //!
 //! # The request pipeline
-//! Each proxy request runs these steps in this order, in one direction; a
-//! [`meter::Meter`] created at step 2 guarantees step 8 whatever happens after it.
+//! Every proxy request, whatever API it came in on (OpenAI, Anthropic, Bedrock), runs
+//! [`proxy::pipeline`]: these steps in this order, in one direction; a
+//! [`meter::Meter`] created at step 2 guarantees step 9 whatever happens after it.
 //! 1. request id
-//! 2. auth: virtual key → key owner's attribution (401 stops here, unmetered)
-//! 3. body: read with a size cap (413), parse (400), resolve the deployment (404/403)
-//! 4. attribution: key owner, then `x-tollgate-*` headers, then body `user`/`metadata`
-//!    then admission ([`admission::admit`]): task guard (409), worst-case reservation
-//!    across every budget and rate limit (402/429), maybe a clamped `max_tokens`; the
-//!    meter settles it at step 8 on every path
-//! 5. upstream call: the deployment's model id; `include_usage` injected for streams
-//! 6. response: JSON read whole; SSE passed through chunk by chunk with a usage tee
-//! 7. pricing: usage × the deployment's rates (exact, rounded up to the nano-USD)
-//! 8. ledger: the row is queued (batched) or committed (strict) before the response's
-//!    last byte; `x-tollgate-request-id` and `x-tollgate-cost-usd` headers
+//! 2. auth: virtual key (bearer, `x-api-key`, or AWS SigV4 for Bedrock clients) → key
+//!    owner's attribution (401/403 stops here, unmetered)
+//! 3. body: read with a size cap (413), parse into a format-tagged request (400)
+//! 4. attribution: key owner, then `x-tollgate-*` headers, then body metadata
+//! 5. deployment (404/403)
+//! 6. admission ([`admission::admit`]): task guard (409), worst-case reservation across
+//!    every budget and rate limit (402/429), maybe a clamped `max_tokens`; the meter
+//!    settles it on every path (routing goes here too)
+//! 7. upstream call: same format → the body with the model id replaced (`include_usage`
+//!    injected for OpenAI streams); another format → translated (400 naming a feature
+//!    that cannot be); SigV4-signed for Bedrock
+//! 8. response: JSON read whole; streams passed through whole event by whole event
+//!    with a usage tee, or translated event by event; errors in the client's shape
+//! 9. pricing and ledger: usage × the deployment's rates (exact, rounded up to the
+//!    nano-USD); the row is queued (batched) or committed (strict) before the
+//!    response's last byte; `x-tollgate-request-id` and `x-tollgate-cost-usd` headers
 //!
 //! # Layout
 //! - [`config`]: raw and validated configuration.
 //! - [`state`]: the shared [`state::Gateway`].
 //! - [`auth`]: virtual keys and the master key.
-//! - [`proxy`]: the OpenAI-compatible endpoints.
+//! - [`proxy`]: the endpoints and the one pipeline they run.
+//! - [`ingress`]: the APIs served and their format-tagged requests.
+//! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
 //! - [`meter`]: the always-runs metering step.
 //! - [`admin`]: the admin API.
 //! - [`admission`]: budgets, rate limits and the task guard before the upstream call;
 //!   settlement after it.
 //! - [`guard`]: per-task state and halted tasks at run time.
 //! - [`alerts`]: Slack-compatible webhook alerts, retried and recorded.
+//! - [`outcomes`]: task outcomes (`POST /v1/tasks/{task_id}/outcome`).
+//! - [`value`]: ROI, tasks, savings and dashboard data (admin API).
+//! - [`dashboard`]: the embedded web dashboard.
+//! - [`telemetry`]: what each settled request feeds: [`metrics`] (Prometheus) and
+//!   [`otel`] (OTLP traces).
 //! - [`error`]: errors and their single mapping to HTTP.
 
 pub mod admin;
@@ -34,12 +47,20 @@ pub mod admission;
 pub mod alerts;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod egress;
 pub mod error;
 pub mod guard;
 pub mod headers;
+pub mod ingress;
 pub mod meter;
+pub mod metrics;
+pub mod otel;
+pub mod outcomes;
 pub mod proxy;
 pub mod state;
+pub mod telemetry;
+pub mod value;
 
 use crate::auth::{KeyCache, MasterKey};
 use crate::config::Config;
@@ -57,7 +78,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_providers::{ClientConfig, ProviderError, UpstreamClient};
-use tollgate_store::{LedgerConfig, LedgerWriter, SqliteStore, StoreError};
+use tollgate_store::{LedgerConfig, LedgerWriter, SecretSealer, SqliteStore, StoreError};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +118,19 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         &config.server.master_key_env,
     );
     let limits = admission::Limits::new(&config, &store)?;
+    let sealer = config
+        .server
+        .master_key
+        .as_ref()
+        .and_then(|k| SecretSealer::new(secrecy::ExposeSecret::expose_secret(k)))
+        .map(Arc::new);
+    let telemetry = telemetry::Telemetry::new(&config.telemetry);
     let gw = Arc::new(Gateway {
+        telemetry,
         config: ArcSwap::from_pointee(config),
         keys,
         master,
+        sealer,
         ledger,
         store,
         client,
@@ -119,6 +149,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/chat/completions", post(proxy::chat_completions))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/embeddings", post(proxy::embeddings))
+        .route("/v1/messages", post(proxy::messages))
+        .route("/model/{model_id}/converse", post(proxy::converse))
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(proxy::converse_stream),
+        )
         .route("/v1/models", get(proxy::list_models))
         .route("/models", get(proxy::list_models))
         .route("/healthz", get(healthz))
@@ -132,10 +168,20 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 .put(admin::set_budget)
                 .delete(admin::delete_budget),
         )
-        .route("/admin/tasks", get(admin::list_tasks))
-        .route("/admin/tasks/{task}", get(admin::show_task))
+        .route("/admin/guard", get(admin::list_tasks))
+        .route("/admin/guard/{task}", get(admin::show_task))
         .route("/admin/tasks/{task}/release", post(admin::release_task))
         .route("/admin/alerts", get(admin::list_alerts))
+        .route("/v1/tasks/{task_id}/outcome", post(outcomes::record))
+        .route("/admin/roi", get(value::roi))
+        .route("/admin/tasks", get(value::tasks))
+        .route("/admin/tasks/{task}", get(value::task))
+        .route("/admin/savings", get(value::savings))
+        .route("/admin/dashboard", get(value::dashboard))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/assets/{name}", get(dashboard::assets))
+        .route("/metrics", get(telemetry::metrics_endpoint))
         .fallback(not_found)
         .with_state(gw)
 }
@@ -207,6 +253,13 @@ pub async fn serve(
             }
         })
     };
+    gw.telemetry.start(&gw.tasks, gw.client.clone(), {
+        let cfg = gw.config.load();
+        cfg.upstreams
+            .values()
+            .map(|u| (u.name.clone(), u.kind.provider_name().to_string()))
+            .collect()
+    });
     let app = router(gw.clone());
     let grace = gw.config.load().server.shutdown_grace;
     let stop = gw.shutdown.clone();
@@ -241,6 +294,8 @@ pub async fn serve(
     };
     stop.cancel();
     let _ = refresher.await;
+    // No more requests: let the span exporter flush what is queued and stop.
+    gw.telemetry.close();
     gw.tasks.close();
     gw.tasks.wait().await;
     drop(gw);

@@ -17,12 +17,13 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::cost::cost;
+use tollgate_domain::cost::{cost, cost_without_prompt_cache};
 use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
-use tollgate_providers::sse::SseScanner;
+use tollgate_providers::stream::StreamTap;
 use tollgate_providers::tokenizer::Encoding;
+use tollgate_providers::translate::Format;
 use tollgate_store::Durability;
 
 /// What the request sent, kept only to count its tokens if the upstream never reports.
@@ -30,6 +31,8 @@ pub enum Prompt {
     None,
     Chat(Vec<Value>),
     Embeddings(Value),
+    /// Any other request body (Anthropic, Bedrock): its text fields are counted.
+    Json(Value),
 }
 
 /// How many tokens a finished request used, as far as the gateway knows.
@@ -38,6 +41,9 @@ pub enum Consumed {
     Reported(Usage),
     /// The upstream worked but reported nothing: count the prompt and this output text.
     Estimate(String),
+    /// The upstream reported the prompt's usage but the stream stopped before its final
+    /// count: the prompt as reported, the output counted from this text (estimated).
+    Partial { prompt: Usage, text: String },
     /// No upstream work was done (or none is billable: upstream 4xx/5xx).
     Nothing,
 }
@@ -71,7 +77,7 @@ pub struct Meter {
     /// Set once the upstream has been sent the request (it may bill from then on).
     pub upstream_called: bool,
     /// For streams: the tee, so a dropped stream can still be metered.
-    pub scanner: Option<SseScanner>,
+    pub scanner: Option<StreamTap>,
     settled: bool,
     /// A settled row whose hand-off to the ledger has not completed yet.
     in_flight: Option<LedgerRow>,
@@ -100,6 +106,7 @@ impl Meter {
                 usage: Usage::default(),
                 usage_source: UsageSource::None,
                 cost: Money::ZERO,
+                cost_without_cache: Money::ZERO,
                 priced: false,
                 price_hash: String::new(),
                 latency_us: 0,
@@ -177,6 +184,7 @@ impl Meter {
             Prompt::None => 0,
             Prompt::Chat(messages) => enc.count_chat_prompt(messages),
             Prompt::Embeddings(input) => enc.count_embedding_input(input),
+            Prompt::Json(v) => enc.count_json(v),
         }
     }
 
@@ -193,6 +201,14 @@ impl Meter {
                 },
                 UsageSource::Estimated,
             ),
+            Consumed::Partial { prompt, text } => (
+                Usage {
+                    output: prompt.output.max(self.encoding().count(&text)),
+                    reasoning: 0,
+                    ..prompt
+                },
+                UsageSource::Estimated,
+            ),
             Consumed::Nothing => (Usage::default(), UsageSource::None),
         };
         let price = self.deployment.as_ref().and_then(|d| d.price.clone());
@@ -203,7 +219,12 @@ impl Meter {
             },
             None => (Money::ZERO, false),
         };
+        let without_cache = price
+            .as_ref()
+            .and_then(|p| cost_without_prompt_cache(&usage, p, outcome.service_tier.as_deref()))
+            .map_or(charged, |c| c.charged);
         let mut row = self.row.clone();
+        row.cost_without_cache = without_cache;
         row.usage = usage;
         row.usage_source = source;
         row.cost = charged;
@@ -215,6 +236,8 @@ impl Meter {
         if let Some(ticket) = self.admission.take() {
             crate::admission::settle(&self.gw, ticket, &row);
         }
+        // Metrics and trace spans, where the row is settled (commit and drop alike).
+        self.gw.telemetry.observe(&row);
         row
     }
 
@@ -242,7 +265,16 @@ impl Meter {
         })
         .await;
         tracing::debug!(request_id = %self.row.request_id, code = err.code(), "request failed: {err}");
-        err.into_response(Some(&self.row.request_id))
+        err.into_response_as(self.format(), Some(&self.row.request_id))
+    }
+
+    /// The API format the client called (errors are rendered in it).
+    pub fn format(&self) -> Format {
+        match self.row.endpoint {
+            Endpoint::ChatCompletions | Endpoint::Embeddings => Format::OpenAi,
+            Endpoint::Messages => Format::Anthropic,
+            Endpoint::Converse => Format::Bedrock,
+        }
     }
 
     async fn record(&mut self, row: LedgerRow) {
@@ -268,13 +300,7 @@ impl Meter {
     /// The outcome of a request whose client went away before it finished.
     fn disconnected(&mut self) -> Outcome {
         let (consumed, service_tier) = match &self.scanner {
-            Some(s) => match &s.usage {
-                Some(u) => (Consumed::Reported(u.to_usage()), s.service_tier.clone()),
-                None => (
-                    Consumed::Estimate(s.generated_text().unwrap_or_default()),
-                    s.service_tier.clone(),
-                ),
-            },
+            Some(s) => (stream_consumed(s), s.service_tier()),
             None if self.upstream_called => (Consumed::Estimate(String::new()), None),
             None => (Consumed::Nothing, None),
         };
@@ -285,6 +311,19 @@ impl Meter {
             service_tier,
             partial: true,
         }
+    }
+}
+
+/// What a stream consumed, as far as its tee saw.
+pub fn stream_consumed(s: &StreamTap) -> Consumed {
+    let text = || s.generated_text().unwrap_or_default();
+    match (s.reported_usage(), s.partial_usage()) {
+        (Some(u), _) => Consumed::Reported(u),
+        (None, Some(prompt)) => Consumed::Partial {
+            prompt,
+            text: text(),
+        },
+        (None, None) => Consumed::Estimate(text()),
     }
 }
 

@@ -1,41 +1,38 @@
-//! The OpenAI-compatible proxy endpoints.
+//! The proxy endpoints and the one pipeline they all run.
 //!
-//! Per request: authenticate the key → read the body (bounded) → parse → resolve the
-//! deployment → attribute → forward → meter. The [`Meter`] exists from authentication
-//! on, so every later step, error, or disconnect produces its ledger row.
+//! Every API tollgate serves (OpenAI chat and embeddings, Anthropic Messages, Bedrock
+//! Converse / ConverseStream) has a thin handler that names its [`Ingress`] and hands
+//! the request to [`pipeline`]: authenticate → read and parse the body into a
+//! format-tagged [`IngressRequest`] → attribute → resolve the deployment → (admission)
+//! → call the upstream, natively or translated → answer, natively or translated, JSON
+//! or stream → meter. The [`Meter`] exists from authentication on, so every later step,
+//! error, or disconnect produces its ledger row.
 
-use crate::auth::authenticate;
+use crate::auth::{authenticate, authenticate_sigv4, sigv4_header};
 use crate::config::Deployment;
+use crate::egress::{self, UpstreamCall};
 use crate::error::ApiError;
 use crate::headers;
-use crate::meter::{Consumed, Meter, Outcome, Prompt};
-use crate::state::Gateway;
+use crate::ingress::{Ingress, IngressRequest};
+use crate::meter::{Consumed, Meter, Outcome, stream_consumed};
+use crate::state::{Gateway, now_ms};
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::{self, Attribution, Labels};
-use tollgate_domain::ledger::Endpoint;
-use tollgate_providers::openai::{self, ChatRequest, EmbeddingsRequest};
-use tollgate_providers::sse::SseScanner;
-use tollgate_providers::{UpstreamRequest, client};
+use tollgate_providers::client;
+use tollgate_providers::sigv4::Received;
+use tollgate_providers::stream::{ClientStream, StreamTap};
+use tollgate_providers::translate::Format;
 use tollgate_store::VirtualKey;
-
-/// Metadata keys that carry attribution and are removed before forwarding.
-const METADATA_KEYS: [&str; 5] = [
-    "tollgate_agent",
-    "tollgate_task",
-    "tollgate_user",
-    "tollgate_team",
-    "tollgate_tags",
-];
 
 /// Read the request body, refusing more than `limit` bytes.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
@@ -104,66 +101,6 @@ fn header_labels(h: &HeaderMap) -> Result<Labels, ApiError> {
     })
 }
 
-/// Labels from the body's `user` and `metadata` (`agent`/`tollgate_agent`, ...).
-fn body_labels(
-    user: Option<&str>,
-    metadata: Option<&Map<String, Value>>,
-) -> Result<Labels, ApiError> {
-    let meta = |k: &str| -> Result<Option<String>, ApiError> {
-        let Some(m) = metadata else { return Ok(None) };
-        let v = m
-            .get(&format!("tollgate_{k}"))
-            .or_else(|| m.get(k))
-            .and_then(Value::as_str);
-        match v {
-            Some(s) => attribution::label(&format!("metadata.{k}"), s)
-                .map_err(|e| invalid(&format!("metadata.{k}"), e)),
-            None => Ok(None),
-        }
-    };
-    let user = match user {
-        Some(u) => attribution::label("user", u).map_err(|e| invalid("user", e))?,
-        None => meta("user")?,
-    };
-    let tags = match metadata.and_then(|m| m.get("tollgate_tags").or_else(|| m.get("tags"))) {
-        Some(Value::String(s)) => {
-            attribution::tags("metadata.tags", s).map_err(|e| invalid("metadata.tags", e))?
-        }
-        Some(Value::Array(items)) => {
-            let joined = items
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",");
-            attribution::tags("metadata.tags", &joined).map_err(|e| invalid("metadata.tags", e))?
-        }
-        _ => Vec::new(),
-    };
-    Ok(Labels {
-        user,
-        team: meta("team")?,
-        agent: meta("agent")?,
-        task: meta("task")?,
-        tags,
-    })
-}
-
-/// Remove tollgate's own metadata keys (and an emptied `metadata`) before forwarding.
-fn strip_tollgate_metadata(body: &mut Map<String, Value>) {
-    let empty = match body.get_mut("metadata") {
-        Some(Value::Object(m)) => {
-            for k in METADATA_KEYS {
-                m.remove(k);
-            }
-            m.is_empty()
-        }
-        _ => false,
-    };
-    if empty {
-        body.remove("metadata");
-    }
-}
-
 fn resolve(gw: &Gateway, key: &VirtualKey, model: &str) -> Result<Arc<Deployment>, ApiError> {
     let cfg = gw.config.load();
     let d = cfg
@@ -175,16 +112,6 @@ fn resolve(gw: &Gateway, key: &VirtualKey, model: &str) -> Result<Arc<Deployment
         return Err(ApiError::ModelNotAllowed(model.to_string()));
     }
     Ok(d)
-}
-
-fn upstream_request(gw: &Gateway, d: &Deployment, path: &str, body: Bytes) -> UpstreamRequest {
-    let cfg = gw.config.load();
-    UpstreamRequest {
-        url: format!("{}{path}", d.upstream.base_url),
-        headers: d.upstream.request_headers.clone(),
-        body,
-        timeout: cfg.server.upstream_timeout,
-    }
 }
 
 fn request_id_header(resp: &mut Response, id: &str) {
@@ -212,149 +139,278 @@ fn upstream_status_code(status: StatusCode) -> &'static str {
     }
 }
 
-/// Shared start of every proxy request: request id, key, meter. On failure, the error
-/// and the request id to answer with.
-fn begin(
-    gw: &Arc<Gateway>,
-    headers: &HeaderMap,
-    endpoint: Endpoint,
-) -> Result<(Meter, Arc<VirtualKey>), (ApiError, String)> {
-    let started = Instant::now();
-    let request_id = gw.ids.next();
-    let key = match authenticate(&gw.keys, headers) {
-        Ok(k) => k,
-        Err(e) => return Err((e, request_id)),
-    };
-    let meter = Meter::new(
-        gw.clone(),
-        request_id,
-        endpoint,
-        started,
-        key_attribution(&key),
-    );
-    Ok((meter, key))
-}
-
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (mut meter, key) = match begin(&gw, &headers, Endpoint::ChatCompletions) {
-        Ok(v) => v,
-        Err((e, id)) => return e.into_response(Some(&id)),
-    };
-    let limit = gw.config.load().server.max_body_bytes;
-    let bytes = match read_body(body, &headers, limit).await {
-        Ok(b) => b,
-        Err(e) => return meter.reject(e).await,
-    };
-    let mut req = match ChatRequest::parse(&bytes) {
-        Ok(r) => r,
-        Err(e) => return meter.reject(e.into()).await,
-    };
-    meter.set_requested_model(&req.model);
-    meter.set_stream(req.stream);
-    let labels =
-        header_labels(&headers).and_then(|h| Ok((h, body_labels(req.user(), req.metadata())?)));
-    let (h, b) = match labels {
-        Ok(v) => v,
-        Err(e) => return meter.reject(e).await,
-    };
-    meter.attribution_mut().fill_from(h);
-    meter.attribution_mut().fill_from(b);
-    let deployment = match resolve(&gw, &key, &req.model) {
-        Ok(d) => d,
-        Err(e) => return meter.reject(e).await,
-    };
-    meter.set_deployment(&deployment, gw.config.load().prices.hash());
-    strip_tollgate_metadata(&mut req.body);
-    if let Err(e) = crate::admission::admit(&gw, &mut meter, &mut req.body).await {
-        return meter.reject(e).await;
-    }
-    let (upstream_body, injected_usage) = req.upstream_body(&deployment.model);
-    let stream = req.stream;
-    if let Some(Value::Array(messages)) = req.body.remove("messages") {
-        meter.prompt = Prompt::Chat(messages);
-    }
-    drop(req);
-
-    let upstream_req = upstream_request(&gw, &deployment, "/chat/completions", upstream_body);
-    meter.upstream_called = true;
-    let resp = match gw.client.post(upstream_req).await {
-        Ok(r) => r,
-        Err(e) => return meter.reject(e.into()).await,
-    };
-    let is_sse = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if stream && resp.status().is_success() && is_sse {
-        return stream_response(gw, meter, resp, injected_usage);
-    }
-    json_response(&gw, meter, resp, true).await
+    pipeline(gw, Ingress::ChatCompletions, method, uri, headers, body).await
 }
 
 /// `POST /v1/embeddings`
 pub async fn embeddings(
     State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (mut meter, key) = match begin(&gw, &headers, Endpoint::Embeddings) {
-        Ok(v) => v,
-        Err((e, id)) => return e.into_response(Some(&id)),
+    pipeline(gw, Ingress::Embeddings, method, uri, headers, body).await
+}
+
+/// `POST /v1/messages` (Anthropic Messages)
+pub async fn messages(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    pipeline(gw, Ingress::Messages, method, uri, headers, body).await
+}
+
+/// `POST /model/{modelId}/converse` (Bedrock Converse)
+pub async fn converse(
+    State(gw): State<Arc<Gateway>>,
+    Path(model): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ingress = Ingress::Converse {
+        model,
+        stream: false,
     };
-    let limit = gw.config.load().server.max_body_bytes;
-    let bytes = match read_body(body, &headers, limit).await {
-        Ok(b) => b,
+    pipeline(gw, ingress, method, uri, headers, body).await
+}
+
+/// `POST /model/{modelId}/converse-stream` (Bedrock ConverseStream)
+pub async fn converse_stream(
+    State(gw): State<Arc<Gateway>>,
+    Path(model): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ingress = Ingress::Converse {
+        model,
+        stream: true,
+    };
+    pipeline(gw, ingress, method, uri, headers, body).await
+}
+
+/// Steps 2 and 3a: who is calling, and the body. The meter is created as soon as the
+/// key is known, so a body error is metered; SigV4 signs the body, so for a signed
+/// request the body is read (bounded) before the key is trusted, and failures up to
+/// that point are answered unmetered (like any unauthenticated request).
+#[allow(clippy::too_many_arguments)]
+async fn authenticate_and_read(
+    gw: &Arc<Gateway>,
+    ingress: &Ingress,
+    request_id: String,
+    started: Instant,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Meter, Arc<VirtualKey>, Bytes), Response> {
+    let format = ingress.format();
+    let (limit, master_env) = {
+        let cfg = gw.config.load();
+        (cfg.server.max_body_bytes, cfg.server.master_key_env.clone())
+    };
+    if format == Format::Bedrock
+        && let Some(authorization) = sigv4_header(headers)
+    {
+        let bytes = match read_body(body, headers, limit).await {
+            Ok(b) => b,
+            Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
+        };
+        let received = Received {
+            method: method.as_str(),
+            raw_path: uri.path(),
+            raw_query: uri.query().unwrap_or(""),
+            headers,
+            body: &bytes,
+        };
+        let key = match authenticate_sigv4(
+            &gw.keys,
+            gw.sealer.as_deref(),
+            &master_env,
+            authorization,
+            &received,
+            now_ms() / 1000,
+        ) {
+            Ok(k) => k,
+            Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
+        };
+        let meter = Meter::new(
+            gw.clone(),
+            request_id,
+            ingress.endpoint(),
+            started,
+            key_attribution(&key),
+        );
+        return Ok((meter, key, bytes));
+    }
+    let key = match authenticate(&gw.keys, headers) {
+        Ok(k) => k,
+        Err(ApiError::MissingKey) if format == Format::Bedrock => {
+            return Err(ApiError::MissingSignature.into_response_as(format, Some(&request_id)));
+        }
+        Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
+    };
+    let mut meter = Meter::new(
+        gw.clone(),
+        request_id,
+        ingress.endpoint(),
+        started,
+        key_attribution(&key),
+    );
+    match read_body(body, headers, limit).await {
+        Ok(b) => Ok((meter, key, b)),
+        Err(e) => Err(meter.reject(e).await),
+    }
+}
+
+/// The one path every proxy request takes, whatever API it came in on.
+pub async fn pipeline(
+    gw: Arc<Gateway>,
+    ingress: Ingress,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // 1. request id
+    let started = Instant::now();
+    let request_id = gw.ids.next();
+    let format = ingress.format();
+
+    // 2. auth, 3a. body (bounded)
+    let (mut meter, key, bytes) = match authenticate_and_read(
+        &gw, &ingress, request_id, started, &method, &uri, &headers, body,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+
+    // 3b. parse into a format-tagged request
+    let mut req = match IngressRequest::parse(&ingress, &bytes) {
+        Ok(r) => r,
         Err(e) => return meter.reject(e).await,
     };
-    let mut req = match EmbeddingsRequest::parse(&bytes) {
-        Ok(r) => r,
-        Err(e) => return meter.reject(e.into()).await,
-    };
-    meter.set_requested_model(&req.model);
-    let labels = header_labels(&headers).and_then(|h| {
-        let meta = req.body.get("metadata").and_then(Value::as_object);
-        Ok((h, body_labels(req.user(), meta)?))
-    });
+    drop(bytes);
+    meter.set_requested_model(req.model());
+    meter.set_stream(req.stream());
+
+    // 4. attribution: key owner, then headers, then body
+    let labels = header_labels(&headers).and_then(|h| Ok((h, req.body_labels()?)));
     let (h, b) = match labels {
         Ok(v) => v,
         Err(e) => return meter.reject(e).await,
     };
     meter.attribution_mut().fill_from(h);
     meter.attribution_mut().fill_from(b);
-    let deployment = match resolve(&gw, &key, &req.model) {
+
+    // 5. deployment
+    let deployment = match resolve(&gw, &key, req.model()) {
         Ok(d) => d,
         Err(e) => return meter.reject(e).await,
     };
     meter.set_deployment(&deployment, gw.config.load().prices.hash());
-    strip_tollgate_metadata(&mut req.body);
-    if let Err(e) = crate::admission::admit(&gw, &mut meter, &mut req.body).await {
+
+    // ── Admission ─────────────────────────────────────────────────────────────────
+    // Steps that decide whether, and where, this request may go belong here: after
+    // the deployment is known, before anything is sent upstream (budget reserve, task
+    // guard, routing). A refusal is `return meter.reject(err).await`; settlement
+    // happens in the Meter whatever the outcome.
+    // ──────────────────────────────────────────────────────────────────────────────
+    if let Err(e) = crate::admission::admit_request(&gw, &mut meter, &mut req).await {
         return meter.reject(e).await;
     }
-    let upstream_body = req.upstream_body(&deployment.model);
-    if let Some(input) = req.body.remove("input") {
-        meter.prompt = Prompt::Embeddings(input);
-    }
-    let upstream_req = upstream_request(&gw, &deployment, "/embeddings", upstream_body);
+
+    // 6. upstream call: the same format forwards the body with the model replaced;
+    //    another format goes through the canonical representation.
+    req.strip_tollgate_metadata();
+    let client = ClientStream {
+        format,
+        model: req.model().to_string(),
+        created: (now_ms() / 1000).max(0) as u64,
+        include_usage: req.client_wants_usage(),
+    };
+    let chat = !matches!(req, IngressRequest::Embeddings(_));
+    let timeout = gw.config.load().server.upstream_timeout;
+    let call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000) {
+        Ok(c) => c,
+        Err(e) => return meter.reject(e).await,
+    };
+    meter.prompt = req.into_prompt();
+    let UpstreamCall {
+        request,
+        upstream,
+        translated,
+        stream,
+        injected_usage,
+    } = call;
     meter.upstream_called = true;
-    let resp = match gw.client.post(upstream_req).await {
+    let resp = match gw.client.post(request).await {
         Ok(r) => r,
         Err(e) => return meter.reject(e.into()).await,
     };
-    json_response(&gw, meter, resp, false).await
+
+    // 7. response, 8. meter
+    if stream && resp.status().is_success() && egress::is_stream(upstream, resp.headers()) {
+        let tap = if upstream == Format::OpenAi && !translated {
+            StreamTap::openai_native(
+                injected_usage,
+                meter.durability() == tollgate_store::Durability::Strict,
+            )
+        } else {
+            StreamTap::decoded(
+                upstream,
+                client,
+                meter.durability() == tollgate_store::Durability::Strict,
+            )
+        };
+        return stream_response(gw, meter, resp, tap, translated, format);
+    }
+    let answer = Answer {
+        upstream,
+        client: format,
+        translated,
+        chat,
+        model: client.model,
+        started,
+    };
+    json_response(&gw, meter, resp, answer).await
 }
 
-/// A non-streaming upstream answer: read it whole, meter it, pass it through.
+/// How to give a non-streaming answer back.
+struct Answer {
+    upstream: Format,
+    client: Format,
+    translated: bool,
+    /// Chat (text is counted if usage is missing) rather than embeddings.
+    chat: bool,
+    model: String,
+    started: Instant,
+}
+
+/// A non-streaming upstream answer: read it whole, meter it, pass it through (or
+/// translate it).
 async fn json_response(
     gw: &Gateway,
     mut meter: Meter,
     resp: reqwest::Response,
-    chat: bool,
+    a: Answer,
 ) -> Response {
     let (max, timeout) = {
         let cfg = gw.config.load();
@@ -367,35 +423,77 @@ async fn json_response(
         Err(e) => return meter.reject(e.into()).await,
     };
     meter.first_byte();
-    let outcome = if status.is_success() {
-        match openai::response_meter(&body) {
-            Ok(m) => Outcome::ok(
-                match m.usage {
-                    Some(u) => Consumed::Reported(u),
-                    None if chat => Consumed::Estimate(openai::response_text(&body)),
-                    None => Consumed::Estimate(String::new()),
-                },
-                m.service_tier,
-            ),
-            Err(e) => {
-                // Metered as far as it can be (the prompt was sent), then an error.
-                return meter.reject(ApiError::UpstreamMalformed(e)).await;
-            }
-        }
-    } else {
-        // Upstream errors are passed through as they are; providers do not bill them.
-        Outcome {
+    if !status.is_success() {
+        // Providers do not bill errors. The same format passes them through as they
+        // are; another format gets them in its own shape, with the same status.
+        let outcome = Outcome {
             status: status.as_u16(),
             error_code: Some(upstream_status_code(status)),
             consumed: Consumed::Nothing,
             service_tier: None,
             partial: false,
+        };
+        let row = meter.commit(outcome).await;
+        if a.translated {
+            let err = egress::upstream_error(a.upstream, status.as_u16(), &upstream_headers, &body);
+            let mut out = err.into_response_as(a.client, Some(&row.request_id));
+            if let Some(v) = upstream_headers.get(http::header::RETRY_AFTER) {
+                out.headers_mut()
+                    .insert(http::header::RETRY_AFTER, v.clone());
+            }
+            return out;
         }
+        let mut out = Response::new(Body::from(body));
+        *out.status_mut() = status;
+        copy_headers(&upstream_headers, out.headers_mut());
+        request_id_header(&mut out, &row.request_id);
+        return out;
+    }
+    let metered = match egress::json_usage(a.upstream, &body) {
+        Ok(m) => m,
+        // Metered as far as it can be (the prompt was sent), then an error.
+        Err(e) => return meter.reject(ApiError::UpstreamMalformed(e)).await,
     };
-    let row = meter.commit(outcome).await;
-    let mut out = Response::new(Body::from(body));
+    let out_body = if a.translated {
+        let latency = a.started.elapsed().as_millis() as u64;
+        match egress::translate_json(
+            a.upstream,
+            a.client,
+            &body,
+            &a.model,
+            meter.request_id(),
+            latency,
+            now_ms() / 1000,
+        ) {
+            Ok(b) => b,
+            Err(e) => return meter.reject(ApiError::UpstreamMalformed(e)).await,
+        }
+    } else {
+        body.clone()
+    };
+    let consumed = match metered.usage {
+        Some(u) => Consumed::Reported(u),
+        None if a.chat => Consumed::Estimate(egress::json_text(a.upstream, &body)),
+        None => Consumed::Estimate(String::new()),
+    };
+    let row = meter
+        .commit(Outcome::ok(consumed, metered.service_tier))
+        .await;
+    let mut out = Response::new(Body::from(out_body));
     *out.status_mut() = status;
-    copy_headers(&upstream_headers, out.headers_mut());
+    if a.translated {
+        out.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if a.client == Format::Bedrock
+            && let Ok(v) = HeaderValue::from_str(&row.request_id)
+        {
+            out.headers_mut().insert("x-amzn-requestid", v);
+        }
+    } else {
+        copy_headers(&upstream_headers, out.headers_mut());
+    }
     out.headers_mut()
         .extend(std::mem::take(&mut meter.limit_headers));
     request_id_header(&mut out, &row.request_id);
@@ -405,19 +503,29 @@ async fn json_response(
     out
 }
 
-/// An SSE answer: pass the bytes through as they come, tee them through the scanner,
-/// and meter when the stream ends, fails, or the client goes away.
+/// A streamed answer: whole events go to the client as they come (the upstream's own
+/// bytes, or translated), through the tee, and the stream is metered when it ends,
+/// fails, or the client goes away.
 fn stream_response(
     gw: Arc<Gateway>,
     mut meter: Meter,
     resp: reqwest::Response,
-    injected_usage: bool,
+    tap: StreamTap,
+    translated: bool,
+    client: Format,
 ) -> Response {
     let idle = gw.config.load().server.stream_idle_timeout;
-    let strict = meter.durability() == tollgate_store::Durability::Strict;
-    meter.scanner = Some(SseScanner::new(injected_usage, strict));
+    meter.scanner = Some(tap);
     let mut head = HeaderMap::new();
-    copy_headers(resp.headers(), &mut head);
+    if translated {
+        let ct = match client {
+            Format::Bedrock => "application/vnd.amazon.eventstream",
+            Format::OpenAi | Format::Anthropic => "text/event-stream; charset=utf-8",
+        };
+        head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    } else {
+        copy_headers(resp.headers(), &mut head);
+    }
     head.extend(std::mem::take(&mut meter.limit_headers));
     let request_id = meter.request_id().to_string();
     let body = async_stream::stream! {
@@ -427,13 +535,17 @@ fn stream_response(
         loop {
             match tokio::time::timeout(idle, upstream.next()).await {
                 Ok(Some(Ok(chunk))) => {
-                    let out = match meter.scanner.as_mut() {
-                        Some(s) => s.feed(chunk),
-                        None => chunk,
+                    let (out, malformed) = match meter.scanner.as_mut() {
+                        Some(s) => (s.feed(chunk), s.malformed()),
+                        None => (chunk, false),
                     };
                     if !out.is_empty() {
                         meter.first_byte();
                         yield Ok::<Bytes, Infallible>(out);
+                    }
+                    if malformed {
+                        failure = Some("upstream_malformed");
+                        break;
                     }
                 }
                 Ok(Some(Err(_))) => {
@@ -448,47 +560,41 @@ fn stream_response(
             }
         }
         drop(upstream);
-        let (tail, outcome) = match meter.scanner.as_mut() {
+        let (tail, outcome, cut_tail) = match meter.scanner.as_mut() {
             Some(s) => {
                 let tail = s.finish(failure.is_none());
-                let complete = failure.is_none() && (s.saw_done || s.usage.is_some());
-                let error_code = if s.error.is_some() {
+                let complete = failure.is_none() && s.completed();
+                let error_code = if s.error().is_some() {
                     Some("upstream_error")
                 } else if !complete {
                     Some(failure.unwrap_or("upstream_cut"))
                 } else {
                     None
                 };
-                let consumed = match &s.usage {
-                    Some(u) => Consumed::Reported(u.to_usage()),
-                    None => Consumed::Estimate(s.generated_text().unwrap_or_default()),
-                };
                 let outcome = Outcome {
                     status: 200,
                     error_code,
-                    consumed,
-                    service_tier: s.service_tier.clone(),
+                    consumed: stream_consumed(s),
+                    service_tier: s.service_tier(),
                     partial: error_code.is_some(),
                 };
-                (tail, outcome)
+                let message = match error_code {
+                    Some("upstream_malformed") => "The upstream sent a malformed stream.",
+                    _ => "The upstream stream ended before it was complete.",
+                };
+                (tail, outcome, s.cut_tail(message, error_code.unwrap_or("upstream_cut")))
             }
-            None => (Bytes::new(), Outcome::ok(Consumed::Nothing, None)),
+            None => (Bytes::new(), Outcome::ok(Consumed::Nothing, None), Bytes::new()),
         };
         let cut = outcome.error_code.is_some_and(|c| c != "upstream_error");
-        let row = meter.commit(outcome).await;
+        meter.commit(outcome).await;
         if !tail.is_empty() {
             yield Ok(tail);
         }
-        if cut {
-            // Tell the client the stream is incomplete, in OpenAI's streamed error shape,
-            // so SDKs raise instead of returning a silently truncated answer.
-            let err = openai::error_body(
-                "The upstream stream ended before it was complete.",
-                "upstream_error",
-                None,
-                row.error_code.as_deref(),
-            );
-            yield Ok(Bytes::from(format!("data: {err}\n\n")));
+        if cut && !cut_tail.is_empty() {
+            // Tell the client the stream is incomplete, in its API's streamed error
+            // shape, so SDKs raise instead of returning a silently truncated answer.
+            yield Ok(cut_tail);
         }
     };
     let mut out = Response::new(Body::from_stream(body));
@@ -498,6 +604,11 @@ fn stream_response(
         HeaderValue::from_static("no-cache"),
     );
     request_id_header(&mut out, &request_id);
+    if client == Format::Bedrock
+        && let Ok(v) = HeaderValue::from_str(&request_id)
+    {
+        out.headers_mut().insert("x-amzn-requestid", v);
+    }
     out
 }
 
@@ -527,25 +638,6 @@ pub async fn list_models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metadata_labels_and_stripping() {
-        let mut body: Map<String, Value> = serde_json::from_str(
-            r#"{"metadata":{"tollgate_agent":"a1","task":"t9","tollgate_tags":"x,y"}}"#,
-        )
-        .unwrap();
-        let l = body_labels(Some("u1"), body.get("metadata").and_then(Value::as_object)).unwrap();
-        assert_eq!(l.agent.as_deref(), Some("a1"));
-        assert_eq!(l.task.as_deref(), Some("t9"));
-        assert_eq!(l.user.as_deref(), Some("u1"));
-        assert_eq!(l.tags, vec!["x".to_string(), "y".to_string()]);
-        strip_tollgate_metadata(&mut body);
-        assert_eq!(body["metadata"], serde_json::json!({"task": "t9"}));
-        let mut only: Map<String, Value> =
-            serde_json::from_str(r#"{"metadata":{"tollgate_agent":"a1"}}"#).unwrap();
-        strip_tollgate_metadata(&mut only);
-        assert!(only.get("metadata").is_none());
-    }
 
     #[test]
     fn header_labels_validate() {

@@ -3,12 +3,13 @@
 use crate::auth::{KeyCache, MasterKey};
 use crate::config::Config;
 use arc_swap::ArcSwap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_providers::UpstreamClient;
-use tollgate_store::{Ledger, SqliteStore};
+use tollgate_store::{Ledger, SecretSealer, SqliteStore};
 
 /// Everything a request handler needs. One per server, shared behind an `Arc`.
 pub struct Gateway {
@@ -16,6 +17,8 @@ pub struct Gateway {
     pub config: ArcSwap<Config>,
     pub keys: KeyCache,
     pub master: MasterKey,
+    /// Opens sealed key secrets for SigV4 verification; `None` without a master key.
+    pub sealer: Option<Arc<SecretSealer>>,
     pub ledger: Ledger,
     pub store: SqliteStore,
     pub client: UpstreamClient,
@@ -25,6 +28,8 @@ pub struct Gateway {
     pub ids: RequestIds,
     /// Budgets, rate limits and the runaway-agent guard.
     pub limits: crate::admission::Limits,
+    /// Metrics and trace spans fed by every settled request.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique across restarts and

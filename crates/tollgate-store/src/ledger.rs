@@ -3,15 +3,17 @@
 //! Requests hand rows to a bounded channel ([`Ledger::record`]); one writer thread owns
 //! the SQLite connection, takes everything queued (up to `max_batch`) and commits it in
 //! one transaction. While a commit runs, new rows queue up and go in the next one, so
-//! the batch size follows the load (group commit) with no timer.
+//! the batch size follows the load (group commit). In batched mode the writer also
+//! lingers [`BATCH_LINGER`] after a batch's first row before committing (flush at N rows
+//! or T ms), so a moderate load does not pay one commit per row.
 //!
 //! - A full channel makes `record` wait: backpressure, not loss.
 //! - A failed commit is retried with backoff, holding the batch; if the database is
 //!   still failing when the gateway shuts down, the rows are appended to a JSON-lines
 //!   fallback file next to the database instead of being dropped.
 //! - [`Durability::Batched`]: `record` returns once the row is queued. A process crash
-//!   loses at most the queued and in-flight rows (bounded by the channel capacity);
-//!   committed rows survive (WAL, `synchronous=NORMAL`).
+//!   loses at most the queued and in-flight rows (bounded by the channel capacity and,
+//!   below it, by [`BATCH_LINGER`]); committed rows survive (WAL, `synchronous=NORMAL`).
 //! - [`Durability::Strict`]: `record` returns only after the row's transaction is
 //!   fsynced (`synchronous=FULL`), so a response released after it is never lost.
 
@@ -64,6 +66,14 @@ impl Default for LedgerConfig {
         }
     }
 }
+
+/// Batched mode: how long the writer waits after a batch's first row for more rows to
+/// join the same transaction. A commit costs tens of microseconds of CPU however few rows
+/// it holds (WAL frames for every touched page, locks), and handing a row to a writer
+/// parked on the channel wakes its thread; committing row by row at a few thousand
+/// requests per second cost more CPU than the rest of the request (see BENCHMARKS.md).
+/// Strict mode never lingers: its callers are waiting for the commit.
+pub const BATCH_LINGER: Duration = Duration::from_millis(20);
 
 /// Counters the writer keeps (read by `/metrics` and the benchmark).
 #[derive(Debug, Default)]
@@ -172,9 +182,13 @@ impl SqliteStore {
         let fallback = fallback_path(self.path());
         let writer_stats = stats.clone();
         let max_batch = cfg.max_batch.max(1);
+        let linger = match cfg.durability {
+            Durability::Batched => BATCH_LINGER,
+            Durability::Strict => Duration::ZERO,
+        };
         let thread = std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, &writer_stats, &fallback))
+            .spawn(move || writer_loop(conn, rx, max_batch, linger, &writer_stats, &fallback))
             .map_err(|e| StoreError::Io {
                 path: "ledger writer thread".into(),
                 message: e.to_string(),
@@ -200,21 +214,34 @@ pub fn fallback_path(db: &std::path::Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+/// Move queued rows into `batch`, up to `max_batch`.
+fn drain(rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Msg>, max_batch: usize) {
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
+    linger: Duration,
     stats: &LedgerStats,
     fallback: &std::path::Path,
 ) {
     let mut batch: Vec<Msg> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch, max_batch);
+        // Not full and not shutting down: give more rows a moment to join this commit.
+        // Sleeping (rather than waiting on the channel) also spares the senders a
+        // wake-up per row. A full channel still only makes senders wait (backpressure).
+        if !linger.is_zero() && batch.len() < max_batch && !rx.is_closed() {
+            std::thread::sleep(linger);
+            drain(&mut rx, &mut batch, max_batch);
         }
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -277,8 +304,9 @@ fn append_fallback<'a>(
 const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
-    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
+    cost_without_cache_nanos)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
     ON CONFLICT (request_id) DO NOTHING";
 
 /// Insert rows in one transaction. A row whose request id is already present is skipped
@@ -327,6 +355,7 @@ pub fn insert_batch<'a>(
                 r.error_code,
                 r.stream,
                 r.partial,
+                r.cost_without_cache.nanos(),
             ])?;
         }
     }
@@ -341,7 +370,8 @@ fn sql_u64(v: u64) -> i64 {
 const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
-    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial
+    usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
+    COALESCE(cost_without_cache_nanos, cost_nanos)
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -379,6 +409,7 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         },
         usage_source: UsageSource::parse(&source).unwrap_or(UsageSource::None),
         cost: Money::from_nanos(r.get(20)?),
+        cost_without_cache: Money::from_nanos(r.get(29)?),
         priced: r.get(21)?,
         price_hash: r.get(22)?,
         latency_us: u(23)?,
@@ -480,6 +511,7 @@ pub(crate) mod tests {
             },
             usage_source: UsageSource::Reported,
             cost: Money::from_nanos(1234 + i as i64),
+            cost_without_cache: Money::from_nanos(1300 + i as i64),
             priced: true,
             price_hash: "abcd".into(),
             latency_us: 1000,

@@ -7,7 +7,7 @@ use tollgate_domain::money::Money;
 use tollgate_domain::report::{GroupBy, UsageGroup, UsageReport};
 
 /// The ledger column a dimension groups on.
-fn column(g: GroupBy) -> &'static str {
+pub(crate) fn column(g: GroupBy) -> &'static str {
     match g {
         GroupBy::Agent => "agent",
         GroupBy::Model => "upstream_model",
@@ -17,6 +17,7 @@ fn column(g: GroupBy) -> &'static str {
         GroupBy::User => "user",
         GroupBy::Deployment => "deployment",
         GroupBy::Upstream => "upstream",
+        GroupBy::Route => "(requested_model || ' → ' || deployment)",
     }
 }
 

@@ -62,7 +62,42 @@ const MIGRATIONS: &[&str] = &[
         first_seen_ms INTEGER NOT NULL
     );
     "#,
-    // 2: budgets set at run time, the runaway-agent guard's halted tasks and incidents,
+    // 2: the key secret sealed (AES-256-GCM under a key derived from the master key), so
+    // SigV4 signatures (Bedrock clients) can be verified; NULL for keys created without
+    // a master key, which then work as bearer tokens only.
+    r#"
+    ALTER TABLE keys ADD COLUMN sealed_secret TEXT;
+    "#,
+    // 3: value per dollar (issue 6): what a request would have cost without provider
+    // prompt caching (NULL for rows metered before: read as their cost), task outcomes
+    // and their history, and an index for per-task queries.
+    r#"
+    ALTER TABLE ledger ADD COLUMN cost_without_cache_nanos INTEGER;
+    CREATE INDEX ledger_task ON ledger (task, ts_ms);
+    CREATE TABLE task_outcomes (
+        task TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        value_nanos INTEGER NOT NULL,
+        value_basis TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        recorded_ms INTEGER NOT NULL,
+        recorded_by TEXT NOT NULL
+    );
+    CREATE TABLE task_outcome_history (
+        id INTEGER PRIMARY KEY,
+        task TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        value_nanos INTEGER NOT NULL,
+        value_basis TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        recorded_ms INTEGER NOT NULL,
+        recorded_by TEXT NOT NULL
+    );
+    CREATE INDEX task_outcome_history_task ON task_outcome_history (task, revision);
+    "#,
+    // 4: budgets set at run time, the runaway-agent guard's halted tasks and incidents,
     //    alert deliveries.
     r#"
     CREATE TABLE budgets (
@@ -74,7 +109,7 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL,
         PRIMARY KEY (scope, period)
     );
-    CREATE TABLE tasks (
+    CREATE TABLE halted_tasks (
         task TEXT PRIMARY KEY,
         agent TEXT,
         status TEXT NOT NULL,
@@ -109,7 +144,6 @@ const MIGRATIONS: &[&str] = &[
         delivered_ms INTEGER
     );
     CREATE INDEX alerts_subject ON alerts (subject);
-    CREATE INDEX IF NOT EXISTS ledger_task ON ledger (task);
     "#,
 ];
 

@@ -119,7 +119,7 @@ impl SqliteStore {
         )?;
         let id = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO tasks (task, agent, status, kind, reason, incident_id, halted_ms, released_ms)
+            "INSERT INTO halted_tasks (task, agent, status, kind, reason, incident_id, halted_ms, released_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
              ON CONFLICT (task) DO UPDATE SET agent = ?2, status = ?3, kind = ?4, reason = ?5,
                  incident_id = ?6, halted_ms = ?7, released_ms = NULL",
@@ -141,7 +141,7 @@ impl SqliteStore {
     pub fn release_task(&self, task: &str, now_ms: i64) -> Result<bool, StoreError> {
         let conn = self.connect(Sync::Normal)?;
         let n = conn.execute(
-            "UPDATE tasks SET status = 'released', released_ms = ?2
+            "UPDATE halted_tasks SET status = 'released', released_ms = ?2
              WHERE task = ?1 AND status IN ('halted', 'flagged')",
             params![task, now_ms],
         )?;
@@ -152,7 +152,7 @@ impl SqliteStore {
     pub fn halted_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'halted' ORDER BY halted_ms"
+            "SELECT {TASK_COLUMNS} FROM halted_tasks WHERE status = 'halted' ORDER BY halted_ms"
         ))?;
         let rows = stmt
             .query_map([], task_from)?
@@ -164,7 +164,7 @@ impl SqliteStore {
     pub fn guarded_tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks ORDER BY halted_ms DESC LIMIT ?1"
+            "SELECT {TASK_COLUMNS} FROM halted_tasks ORDER BY halted_ms DESC LIMIT ?1"
         ))?;
         let rows = stmt
             .query_map([limit as i64], task_from)?
@@ -176,7 +176,7 @@ impl SqliteStore {
         let conn = self.connect(Sync::Normal)?;
         Ok(conn
             .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task = ?1"),
+                &format!("SELECT {TASK_COLUMNS} FROM halted_tasks WHERE task = ?1"),
                 [task],
                 task_from,
             )

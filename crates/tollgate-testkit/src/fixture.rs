@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tollgate_providers::eventstream::Message as EsMessage;
 
 /// One recorded answer.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct Fixture {
     pub cut_after: Option<usize>,
     /// Wait this long before answering at all.
     pub delay: Duration,
+    /// Extra response headers (`x-amzn-errortype`, `retry-after`, ...).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Fixture {
@@ -40,7 +43,44 @@ impl Fixture {
             chunk_delay: Duration::ZERO,
             cut_after: None,
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
+    }
+
+    /// A Bedrock event stream from a `*.events.json` fixture (see fixtures/bedrock).
+    pub fn eventstream(name: &str) -> Fixture {
+        Fixture {
+            content_type: "application/vnd.amazon.eventstream".into(),
+            chunk_size: Some(64),
+            ..Fixture::json(200, Fixture::eventstream_bytes(name))
+        }
+    }
+
+    /// The binary frames of a `*.events.json` fixture.
+    pub fn eventstream_bytes(name: &str) -> Bytes {
+        let text = Fixture::file(name);
+        let items: Vec<serde_json::Value> = match serde_json::from_slice(&text) {
+            Ok(v) => v,
+            Err(e) => panic!("fixture {name}: {e}"),
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let payload = item["payload"].to_string();
+            let m = match (item["event"].as_str(), item["exception"].as_str()) {
+                (Some(ev), _) => EsMessage::event(ev, payload.as_bytes()),
+                (None, Some(ex)) => {
+                    EsMessage::exception(ex, item["payload"]["message"].as_str().unwrap_or(""))
+                }
+                _ => panic!("fixture {name}: an item needs `event` or `exception`"),
+            };
+            out.extend_from_slice(&m.encode());
+        }
+        Bytes::from(out)
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Fixture {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     pub fn sse(body: impl Into<Bytes>) -> Fixture {
@@ -68,6 +108,7 @@ struct Replay {
     calls: AtomicUsize,
     last_body: Mutex<Option<Bytes>>,
     last_headers: Mutex<Option<http::HeaderMap>>,
+    last_path: Mutex<Option<String>>,
 }
 
 /// A running fixture stub; every POST answers with the current fixture.
@@ -86,6 +127,7 @@ impl FixtureUpstream {
             calls: AtomicUsize::new(0),
             last_body: Mutex::new(None),
             last_headers: Mutex::new(None),
+            last_path: Mutex::new(None),
         });
         let app = Router::new()
             .route("/{*path}", post(replay))
@@ -103,6 +145,21 @@ impl FixtureUpstream {
 
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://ADDR` (Bedrock upstreams have no `/v1`).
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The raw body of the last request.
+    pub fn last_body_bytes(&self) -> Option<Bytes> {
+        self.state.last_body.lock().ok()?.clone()
+    }
+
+    /// The path of the last request.
+    pub fn last_path(&self) -> Option<String> {
+        self.state.last_path.lock().ok()?.clone()
     }
 
     pub fn set(&self, fixture: Fixture) {
@@ -130,8 +187,16 @@ impl Drop for FixtureUpstream {
     }
 }
 
-async fn replay(State(st): State<Arc<Replay>>, headers: http::HeaderMap, body: Bytes) -> Response {
+async fn replay(
+    State(st): State<Arc<Replay>>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response {
     st.calls.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut p) = st.last_path.lock() {
+        *p = Some(uri.path().to_string());
+    }
     if let Ok(mut b) = st.last_body.lock() {
         *b = Some(body);
     }
@@ -159,10 +224,12 @@ async fn replay(State(st): State<Arc<Replay>>, headers: http::HeaderMap, body: B
             yield Err(std::io::Error::other("fixture: connection cut"));
         }
     };
-    Response::builder()
+    let mut b = Response::builder()
         .status(f.status)
         .header(http::header::CONTENT_TYPE, f.content_type)
-        .header("x-request-id", "req_fixture_upstream")
-        .body(Body::from_stream(stream))
-        .unwrap_or_default()
+        .header("x-request-id", "req_fixture_upstream");
+    for (k, v) in &f.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(Body::from_stream(stream)).unwrap_or_default()
 }

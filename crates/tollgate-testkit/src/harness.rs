@@ -7,14 +7,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_server::config::RawConfig;
 use tollgate_server::state::now_ms;
-use tollgate_store::{NewKey, SqliteStore};
+use tollgate_store::{NewKey, SecretSealer, SqliteStore};
 
 /// The master key every harness gateway uses.
 pub const MASTER_KEY: &str = "tg-master-test";
 
 pub struct TestGateway {
     pub addr: SocketAddr,
-    /// A virtual key owned by team `team-a`, agent `agent-a`.
+    /// A virtual key owned by team `team-a`, agent `agent-a`. Its id and secret are also
+    /// an AWS access key id and secret access key (SigV4).
     pub key: String,
     pub key_id: String,
     pub store: SqliteStore,
@@ -71,13 +72,16 @@ impl TestGateway {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         };
-        let (k, key) = match store.create_key(
+        // Sealed under the master key, so the key also signs AWS SigV4 requests.
+        let sealer = SecretSealer::new(MASTER_KEY);
+        let (k, key) = match store.create_key_sealed(
             &NewKey {
                 team: Some("team-a".into()),
                 agent: Some("agent-a".into()),
                 ..NewKey::default()
             },
             now_ms(),
+            sealer.as_ref(),
         ) {
             Ok(v) => v,
             Err(e) => panic!("{e}"),

@@ -1,5 +1,8 @@
-//! A simulated OpenAI-compatible provider: deterministic answers with realistic token
-//! counts, prompt caching, reasoning tokens, configurable latency, and faults on demand.
+//! A simulated provider: deterministic answers with realistic token counts, prompt
+//! caching, reasoning tokens, configurable latency, and faults on demand. It speaks
+//! OpenAI Chat Completions and embeddings (`/v1/chat/completions`, `/v1/embeddings`),
+//! Anthropic Messages (`/v1/messages`) and Bedrock Converse / ConverseStream
+//! (`/model/{id}/converse[-stream]`, see [`native`]).
 //!
 //! The same request always gets the same answer (text, token counts), so demos and
 //! tests are reproducible. Faults are asked for inside the last message's text:
@@ -20,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod native;
 
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
@@ -79,6 +84,12 @@ pub fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimUps
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/messages", post(native::messages))
+        .route("/model/{model}/converse", post(native::converse))
+        .route(
+            "/model/{model}/converse-stream",
+            post(native::converse_stream),
+        )
         .with_state(sim);
     let stop = CancellationToken::new();
     let s = stop.clone();

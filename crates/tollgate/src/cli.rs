@@ -19,14 +19,16 @@ pub enum Command {
     /// Start a simulated provider and the gateway, drive a multi-agent workload through
     /// it, print the spend report, and keep serving.
     Demo(DemoArgs),
-    /// Spend by agent, model, team, task, key, user, deployment or upstream.
+    /// Reports from the ledger: spend (usage), ROI, tasks, savings.
     Report(ReportArgs),
+    /// Export the ledger (FinOps FOCUS 1.2 cost-and-usage CSV).
+    Export(ExportArgs),
+    /// Task outcomes: record one, show a task.
+    Tasks(TasksArgs),
     /// Create, list and revoke virtual keys.
     Keys(KeysArgs),
     /// Set, list and show budgets: limits, spend per period, what is left.
     Budgets(BudgetsArgs),
-    /// Tasks the runaway-agent guard halted: list, show the evidence, release.
-    Tasks(TasksArgs),
     /// Check a config file; exits non-zero and lists every problem if it is invalid.
     ValidateConfig(ConfigArgs),
     /// Show what a model costs in the effective price table.
@@ -51,7 +53,7 @@ pub struct SimArgs {
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
     /// Config file (default: $TOLLGATE_CONFIG, else ./tollgate.toml if present).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -96,12 +98,99 @@ pub struct ReportArgs {
     /// Window end (same forms; default now).
     #[arg(long)]
     pub until: Option<String>,
-    /// Dimension: agent, model, team, task, key, user, deployment, upstream.
+    /// Dimension: agent, model, team, task, key, user, deployment, upstream, route.
     #[arg(long, default_value = "agent")]
     pub by: String,
+    /// usage (spend and tokens), roi (value per dollar), tasks (per task), savings
+    /// (by mechanism).
+    #[arg(long, default_value = "usage")]
+    pub view: String,
+    /// Most rows for `--view tasks`.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
     /// table, json or csv.
     #[arg(long, default_value = "table")]
     pub format: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Ledger database (overrides the config's ledger.path).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Export format: focus (FOCUS 1.2 cost and usage, CSV).
+    #[arg(long, default_value = "focus")]
+    pub format: String,
+    /// Window start: a duration back from now (24h, 30d), an RFC 3339 time, or Unix ms.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// Window end (same forms; default now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Output file (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Ledger database (overrides the config's ledger.path).
+    #[arg(long, global = true)]
+    pub db: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: TasksAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksAction {
+    /// Record a task's outcome (a later outcome replaces an earlier one; both are kept
+    /// in the history).
+    Outcome {
+        /// The task id (the `x-tollgate-task` label).
+        task: String,
+        /// success, failure or abandoned.
+        #[arg(long)]
+        status: String,
+        /// What the outcome was worth, in USD.
+        #[arg(long, conflicts_with = "minutes_saved")]
+        value_usd: Option<String>,
+        /// Minutes of human work saved (priced at the hourly rate).
+        #[arg(long)]
+        minutes_saved: Option<u64>,
+        /// USD per hour for minutes saved (default: [outcomes] rate of the task's agent,
+        /// its team, or the default).
+        #[arg(long)]
+        hourly_rate_usd: Option<String>,
+        /// Free-form `key=value` labels (repeat).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A task's calls, tokens, cost, duration, models, outcome and outcome history, and
+    /// what the runaway-agent guard did: status, incidents with evidence, alerts.
+    Show {
+        task: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks the runaway-agent guard halted or flagged, and recent tasks' calls and spend.
+    List {
+        /// Recent tasks since (24h, 7d, an RFC 3339 time).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a halted task run again (a running gateway applies it within seconds).
+    Release { task: String },
 }
 
 #[derive(Args, Debug)]
@@ -109,7 +198,7 @@ pub struct KeysArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Ledger database (overrides the config's ledger.path).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub db: Option<PathBuf>,
     #[command(subcommand)]
     pub action: KeysAction,
@@ -200,33 +289,4 @@ pub enum BudgetsAction {
         #[arg(long, default_value_t = 6)]
         periods: usize,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct TasksArgs {
-    /// Config file (default: $TOLLGATE_CONFIG, else ./tollgate.toml if present).
-    #[arg(long, short, global = true)]
-    pub config: Option<PathBuf>,
-    /// Ledger database (overrides the config's ledger.path).
-    #[arg(long, global = true)]
-    pub db: Option<PathBuf>,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
-    #[command(subcommand)]
-    pub action: TasksAction,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum TasksAction {
-    /// Halted and flagged tasks, and recent tasks' calls and spend.
-    List {
-        /// Recent tasks since (24h, 7d, an RFC 3339 time).
-        #[arg(long, default_value = "24h")]
-        since: String,
-    },
-    /// One task: status, calls, cost, incidents with their evidence, alerts.
-    Show { task: String },
-    /// Let a halted task run again (a running gateway applies it within seconds).
-    Release { task: String },
 }

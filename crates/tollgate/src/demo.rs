@@ -1,10 +1,11 @@
 //! `tollgate demo`: the whole product in one command, on nothing but this binary.
 //!
-//! A simulated OpenAI-compatible provider starts in-process; the gateway starts in
-//! front of it on the embedded SQLite ledger; three agents with their own keys run
-//! tasks through the real HTTP path (streaming and not, cached prompts, reasoning
-//! tokens, embeddings, an upstream rate limit and a stream cut short); then the spend
-//! report is printed and the gateway keeps serving.
+//! A simulated provider starts in-process (it speaks OpenAI, Anthropic and Bedrock);
+//! the gateway starts in front of it on the embedded SQLite ledger; five agents with
+//! their own keys run tasks through the real HTTP path (streaming and not, cached
+//! prompts, reasoning tokens, embeddings, an upstream rate limit and a stream cut
+//! short, an OpenAI-format agent served by Nova 2 Lite on Bedrock, an Anthropic-format
+//! client); then the spend report is printed and the gateway keeps serving.
 
 use crate::cli::DemoArgs;
 use crate::report::render_table;
@@ -80,6 +81,37 @@ impl Workload {
             return Ok(json!({"choices": [{"message": {"role": "assistant", "content": out}}]}));
         }
         Ok(resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An Anthropic Messages call (`POST /v1/messages`), read whole or as a stream.
+    async fn messages(&self, agent: &Agent, task: &str, body: Value) -> Result<String> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let stream = body["stream"].as_bool().unwrap_or(false);
+        let resp = self
+            .http
+            .post(format!("{}/v1/messages", self.base))
+            .header("x-api-key", &agent.key)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-tollgate-task", task)
+            .header("x-tollgate-tags", "env:demo")
+            .json(&body)
+            .send()
+            .await?;
+        if stream {
+            let text = resp.text().await.unwrap_or_default();
+            let mut out = String::new();
+            for line in text.lines() {
+                if let Some(p) = line.strip_prefix("data: ")
+                    && let Ok(v) = serde_json::from_str::<Value>(p)
+                    && let Some(t) = v["delta"]["text"].as_str()
+                {
+                    out.push_str(t);
+                }
+            }
+            return Ok(out);
+        }
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        Ok(v["content"][0]["text"].as_str().unwrap_or("").to_string())
     }
 
     async fn embed(&self, agent: &Agent, task: &str, inputs: &[&str]) -> Result<()> {
@@ -272,6 +304,148 @@ webhook_url = "{hook_url}"
     )
 }
 
+/// Triage: an OpenAI-format agent (the OpenAI SDK, unchanged) whose model is Nova 2 Lite
+/// on Bedrock: tollgate translates each call to Converse, signs it with SigV4, and
+/// translates the answers (and streams) back.
+async fn triage(w: &Workload, a: &Agent) -> Result<()> {
+    let tools = json!([{"type": "function", "function": {"name": "lookup_order",
+        "description": "Find an order by id", "parameters": {"type": "object",
+        "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]);
+    for (i, ticket) in [
+        "Order 7731 arrived damaged, customer wants a replacement.",
+        "Where is my parcel? It has been two weeks.",
+        "Please cancel my subscription before the renewal.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let task = format!("triage-{}", 501 + i);
+        let mut messages = vec![
+            json!({"role": "system", "content": "Classify the ticket (refund, shipping, account) and look up orders when needed."}),
+            json!({"role": "user", "content": ticket}),
+        ];
+        let r = w
+            .chat(
+                a,
+                &task,
+                json!({"model": "nova-2-lite", "messages": messages, "tools": tools}),
+            )
+            .await?;
+        if let Some(call) = r["choices"][0]["message"]["tool_calls"][0].as_object() {
+            messages.push(r["choices"][0]["message"].clone());
+            messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "{\"status\": \"delivered\"}"}));
+            w.chat(
+                a,
+                &task,
+                json!({"model": "nova-2-lite", "messages": messages, "stream": true}),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writer: an Anthropic-format client (the Anthropic SDK's wire format) on Claude, with
+/// a cached style guide (`cache_control`): written once, read on every later call.
+async fn copywriter(w: &Workload, a: &Agent) -> Result<()> {
+    let guide = policy_prompt().replace("support assistant", "copywriter");
+    for (i, brief) in [
+        "Write a product blurb for a leak-proof kettle.",
+        "Write a subject line for the spring sale email.",
+        "Write a two-sentence apology for a delayed shipment.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        w.messages(
+            a,
+            "copy-spring-campaign",
+            json!({"model": "claude-haiku-4-5", "max_tokens": 300, "stream": i == 2,
+                "system": [{"type": "text", "text": guide, "cache_control": {"type": "ephemeral"}}],
+                "messages": [{"role": "user", "content": brief}]}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// What the agents' owners report when each task ends: value in USD or minutes of work
+/// saved (priced at the `[outcomes]` hourly rates), or a failure.
+async fn record_outcomes(w: &Workload, agents: &[Agent]) -> Result<()> {
+    let outcomes: [(usize, &str, Value); 13] = [
+        (
+            0,
+            "ticket-1001",
+            json!({"status": "success", "minutes_saved": 24}),
+        ),
+        (
+            0,
+            "ticket-1002",
+            json!({"status": "success", "minutes_saved": 12}),
+        ),
+        (
+            0,
+            "ticket-1003",
+            json!({"status": "success", "minutes_saved": 36, "labels": {"csat": "5"}}),
+        ),
+        (
+            0,
+            "ticket-1004",
+            json!({"status": "abandoned", "labels": {"reason": "upstream rate limit"}}),
+        ),
+        (
+            1,
+            "report-q3-churn",
+            json!({"status": "success", "value_usd": "120.00"}),
+        ),
+        (
+            1,
+            "report-pricing",
+            json!({"status": "failure", "labels": {"reason": "stream cut"}}),
+        ),
+        (
+            2,
+            "pr-4821",
+            json!({"status": "success", "minutes_saved": 30}),
+        ),
+        (
+            2,
+            "pr-4822",
+            json!({"status": "success", "minutes_saved": 10}),
+        ),
+        (2, "pr-4823", json!({"status": "failure"})),
+        (
+            3,
+            "triage-501",
+            json!({"status": "success", "minutes_saved": 6}),
+        ),
+        (
+            3,
+            "triage-502",
+            json!({"status": "success", "minutes_saved": 3}),
+        ),
+        (3, "triage-503", json!({"status": "failure"})),
+        (
+            4,
+            "copy-spring-campaign",
+            json!({"status": "success", "value_usd": "25.00"}),
+        ),
+    ];
+    for (a, task, body) in outcomes {
+        let resp = w
+            .http
+            .post(format!("{}/v1/tasks/{task}/outcome", w.base))
+            .bearer_auth(&agents[a].key)
+            .json(&body)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("recording the outcome of {task}: {}", resp.text().await?);
+        }
+    }
+    Ok(())
+}
+
 fn demo_config(sim_base: &str, listen: &str, db: &std::path::Path) -> String {
     format!(
         r#"# Written by `tollgate demo`.
@@ -306,8 +480,36 @@ model = "o3-mini"
 name = "text-embedding-3-small"
 upstream = "sim"
 model = "text-embedding-3-small"
+
+# The same simulator, spoken to as Anthropic and as Bedrock (SigV4-signed).
+[[upstreams]]
+name = "sim-anthropic"
+kind = "anthropic"
+base_url = "{sim_base}"
+api_key_env = "SIM_ANTHROPIC_KEY"
+
+[[upstreams]]
+name = "sim-bedrock"
+kind = "bedrock"
+base_url = "{sim_origin}"
+region = "us-east-1"
+
+[[deployments]]
+name = "claude-haiku-4-5"
+upstream = "sim-anthropic"
+
+[[deployments]]
+name = "nova-2-lite"
+upstream = "sim-bedrock"
+model = "us.amazon.nova-2-lite-v1:0"
+
+# What an hour of the work an agent saves is worth (for outcomes given in minutes saved).
+[outcomes]
+hourly_rate_usd = "60"
+agents = {{ support-bot = "35" }}
 "#,
         db = db.display().to_string().replace('\\', "/"),
+        sim_origin = sim_base.trim_end_matches("/v1"),
     )
 }
 
@@ -337,8 +539,16 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         demo_config(&sim.base_url(), &addr.to_string(), &db) + &limits_config(&hook.url());
     let config_file = dir.join("tollgate.toml");
     std::fs::write(&config_file, &config_text)?;
-    let env: HashMap<String, String> =
-        [("TOLLGATE_MASTER_KEY".to_string(), MASTER_KEY.to_string())].into();
+    // The simulator checks no credentials; the Bedrock upstream still signs with these.
+    let env: HashMap<String, String> = [
+        ("TOLLGATE_MASTER_KEY", MASTER_KEY),
+        ("SIM_ANTHROPIC_KEY", "sk-ant-simulated"),
+        ("AWS_ACCESS_KEY_ID", "AKIDSIMULATED"),
+        ("AWS_SECRET_ACCESS_KEY", "simulated-secret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let cfg = RawConfig::from_toml(&config_text, &env)?.validate(&env)?;
 
     let store = SqliteStore::open(&db)?;
@@ -347,7 +557,9 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         ("support-bot", "customer-support", "alice"),
         ("research-agent", "research", "bob"),
         ("code-reviewer", "platform", "carol"),
-        ("ops-agent", "platform", "dave"),
+        ("triage-agent", "operations", "dave"),
+        ("writer-assistant", "marketing", "erin"),
+        ("ops-agent", "platform", "frank"),
     ] {
         let (_, key) = store.create_key(
             &NewKey {
@@ -371,7 +583,9 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = stop.clone();
-        gw.tasks.clone().spawn(tollgate_server::serve(
+        // Not on the gateway's own tracker: `serve` waits for that tracker to drain, so a
+        // server task tracked there would wait for itself and never stop.
+        tokio_util::task::TaskTracker::new().spawn(tollgate_server::serve(
             listener,
             gw.clone(),
             writer,
@@ -409,12 +623,15 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
             as std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>,
         Box::pin(research(&w, &agents[1])),
         Box::pin(review(&w, &agents[2])),
+        Box::pin(triage(&w, &agents[3])),
+        Box::pin(copywriter(&w, &agents[4])),
     ])
     .await;
     for r in results {
         r?;
     }
-    let halted = runaway(&w, &agents[3]).await?;
+    let halted = runaway(&w, &agents[5]).await?;
+    record_outcomes(&w, &agents).await?;
     let sent = w.sent.load(Ordering::Relaxed);
     // Wait until every request's row is in the ledger (batched rows land within ms).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -431,6 +648,8 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         let rep = store.usage_report(Some(by), since, now_ms() + 1)?;
         println!("{}", render_table(&rep));
     }
+    let roi = store.roi_report(GroupBy::Agent, since, now_ms() + 1)?;
+    println!("{}", crate::views::roi_table(&roi));
     println!("Runaway-agent guard:\n  {halted}");
     let alerts = hook.wait_for(1, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -457,6 +676,8 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
 
     if args.exit {
         stop.cancel();
+        // The server stops its ledger writer once every handle on the state is gone.
+        drop(gw);
         let _ = server.await;
         return Ok(ExitCode::SUCCESS);
     }
@@ -470,9 +691,12 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         agents[0].key
     );
     let _ = (agents[0].team, agents[0].user);
+    println!("Dashboard: http://{addr}/dashboard (sign in with the master key {MASTER_KEY})");
+    println!("Metrics:   http://{addr}/metrics");
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
     stop.cancel();
+    drop(gw);
     let _ = server.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,8 +3,18 @@ use crate::db_path;
 use anyhow::Result;
 use std::process::ExitCode;
 use tollgate_server::admin::iso;
+use tollgate_server::config::{DEFAULT_MASTER_KEY_ENV, RawConfig};
 use tollgate_server::state::now_ms;
-use tollgate_store::{NewKey, SqliteStore};
+use tollgate_store::{NewKey, SecretSealer, SqliteStore};
+
+/// The environment variable holding the master key, as the config names it.
+fn master_key_env(config: Option<std::path::PathBuf>) -> String {
+    let env = crate::env_map();
+    crate::config_path(config)
+        .and_then(|p| RawConfig::load(Some(&p), &env).ok())
+        .and_then(|raw| raw.server.master_key_env)
+        .unwrap_or_else(|| DEFAULT_MASTER_KEY_ENV.to_string())
+}
 
 pub fn keys(args: KeysArgs) -> Result<ExitCode> {
     let db = db_path(args.db.clone(), args.config.config.clone())?;
@@ -25,9 +35,21 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode> {
                 user,
                 models,
             };
-            let (key, secret) = store.create_key(&new, now_ms())?;
+            // With the master key at hand the secret is also sealed, so the key can sign
+            // AWS SigV4 requests (Bedrock clients) as well as be a bearer token.
+            let master_env = master_key_env(args.config.config.clone());
+            let sealer = std::env::var(&master_env)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .and_then(|k| SecretSealer::new(&k));
+            let (key, secret) = store.create_key_sealed(&new, now_ms(), sealer.as_ref())?;
+            let sigv4 = key.sealed_secret.is_some();
             if json {
                 let mut v = serde_json::to_value(&key)?;
+                if sigv4 {
+                    v["aws_access_key_id"] = serde_json::Value::String(key.id.clone());
+                    v["aws_secret_access_key"] = serde_json::Value::String(secret.clone());
+                }
                 v["key"] = serde_json::Value::String(secret);
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -40,6 +62,16 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode> {
                     key.user.as_deref().unwrap_or("-"),
                     db.display()
                 );
+                if sigv4 {
+                    eprintln!(
+                        "for AWS SDKs (boto3 bedrock-runtime, endpoint_url = tollgate): aws_access_key_id={} aws_secret_access_key=<the secret above>",
+                        key.id
+                    );
+                } else {
+                    eprintln!(
+                        "{master_env} is not set: this key works as a bearer token only, not for AWS SigV4 (Bedrock) clients"
+                    );
+                }
             }
         }
         KeysAction::List => {

@@ -4,18 +4,21 @@
 //! - `cli`: argument definitions.
 //! - `serve`: the gateway (also what `demo` runs).
 //! - `demo`: a simulated provider, a workload, a report.
-//! - `report`: spend tables from the ledger.
+//! - `report`: spend tables from the ledger; `views`: the ROI, tasks and savings views.
+//! - `export`: the FOCUS cost-and-usage export.
+//! - `tasks`: task outcomes from the command line; tasks the runaway-agent guard halted.
 //! - `keys`: virtual key management.
 //! - `budgets`: budgets and spend per period.
-//! - `tasks`: tasks the runaway-agent guard acted on.
 
 mod budgets;
 mod cli;
 mod demo;
+mod export;
 mod keys;
 mod report;
 mod serve;
 mod tasks;
+mod views;
 
 use anyhow::Result;
 use clap::Parser;
@@ -60,9 +63,10 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Serve(a) => serve::serve(a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Report(a) => report::report(a),
+        Command::Export(a) => export::export(a),
+        Command::Tasks(a) => tasks::tasks(a),
         Command::Keys(a) => keys::keys(a),
         Command::Budgets(a) => budgets::budgets(a),
-        Command::Tasks(a) => tasks::tasks(a),
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,

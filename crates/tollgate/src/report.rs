@@ -8,6 +8,9 @@ use tollgate_server::state::now_ms;
 use tollgate_store::SqliteStore;
 
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
+    if args.view != "usage" {
+        return crate::views::report(args);
+    }
     let Some(by) = GroupBy::parse(&args.by) else {
         bail!(
             "--by {:?}: expected one of {}",

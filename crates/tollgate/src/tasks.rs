@@ -1,131 +1,175 @@
+//! `tollgate tasks`: record a task's outcome from the command line (written straight to
+//! the ledger database, `recorded_by: "cli"`), show a task (with what the runaway-agent
+//! guard did to it), list halted tasks, release one.
+
 use crate::cli::{TasksAction, TasksArgs};
-use crate::db_path;
-use anyhow::Result;
-use serde_json::json;
+use crate::{config_path, db_path, env_map};
+use anyhow::{Result, anyhow, bail};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
-use tollgate_server::admin::{iso, parse_since};
+use tollgate_domain::money::Money;
+use tollgate_domain::outcome::{self, OutcomeInput};
+use tollgate_server::config::RawConfig;
+use tollgate_server::outcomes::{stored_json, validate_config};
 use tollgate_server::state::now_ms;
+use tollgate_server::value::task_json;
 use tollgate_store::SqliteStore;
 
 pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
-    let db = db_path(args.db.clone(), args.config.clone())?;
-    let store = SqliteStore::open(&db)?;
-    match &args.action {
-        TasksAction::List { since } => {
-            let since = parse_since(since, now_ms()).map_err(anyhow::Error::msg)?;
-            let guarded = store.guarded_tasks(200)?;
-            let recent = store.task_usage(None, since, 200)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"guarded": guarded, "recent": recent}))?
-                );
-                return Ok(ExitCode::SUCCESS);
+    let db = db_path(args.db.clone(), args.config.config.clone())?;
+    match args.action {
+        TasksAction::Outcome {
+            task,
+            status,
+            value_usd,
+            minutes_saved,
+            hourly_rate_usd,
+            labels,
+            json,
+        } => {
+            let store = SqliteStore::open(&db)?;
+            let usd = |flag: &str, v: Option<String>| -> Result<Option<Money>> {
+                v.map(|v| Money::parse_usd(&v).map_err(|e| anyhow!("--{flag}: {e}")))
+                    .transpose()
+            };
+            let mut label_map = BTreeMap::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--label {l:?}: expected KEY=VALUE"))?;
+                label_map.insert(k.to_string(), v.to_string());
             }
-            println!(
-                "{:<28} {:<18} {:<9} {:<12} {:<24} reason",
-                "task", "agent", "status", "kind", "since"
+            let input = OutcomeInput {
+                status,
+                value_usd: usd("value-usd", value_usd)?,
+                minutes_saved,
+                hourly_rate: usd("hourly-rate-usd", hourly_rate_usd)?,
+                labels: label_map,
+            };
+            // The default hourly rate of the task's agent or team, from [outcomes].
+            let raw = RawConfig::load(
+                config_path(args.config.config.clone()).as_deref(),
+                &env_map(),
+            )?;
+            let mut errs = Vec::new();
+            let settings = validate_config(&raw.outcomes, &mut errs);
+            if !errs.is_empty() {
+                bail!("invalid [outcomes] config: {}", errs.join("; "));
+            }
+            let party = store.task_parties(&task)?.into_iter().next();
+            let rate = settings.rate_for(
+                party.as_ref().and_then(|p| p.agent.as_deref()),
+                party.as_ref().and_then(|p| p.team.as_deref()),
             );
-            for t in &guarded {
+            let o = outcome::validate(&task, &input, rate)
+                .map_err(|e| anyhow!("{}: {e}", e.field()))?;
+            let r = store.record_outcome(&o, "cli", now_ms())?;
+            if json {
+                let mut v = stored_json(&r.current);
+                v["changed"] = r.changed.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if r.changed {
                 println!(
-                    "{:<28} {:<18} {:<9} {:<12} {:<24} {}",
-                    t.task,
-                    t.agent.as_deref().unwrap_or("-"),
-                    t.status,
-                    t.kind,
-                    iso(t.halted_ms),
-                    t.reason
+                    "task {}: {} (value {} USD), revision {}{}",
+                    r.current.outcome.task,
+                    r.current.outcome.status.as_str(),
+                    r.current.value,
+                    r.current.revision,
+                    r.previous
+                        .map(|p| format!(
+                            "; replaces {} (value {} USD)",
+                            p.outcome.status.as_str(),
+                            p.value
+                        ))
+                        .unwrap_or_default()
                 );
-            }
-            if guarded.is_empty() {
-                println!("(no task was halted or flagged)");
-            }
-            println!();
-            println!(
-                "{:<28} {:<18} {:>7} {:>16} {:<24}",
-                "recent task", "agent", "calls", "cost_usd", "last call"
-            );
-            for u in &recent {
+            } else {
                 println!(
-                    "{:<28} {:<18} {:>7} {:>16} {:<24}",
-                    u.task,
-                    u.agent.as_deref().unwrap_or("-"),
-                    u.calls,
-                    u.cost.to_string(),
-                    iso(u.last_ms)
+                    "task {}: unchanged ({} already recorded, revision {})",
+                    r.current.outcome.task,
+                    r.current.outcome.status.as_str(),
+                    r.current.revision
                 );
             }
         }
-        TasksAction::Show { task } => {
-            let record = store.task_record(task)?;
-            let usage = store.task_usage(Some(task), i64::MIN, 1)?;
-            let incidents = store.incidents(Some(task), 20)?;
-            let alerts = store.alerts(Some(task), 20)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"task": task, "record": record, "usage": usage.first(),
-                        "incidents": incidents, "alerts": alerts})
-                    )?
-                );
+        TasksAction::Show { task, json } => {
+            if !db.exists() {
+                bail!("no ledger at {} (use --db or --config)", db.display());
+            }
+            let store = SqliteStore::open(&db)?;
+            let summary = store.task_summary(&task)?;
+            let current = store.task_outcome(&task)?;
+            let history = store.outcome_history(&task)?;
+            let record = store.task_record(&task)?;
+            let incidents = store.incidents(Some(&task), 20)?;
+            let alerts = store.alerts(Some(&task), 20)?;
+            if summary.is_none() && current.is_none() && record.is_none() {
+                eprintln!("no task {task:?} in {}", db.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            if json {
+                let v = serde_json::json!({
+                    "task": task,
+                    "summary": summary.as_ref().map(task_json),
+                    "outcome": current.as_ref().map(stored_json),
+                    "history": history.iter().map(stored_json).collect::<Vec<_>>(),
+                    "guard": {"record": record, "incidents": incidents, "alerts": alerts},
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
             }
             println!("task {task}");
-            match &record {
-                Some(r) => println!(
-                    "  status   {} ({}) since {}: {}",
-                    r.status,
-                    r.kind,
-                    iso(r.halted_ms),
-                    r.reason
+            if let Some(s) = &summary {
+                println!(
+                    "  calls {} ({} errors), agents {}, models {}",
+                    s.calls,
+                    s.errors,
+                    s.agents.join(", "),
+                    s.models.join(", ")
+                );
+                println!(
+                    "  tokens: input {}, cached {}, cache writes {}, output {} (reasoning {})",
+                    s.input_tokens,
+                    s.cached_tokens,
+                    s.cache_write_tokens,
+                    s.output_tokens,
+                    s.reasoning_tokens
+                );
+                println!(
+                    "  cost {} USD over {} ms, from {}",
+                    s.cost,
+                    s.duration_ms,
+                    tollgate_server::admin::iso(s.first_ms)
+                );
+            }
+            match &current {
+                Some(o) => println!(
+                    "  outcome: {} (value {} USD), revision {}",
+                    o.outcome.status.as_str(),
+                    o.value,
+                    o.revision
                 ),
-                None => println!("  status   running (the guard never acted on it)"),
+                None => println!("  outcome: none recorded"),
             }
-            if let Some(u) = usage.first() {
+            for h in &history {
                 println!(
-                    "  usage    {} calls, ${}, agent {}, {} → {}",
-                    u.calls,
-                    u.cost,
-                    u.agent.as_deref().unwrap_or("-"),
-                    iso(u.first_ms),
-                    iso(u.last_ms)
+                    "    rev {} at {} by {}: {} (value {} USD)",
+                    h.revision,
+                    tollgate_server::admin::iso(h.recorded_ms),
+                    h.recorded_by,
+                    h.outcome.status.as_str(),
+                    h.value
                 );
             }
-            for i in &incidents {
-                println!(
-                    "  incident #{} at {}{}: {} — {}",
-                    i.id,
-                    iso(i.ts_ms),
-                    if i.dry_run { " (dry run)" } else { "" },
-                    i.kind,
-                    i.reason
-                );
-                println!(
-                    "    evidence {}",
-                    serde_json::to_string_pretty(&i.evidence)?.replace('\n', "\n    ")
-                );
-            }
-            for a in &alerts {
-                println!(
-                    "  alert #{} {} at {}: {} after {} attempt(s){}",
-                    a.id,
-                    a.kind,
-                    iso(a.ts_ms),
-                    a.status,
-                    a.attempts,
-                    a.last_error
-                        .as_deref()
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                );
-            }
-            if record.as_ref().is_some_and(|r| r.is_halted()) {
-                println!("  release with: tollgate tasks release {task}");
-            }
+            print_guard(&task, record.as_ref(), &incidents, &alerts)?;
+        }
+        TasksAction::List { since, json } => {
+            let store = SqliteStore::open(&db)?;
+            list(&store, &since, json)?;
         }
         TasksAction::Release { task } => {
-            if store.release_task(task, now_ms())? {
+            let store = SqliteStore::open(&db)?;
+            if store.release_task(&task, now_ms())? {
                 println!("released {task}; a running gateway lets it through within a few seconds");
             } else {
                 eprintln!("{task} is not halted");
@@ -134,4 +178,107 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the runaway-agent guard did to a task.
+fn print_guard(
+    task: &str,
+    record: Option<&tollgate_store::tasks::TaskRecord>,
+    incidents: &[tollgate_store::tasks::Incident],
+    alerts: &[tollgate_store::tasks::AlertRecord],
+) -> Result<()> {
+    use tollgate_server::admin::iso;
+    match record {
+        Some(r) => println!(
+            "  guard: {} ({}) since {}: {}",
+            r.status,
+            r.kind,
+            iso(r.halted_ms),
+            r.reason
+        ),
+        None => println!("  guard: running (never halted)"),
+    }
+    for i in incidents {
+        println!(
+            "  incident #{} at {}{}: {} — {}",
+            i.id,
+            iso(i.ts_ms),
+            if i.dry_run { " (dry run)" } else { "" },
+            i.kind,
+            i.reason
+        );
+        println!(
+            "    evidence {}",
+            serde_json::to_string_pretty(&i.evidence)?.replace('\n', "\n    ")
+        );
+    }
+    for a in alerts {
+        println!(
+            "  alert #{} {} at {}: {} after {} attempt(s){}",
+            a.id,
+            a.kind,
+            iso(a.ts_ms),
+            a.status,
+            a.attempts,
+            a.last_error
+                .as_deref()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    if record.is_some_and(|r| r.is_halted()) {
+        println!("  release with: tollgate tasks release {task}");
+    }
+    Ok(())
+}
+
+/// Halted and flagged tasks, then recent tasks' calls and spend.
+fn list(store: &SqliteStore, since: &str, json: bool) -> Result<()> {
+    use tollgate_server::admin::{iso, parse_since};
+    let since = parse_since(since, now_ms()).map_err(anyhow::Error::msg)?;
+    let guarded = store.guarded_tasks(200)?;
+    let recent = store.task_usage(None, since, 200)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"guarded": guarded, "recent": recent})
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<18} {:<9} {:<12} {:<24} reason",
+        "task", "agent", "status", "kind", "since"
+    );
+    for t in &guarded {
+        println!(
+            "{:<28} {:<18} {:<9} {:<12} {:<24} {}",
+            t.task,
+            t.agent.as_deref().unwrap_or("-"),
+            t.status,
+            t.kind,
+            iso(t.halted_ms),
+            t.reason
+        );
+    }
+    if guarded.is_empty() {
+        println!("(no task was halted or flagged)");
+    }
+    println!();
+    println!(
+        "{:<28} {:<18} {:>7} {:>16} {:<24}",
+        "recent task", "agent", "calls", "cost_usd", "last call"
+    );
+    for u in &recent {
+        println!(
+            "{:<28} {:<18} {:>7} {:>16} {:<24}",
+            u.task,
+            u.agent.as_deref().unwrap_or("-"),
+            u.calls,
+            u.cost.to_string(),
+            iso(u.last_ms)
+        );
+    }
+    Ok(())
 }

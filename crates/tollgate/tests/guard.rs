@@ -130,7 +130,7 @@ async fn a_replaying_agent_is_halted_and_one_alert_is_sent_while_a_healthy_one_r
     assert!(alert["blocks"].as_array().unwrap().len() >= 4);
 
     // The incident's evidence, the delivery, and release.
-    let t = admin(&gw, reqwest::Method::GET, "/admin/tasks/ticket-77").await;
+    let t = admin(&gw, reqwest::Method::GET, "/admin/guard/ticket-77").await;
     assert_eq!(t["record"]["status"], "halted");
     assert_eq!(t["record"]["kind"], "loop");
     let ev = &t["incidents"][0]["evidence"];
@@ -169,7 +169,7 @@ async fn alerts_are_retried_and_the_delivery_recorded() {
     assert_eq!(hook.wait_for(1, Duration::from_secs(5)).await.len(), 1);
     assert_eq!(hook.attempts(), 3, "two 500s, then delivered");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let t = admin(&gw, reqwest::Method::GET, "/admin/tasks/t-iter").await;
+    let t = admin(&gw, reqwest::Method::GET, "/admin/guard/t-iter").await;
     assert_eq!(t["alerts"][0]["status"], "delivered");
     assert_eq!(t["alerts"][0]["attempts"], 3);
     assert_eq!(t["record"]["kind"], "iterations");
