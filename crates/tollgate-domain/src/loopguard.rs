@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{HashSet, VecDeque};
 
-/// Most distinct shingles remembered per task (bounds memory; ~64 KiB worst case).
-pub const MAX_SEEN_SHINGLES: usize = 4096;
+/// Most distinct shingles remembered per task (bounds memory: ~32 KiB). When full the
+/// memory starts over, so "new content" means new within a recent horizon.
+pub const MAX_SEEN_SHINGLES: usize = 2048;
 /// Most shingles taken from one call.
 pub const MAX_SHINGLES_PER_CALL: usize = 512;
 /// Bytes of normalised text kept as evidence of what repeated.
@@ -483,12 +484,10 @@ impl TaskState {
                 ),
             });
         }
-        for s in &fp.shingles {
-            if self.seen.len() >= MAX_SEEN_SHINGLES {
-                break;
-            }
-            self.seen.insert(*s);
+        if self.seen.len() + fp.shingles.len() > MAX_SEEN_SHINGLES {
+            self.seen.clear();
         }
+        self.seen.extend(fp.shingles.iter().copied());
         self.recent.push_back(Seen {
             simhash: fp.simhash,
             at_ms: now_ms,

@@ -18,8 +18,9 @@ use tollgate_store::tasks::TaskRecord;
 const SHARDS: usize = 16;
 /// Tasks idle this long are forgotten first when a shard is full.
 const IDLE_MS: i64 = 6 * 3_600_000;
-/// Tasks remembered per shard (about 130k in all).
-const MAX_PER_SHARD: usize = 8192;
+/// Tasks remembered per shard (about 32k in all; a task's state is a few KiB, at most
+/// ~40 KiB).
+const MAX_PER_SHARD: usize = 2048;
 
 /// What the guard says about a call.
 #[derive(Debug)]
