@@ -13,6 +13,7 @@
 //! - [`attribution`]: who pays: key, user, team, agent, task, tags.
 //! - [`ledger`]: the metered row.
 //! - [`report`]: report dimensions and sums.
+//! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
 
 pub mod attribution;
 pub mod cost;
@@ -20,6 +21,7 @@ pub mod ledger;
 pub mod money;
 pub mod pricing;
 pub mod report;
+pub mod routing;
 pub mod usage;
 
 pub use money::{Money, Rate};
