@@ -6,11 +6,13 @@
 //! - `demo`: a simulated provider, a workload, a report.
 //! - `report`: spend tables from the ledger.
 //! - `keys`: virtual key management.
+//! - `router`: train, score with and evaluate the light/heavy router.
 
 mod cli;
 mod demo;
 mod keys;
 mod report;
+mod router;
 mod serve;
 
 use anyhow::Result;
@@ -60,6 +62,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,
+        Command::Router(a) => router::router(a),
     }
 }
 
