@@ -69,29 +69,59 @@ impl FeatureSpec {
     }
 }
 
-/// Reusable buffers for featurising (a 2^bits-bit set to find distinct buckets, the
-/// normalised text, the keys). One per thread; reusing it makes a decision allocation-free.
+/// Reusable buffers for featurising (a 2^bits-bit set to find distinct buckets, and the
+/// keys). One per thread; reusing it makes a decision allocation-free.
 #[derive(Debug, Default)]
 pub struct Scratch {
     seen: Vec<u64>,
     keys: Vec<u32>,
-    text: Vec<u8>,
-    /// Window boundaries in `text`: the head ends at `split` (== len when one window).
-    split: usize,
 }
 
-/// The features of one text, borrowed from a [`Scratch`].
+/// The features of one text, borrowed from the text and a [`Scratch`].
 #[derive(Debug, Clone, Copy)]
 pub struct Features<'a> {
     /// Distinct buckets, in first-seen order.
     pub buckets: &'a [u32],
     /// Tokens in the normalised, windowed text.
     pub tokens: usize,
-    /// The normalised, windowed text itself (head then tail).
-    pub text: &'a [u8],
-    /// Where the tail window starts in `text` (`text.len()` when the text had one window).
-    pub split: usize,
+    /// The windows of the stripped text (before option prefixes are dropped); `tail` is
+    /// empty when the text fits in one window.
+    pub head: &'a [u8],
+    pub tail: &'a [u8],
+    /// Whether `tail` starts at the start of a line.
+    pub tail_line_start: bool,
+    /// Bytes of the text after trailing whitespace and `Answer:` are stripped.
+    pub stripped_len: usize,
 }
+
+impl Features<'_> {
+    /// The normalised, windowed text (head then tail) and where the tail starts in it.
+    pub fn normalised(&self) -> (Vec<u8>, usize) {
+        let mut out = Vec::with_capacity(self.head.len() + self.tail.len());
+        push_normalised(&mut out, self.head, true);
+        let split = out.len();
+        push_normalised(&mut out, self.tail, self.tail_line_start);
+        (out, split)
+    }
+}
+
+/// Word bytes lowercased; 0 for separators.
+static WORD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_uppercase() {
+            c + 32
+        } else if c.is_ascii_alphanumeric() || c >= 0x80 {
+            c
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
 
 #[inline]
 fn is_word(b: u8) -> bool {
@@ -198,29 +228,48 @@ fn push_normalised(out: &mut Vec<u8>, seg: &[u8], mut line_start: bool) {
     }
 }
 
-/// Calls `on_token(unigram_hash)` for each token of `seg`, in order.
+/// An option prefix `X. ` / `X) ` (`X` in `A`–`J`) at `seg[i..]`.
 #[inline]
-fn for_each_token(seg: &[u8], mut on_token: impl FnMut(u64)) {
-    let mut h = 0u64;
-    let mut len = 0usize;
-    let mut in_tok = false;
-    for &b in seg {
-        if is_word(b) {
-            if !in_tok {
-                in_tok = true;
-                h = FNV_W;
-                len = 0;
-            }
-            if len < MAX_TOKEN_BYTES {
-                h = (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
-                len += 1;
-            }
-        } else if in_tok {
-            on_token(h);
-            in_tok = false;
-        }
+fn option_prefix(seg: &[u8], i: usize) -> bool {
+    i + 3 <= seg.len()
+        && (b'A'..=b'J').contains(&seg[i])
+        && matches!(seg[i + 1], b'.' | b')')
+        && seg[i + 2] == b' '
+}
+
+/// Calls `on_token(unigram_hash)` for each token of the normalised `seg`, in order,
+/// dropping option prefixes at line starts on the fly (no copy).
+#[inline]
+fn for_each_token(seg: &[u8], line_start: bool, mut on_token: impl FnMut(u64)) {
+    let n = seg.len();
+    let mut i = 0;
+    if line_start && option_prefix(seg, 0) {
+        i = 3;
     }
-    if in_tok {
+    while i < n {
+        // Separators; a newline starts a line, which may open with an option prefix.
+        let b = seg[i];
+        if WORD[usize::from(b)] == 0 {
+            i += 1;
+            if b == b'\n' && option_prefix(seg, i) {
+                i += 3;
+            }
+            continue;
+        }
+        // A token: hash its first MAX_TOKEN_BYTES bytes, skip the rest.
+        let mut h = FNV_W;
+        let lim = (i + MAX_TOKEN_BYTES).min(n);
+        while i < lim {
+            let c = WORD[usize::from(seg[i])];
+            if c == 0 {
+                break;
+            }
+            h = (h ^ u64::from(c)).wrapping_mul(FNV_PRIME);
+            i += 1;
+        }
+        while i < n && WORD[usize::from(seg[i])] != 0 {
+            i += 1;
+        }
         on_token(h);
     }
 }
@@ -230,32 +279,26 @@ fn for_each_token(seg: &[u8], mut on_token: impl FnMut(u64)) {
 pub fn tokens(spec: &FeatureSpec, text: &str) -> Vec<Vec<u8>> {
     let mut s = Scratch::default();
     let f = featurize(spec, text, &mut s);
+    let (text, split) = f.normalised();
     let mut out = Vec::new();
-    for seg in [&f.text[..f.split], &f.text[f.split..]] {
-        let mut cur: Option<Vec<u8>> = None;
-        for &b in seg {
-            if is_word(b) {
-                let t = cur.get_or_insert_with(Vec::new);
-                if t.len() < MAX_TOKEN_BYTES {
-                    t.push(b.to_ascii_lowercase());
-                }
-            } else if let Some(t) = cur.take() {
-                out.push(t);
+    for seg in [&text[..split], &text[split..]] {
+        for t in seg.split(|&b| WORD[usize::from(b)] == 0) {
+            if !t.is_empty() {
+                out.push(
+                    t[..t.len().min(MAX_TOKEN_BYTES)]
+                        .iter()
+                        .map(|&b| WORD[usize::from(b)])
+                        .collect(),
+                );
             }
         }
-        out.extend(cur);
     }
     out
 }
 
 /// Featurise `text`: its distinct buckets and token count (see the module docs).
-pub fn featurize<'s>(spec: &FeatureSpec, text: &str, scratch: &'s mut Scratch) -> Features<'s> {
-    let Scratch {
-        seen,
-        keys,
-        text: buf,
-        split,
-    } = scratch;
+pub fn featurize<'a>(spec: &FeatureSpec, text: &'a str, scratch: &'a mut Scratch) -> Features<'a> {
+    let Scratch { seen, keys } = scratch;
     let words = spec.buckets().div_ceil(64);
     if seen.len() != words {
         seen.clear();
@@ -267,14 +310,9 @@ pub fn featurize<'s>(spec: &FeatureSpec, text: &str, scratch: &'s mut Scratch) -
         }
     }
     keys.clear();
-    buf.clear();
 
     let stripped = strip_tail(text.as_bytes());
     let (head, tail, tail_line_start) = windows(stripped, spec);
-    push_normalised(buf, head, true);
-    *split = buf.len();
-    push_normalised(buf, tail, tail_line_start);
-
     let mask = spec.mask();
     let mut tokens = 0usize;
     let mut add = |key: u64| {
@@ -285,9 +323,9 @@ pub fn featurize<'s>(spec: &FeatureSpec, text: &str, scratch: &'s mut Scratch) -
             keys.push(k);
         }
     };
-    for seg in [&buf[..*split], &buf[*split..]] {
+    for (seg, line_start) in [(head, true), (tail, tail_line_start)] {
         let mut prev: Option<u64> = None;
-        for_each_token(seg, |hu| {
+        for_each_token(seg, line_start, |hu| {
             tokens += 1;
             add(hu);
             if let Some(p) = prev {
@@ -299,8 +337,10 @@ pub fn featurize<'s>(spec: &FeatureSpec, text: &str, scratch: &'s mut Scratch) -
     Features {
         buckets: keys,
         tokens,
-        text: buf,
-        split: *split,
+        head,
+        tail,
+        tail_line_start,
+        stripped_len: stripped.len(),
     }
 }
 
@@ -372,10 +412,10 @@ impl Dense {
     }
 }
 
-/// All [`Dense`] statistics of a featurised text, indexed by id. `stripped_len` is the
-/// byte length of the text before windowing (only `LogBytes` uses it).
-pub fn dense_stats(f: &Features<'_>, spec: &FeatureSpec, stripped_len: usize) -> [f64; 15] {
-    let d = f.text;
+/// All [`Dense`] statistics of a featurised text, indexed by id.
+pub fn dense_stats(f: &Features<'_>, spec: &FeatureSpec) -> [f64; 15] {
+    let (text, split) = f.normalised();
+    let d = &text[..];
     let mut cnt = [0usize; 256];
     for &b in d {
         cnt[usize::from(b)] += 1;
@@ -388,7 +428,7 @@ pub fn dense_stats(f: &Features<'_>, spec: &FeatureSpec, stripped_len: usize) ->
     let math: usize = b"+*/=^<>%".iter().map(|&b| c(b)).sum();
     let (mut numbers, mut long, mut total_len, mut ntok) = (0usize, 0usize, 0usize, 0usize);
     let mut distinct = Vec::with_capacity(f.tokens);
-    for seg in [&d[..f.split], &d[f.split..]] {
+    for seg in [&d[..split], &d[split..]] {
         let (mut h, mut len, mut digits_only, mut in_tok) = (0u64, 0usize, true, false);
         let mut end_token = |h: u64, len: usize, digits_only: bool| {
             ntok += 1;
@@ -438,7 +478,7 @@ pub fn dense_stats(f: &Features<'_>, spec: &FeatureSpec, stripped_len: usize) ->
         }
     };
     [
-        l1(stripped_len.max(d.len())),
+        l1(f.stripped_len.max(d.len())),
         l1(ntok),
         digits as f64 / nz,
         l1(numbers),
@@ -454,11 +494,6 @@ pub fn dense_stats(f: &Features<'_>, spec: &FeatureSpec, stripped_len: usize) ->
         l1(c(b'?')),
         l1(c(b'$')),
     ]
-}
-
-/// Byte length of `text` after step 1a (trailing whitespace and `Answer:` stripped).
-pub fn stripped_len(text: &str) -> usize {
-    strip_tail(text.as_bytes()).len()
 }
 
 #[cfg(test)]
@@ -550,8 +585,9 @@ mod tests {
     fn windowing_bounds_the_work() {
         let spec = FeatureSpec::default();
         let mut s = Scratch::default();
-        let f = featurize(&spec, &"word ".repeat(100_000), &mut s);
-        assert!(f.text.len() <= 4096 + 8);
+        let text = "word ".repeat(100_000);
+        let f = featurize(&spec, &text, &mut s);
+        assert!(f.head.len() + f.tail.len() <= 4096);
         assert!(f.tokens <= 820);
     }
 }

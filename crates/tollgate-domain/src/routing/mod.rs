@@ -34,7 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod train;
 
-use features::{FeatureSpec, Scratch, featurize, stripped_len};
+use features::{FeatureSpec, Scratch, featurize};
 use model::{Calibration, CalibrationPoint, Model, sigmoid};
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -181,12 +181,7 @@ impl Router {
         if f.tokens < usize::from(self.model.min_tokens) {
             return 0.0;
         }
-        let len = if self.model.dense.is_empty() {
-            0
-        } else {
-            stripped_len(text)
-        };
-        sigmoid(self.model.margin(&f, len))
+        sigmoid(self.model.margin(&f))
     }
 
     /// Score a text and pick its tier.

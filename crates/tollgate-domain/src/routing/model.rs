@@ -131,8 +131,7 @@ pub fn sigmoid(z: f64) -> f64 {
 
 impl Model {
     /// The margin (log-odds that the heavy model is needed) of featurised text.
-    /// `stripped_len` is only read when the model has dense inputs.
-    pub fn margin(&self, f: &Features<'_>, stripped_len: usize) -> f64 {
+    pub fn margin(&self, f: &Features<'_>) -> f64 {
         let n = f.buckets.len();
         let mut z = self.bias;
         if n > 0 {
@@ -144,7 +143,7 @@ impl Model {
             z += (sum as f64 * self.scale) / (n as f64).sqrt();
         }
         if !self.dense.is_empty() {
-            let x = dense_stats(f, &self.spec, stripped_len);
+            let x = dense_stats(f, &self.spec);
             for d in &self.dense {
                 z += d.weight * (x[usize::from(d.feature.id())] - d.mean) * d.inv_sd;
             }

@@ -68,7 +68,7 @@ fn embedded_model_scores_the_committed_test_vectors() {
             let expected: Vec<u32> = serde_json::from_value(expected.clone()).unwrap();
             assert_eq!(got, expected, "{name}");
         }
-        let margin = r.model().margin(&f, 0);
+        let margin = r.model().margin(&f);
         let want = v["margin"].as_f64().unwrap();
         assert!(
             (margin - want).abs() <= tol,

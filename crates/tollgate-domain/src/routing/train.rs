@@ -22,7 +22,7 @@
 //! `‖g‖ ≤ tol·‖g₀‖`. The objective is strictly convex, so this is the unique optimum.
 
 use super::RoutingError;
-use super::features::{Dense, FeatureSpec, Scratch, dense_stats, featurize, stripped_len};
+use super::features::{Dense, FeatureSpec, Scratch, dense_stats, featurize};
 use super::model::{Calibration, DEFAULT_MIN_TOKENS, DenseWeight, Model, quantize};
 use std::collections::HashMap;
 
@@ -126,7 +126,7 @@ impl Featurised {
             let f = featurize(spec, t, &mut s);
             let mut b = f.buckets.to_vec();
             b.sort_unstable();
-            out.dense.push(dense_stats(&f, spec, stripped_len(t)));
+            out.dense.push(dense_stats(&f, spec));
             out.buckets.push(b);
         }
         out
