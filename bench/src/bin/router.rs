@@ -43,6 +43,9 @@ struct Cli {
     only: String,
 }
 
+/// A timed function of one case's turns.
+type Scorer<'a> = Box<dyn FnMut(&[(&'static str, String)]) -> f64 + 'a>;
+
 struct Set {
     name: String,
     /// Each case: chat turns (a plain prompt is one user turn).
@@ -108,7 +111,7 @@ impl Naive {
     fn score(&self, text: &str) -> f64 {
         let lower = text.to_ascii_lowercase();
         let toks: Vec<String> = lower
-            .split(|c: char| !(c.is_ascii_alphanumeric() || !c.is_ascii()))
+            .split(|c: char| c.is_ascii() && !c.is_ascii_alphanumeric())
             .filter(|t| !t.is_empty())
             .map(str::to_string)
             .collect();
@@ -218,7 +221,7 @@ fn main() -> Result<()> {
             .sum();
         let mean = bytes / n;
         let scored = set.cases.iter().map(|c| text_of(c).len()).sum::<usize>() / n;
-        let rows: [(&str, Box<dyn FnMut(&[(&'static str, String)]) -> f64>); 3] = [
+        let rows: [(&str, Scorer); 3] = [
             (
                 "router (default model)",
                 Box::new(|c| {
