@@ -195,10 +195,15 @@ struct Labelled {
     rows_with_costs: usize,
 }
 
+/// A row's cost in USD (a JSON number) as exact atto-USD: the decimal literal is parsed,
+/// not multiplied in floating point (amounts above 18 USD, beyond a `Rate`, are rounded
+/// to the atto, far below a report's nano-USD).
 fn usd_to_atto(v: &Value) -> Option<u128> {
-    let usd = v.as_f64()?;
-    let (rate, _) = Rate::from_f64_usd_per_token(usd).ok()?;
-    Some(u128::from(rate.atto()))
+    let usd = v.as_f64().filter(|x| x.is_finite() && *x >= 0.0)?;
+    match Rate::from_f64_usd_per_token(usd) {
+        Ok((rate, _)) => Some(u128::from(rate.atto())),
+        Err(_) => Some((usd * 1e18).round() as u128),
+    }
 }
 
 fn read_labelled(path: &Path, light: &str, heavy: &str) -> Result<Labelled> {
