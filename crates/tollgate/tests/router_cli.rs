@@ -1,5 +1,7 @@
 //! The `tollgate router` commands' stable interface: what other tools parse.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
