@@ -198,3 +198,94 @@ fn scoring_is_deterministic_across_threads_and_scratch() {
     assert_eq!(a, b);
     assert_eq!(a, c);
 }
+
+mod properties {
+    use super::super::features::{FeatureSpec, Scratch, bigram_key, featurize, fnv1a64, tokens};
+    use super::super::metrics::Curve;
+    use super::super::*;
+    use proptest::prelude::*;
+
+    /// Text with the structures the featuriser special-cases: newlines, option prefixes,
+    /// `Answer:`, multi-byte characters, long word runs, trailing whitespace.
+    fn texty() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            "[a-zA-Z0-9]{1,40}",
+            Just(" ".to_string()),
+            Just("\n".to_string()),
+            Just("\nA. ".to_string()),
+            Just("B) ".to_string()),
+            Just("Answer:".to_string()),
+            Just("\r\n\t ".to_string()),
+            "[ -~]{1,6}",
+            "\\PC{1,4}",
+        ];
+        prop::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+    }
+
+    fn specs() -> impl Strategy<Value = FeatureSpec> {
+        (10u8..=18, 1u32..64, 1u32..64).prop_map(|(bits, head_bytes, tail_bytes)| FeatureSpec {
+            bits,
+            head_bytes,
+            tail_bytes,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn featurising_any_text_is_total_bounded_and_consistent(text in texty(), spec in specs()) {
+            let mut s = Scratch::default();
+            let f = featurize(&spec, &text, &mut s);
+            let buckets = f.buckets.to_vec();
+            let n_tokens = f.tokens;
+            // A text that fits both windows is read whole (as the head); otherwise each
+            // window is at most its size (the tail's cut may move right, never left).
+            prop_assert!(f.head.len() + f.tail.len() <= (spec.head_bytes + spec.tail_bytes) as usize);
+            prop_assert!(f.tail.is_empty() || f.head.len() <= spec.head_bytes as usize);
+            // The on-the-fly normalisation agrees with the copying one (`tokens`), and the
+            // buckets are exactly the hashed unigrams and within-window bigrams.
+            let toks = tokens(&spec, &text);
+            prop_assert_eq!(toks.len(), n_tokens);
+            let mask = (1u64 << spec.bits) - 1;
+            let mut sorted = buckets.clone();
+            sorted.sort_unstable();
+            let before = sorted.len();
+            sorted.dedup();
+            prop_assert_eq!(sorted.len(), before, "buckets are distinct");
+            prop_assert!(sorted.iter().all(|&b| u64::from(b) <= mask));
+            let hu: Vec<u64> = toks.iter().map(|t| fnv1a64(&[b"w".as_slice(), t].concat())).collect();
+            prop_assert!(hu.iter().all(|h| sorted.binary_search(&((h & mask) as u32)).is_ok()));
+            let pairs = hu.windows(2).filter(|w| sorted.binary_search(&((bigram_key(w[0], w[1]) & mask) as u32)).is_ok()).count();
+            // All pairs but at most the one across the head/tail gap are present.
+            prop_assert!(pairs + 1 >= hu.len().saturating_sub(1));
+            // Reusing the scratch gives the same answer.
+            let again = featurize(&spec, &text, &mut s).buckets.to_vec();
+            prop_assert_eq!(again, buckets);
+        }
+
+        #[test]
+        fn scores_are_in_unit_range_and_deterministic(text in texty()) {
+            let r = Router::embedded().unwrap();
+            let a = r.score(&text);
+            prop_assert!((0.0..=1.0).contains(&a));
+            prop_assert_eq!(a, r.score(&text));
+            let d = r.decide(&text, &r.default_policy());
+            prop_assert!(d.tier <= 1);
+        }
+
+        #[test]
+        fn metrics_depend_only_on_the_order_of_scores(
+            rows in prop::collection::vec((0u8..20, any::<bool>(), any::<bool>()), 5..200)
+        ) {
+            let s: Vec<f64> = rows.iter().map(|r| f64::from(r.0)).collect();
+            let l: Vec<f64> = rows.iter().map(|r| f64::from(u8::from(r.1))).collect();
+            let h: Vec<f64> = rows.iter().map(|r| f64::from(u8::from(r.2))).collect();
+            let Ok(a) = Curve::new(&s, &l, &h) else { return Ok(()) };
+            let t: Vec<f64> = s.iter().map(|x| (x / 7.0).exp() - 3.0).collect();
+            let b = Curve::new(&t, &l, &h).unwrap();
+            prop_assert!((a.apgr() - b.apgr()).abs() < 1e-9);
+            prop_assert!((a.cpt(0.5) - b.cpt(0.5)).abs() < 1e-9);
+            prop_assert!(a.cpt(0.5) <= a.cpt(0.8) + 1e-12);
+            prop_assert!((a.pgr_at(1.0) - 1.0).abs() < 1e-9);
+        }
+    }
+}
