@@ -15,6 +15,7 @@
 //! - [`report`]: report dimensions and sums.
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
 //! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
+//! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
 
 pub mod attribution;
 pub mod cost;
@@ -23,6 +24,7 @@ pub mod money;
 pub mod outcome;
 pub mod pricing;
 pub mod report;
+pub mod routing;
 pub mod usage;
 pub mod value;
 

@@ -8,12 +8,14 @@
 //! - `export`: the FOCUS cost-and-usage export.
 //! - `tasks`: task outcomes from the command line.
 //! - `keys`: virtual key management.
+//! - `router`: train, score with and evaluate the light/heavy router.
 
 mod cli;
 mod demo;
 mod export;
 mod keys;
 mod report;
+mod router;
 mod serve;
 mod tasks;
 mod views;
@@ -67,6 +69,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,
+        Command::Router(a) => router::router(a),
     }
 }
 
