@@ -191,6 +191,9 @@ for l in "${LAYOUTS[@]}"; do run_layout "$l"; done
 
 log "ledger benches"
 "$BIN/ledger" run --rows "$LEDGER_ROWS" --producers 4 --durability batched --json >"$WORK/ledger-batched.json"
+# Stress: 1,000 long-running tasks interleaved (the (task, ts_ms) index's worst case).
+"$BIN/ledger" run --rows "$LEDGER_ROWS" --producers 4 --durability batched --tasks 1000 --calls-per-task 500 \
+    --json >"$WORK/ledger-batched-tasks.json"
 "$BIN/ledger" run --rows "$STRICT_ROWS" --producers "$STRICT_PRODUCERS" --durability strict --json >"$WORK/ledger-strict.json"
 "$BIN/ledger" naive --rows "$NAIVE_ROWS" --durability batched --json >"$WORK/ledger-naive.json"
 "$BIN/ledger" naive --rows "$((NAIVE_ROWS / 10))" --durability strict --json >"$WORK/ledger-naive-strict.json"
@@ -264,11 +267,11 @@ report() {
         echo "| $l | $(q "$m" '(.idle_kb/1024*10|round/10|tostring) + " MiB"') | $(q "$m" '(.peak_kb/1024*10|round/10|tostring) + " MiB"') | $(q "$m" '(.after_kb/1024*10|round/10|tostring) + " MiB"') | $(q "$m" .rows) | $(q "$m" .answered) | $(q "$m" 'if .rows == .answered then "yes" else "**NO**" end') |"
     done
     echo
-    echo "## Ledger sustained write rate (\`ledger\` bench, unpinned, $(df -h "${TMPDIR:-/tmp}" | awk 'NR==2 {print $1}') filesystem)"
+    echo "## Ledger sustained write rate (\`ledger\` bench, unpinned, $(df -h "${TMPDIR:-/tmp}" | awk 'NR==2 {print $1}') filesystem; batched = \`synchronous=NORMAL\`, strict = \`synchronous=FULL\`, WAL)"
     echo
     echo "| bench | rows | seconds | **rows/s** | commits | rows/commit |"
     echo "|---|---:|---:|---:|---:|---:|"
-    for b in ledger-batched ledger-strict ledger-naive ledger-naive-strict; do
+    for b in ledger-batched ledger-batched-tasks ledger-strict ledger-naive ledger-naive-strict; do
         echo "| $(q "$b" .bench) | $(q "$b" .rows) | $(q "$b" '.seconds*1000|round/1000') | **$(q "$b" .rows_per_s)** | $(q "$b" .commits) | $(q "$b" '.rows_per_commit*10|round/10') |"
     done
     echo

@@ -44,6 +44,12 @@ enum Cmd {
         producers: usize,
         #[arg(long, value_enum, default_value_t = Mode::Batched)]
         durability: Mode,
+        /// Tasks active at once (their calls interleave in the ledger).
+        #[arg(long, default_value_t = 64)]
+        tasks: usize,
+        /// Calls each task makes.
+        #[arg(long, default_value_t = 20)]
+        calls_per_task: usize,
         /// Directory for the temporary database (default: the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -57,6 +63,12 @@ enum Cmd {
         /// Commit durability: batched = synchronous=NORMAL, strict = synchronous=FULL.
         #[arg(long, value_enum, default_value_t = Mode::Batched)]
         durability: Mode,
+        /// Tasks active at once (their calls interleave in the ledger).
+        #[arg(long, default_value_t = 64)]
+        tasks: usize,
+        /// Calls each task makes.
+        #[arg(long, default_value_t = 20)]
+        calls_per_task: usize,
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long)]
@@ -69,8 +81,21 @@ enum Cmd {
     },
 }
 
+/// What the rows' `task` labels look like: `tasks` tasks active at once, their calls
+/// interleaved, each making `calls` calls before a new task takes its slot. The ledger's
+/// `(task, ts_ms)` index makes this matter: a commit rewrites an index leaf page for
+/// every task whose entries it cannot place next to another's.
+#[derive(Clone, Copy)]
+struct Tasks {
+    active: usize,
+    calls: usize,
+}
+
 /// A row like the gateway writes for a priced, key-attributed chat completion.
-fn row(i: usize) -> LedgerRow {
+fn row(i: usize, t: Tasks) -> LedgerRow {
+    let active = t.active.max(1);
+    let slot = i % active;
+    let task = (i / (active * t.calls.max(1))) * active + slot;
     LedgerRow {
         ts_ms: 1_760_000_000_000 + (i / 10) as i64,
         request_id: format!("req_bench0000{i:08x}"),
@@ -79,8 +104,8 @@ fn row(i: usize) -> LedgerRow {
             key_id: Some(format!("key_{:08x}", i % 16)),
             user: i.is_multiple_of(4).then(|| format!("user-{}", i % 97)),
             team: Some(["research", "support", "platform"][i % 3].to_string()),
-            agent: Some(format!("agent-{}", i % 8)),
-            task: Some(format!("task-{}", i % 1000)),
+            agent: Some(format!("agent-{}", slot % 8)),
+            task: Some(format!("task-{task}")),
             tags: if i.is_multiple_of(5) {
                 vec!["eval".into(), "nightly".into()]
             } else {
@@ -150,6 +175,7 @@ fn run(
     rows: usize,
     producers: usize,
     mode: Mode,
+    tasks: Tasks,
     dir: Option<PathBuf>,
 ) -> Result<serde_json::Value> {
     let tmp = temp_dir(dir)?;
@@ -163,7 +189,7 @@ fn run(
     // string formatting.
     let mut batches: Vec<Vec<LedgerRow>> = (0..producers).map(|_| Vec::new()).collect();
     for i in 0..rows {
-        batches[i % producers].push(row(i));
+        batches[i % producers].push(row(i, tasks));
     }
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let started = Instant::now();
@@ -195,7 +221,14 @@ fn run(
         bail!("pushed {rows} rows, writer wrote {written}, table holds {counted}");
     }
     Ok(serde_json::json!({
-        "bench": format!("ledger {} ({} producers)", format!("{mode:?}").to_lowercase(), producers),
+        "bench": format!(
+            "ledger {} ({producers} producers, {} active tasks × {} calls)",
+            format!("{mode:?}").to_lowercase(),
+            tasks.active,
+            tasks.calls
+        ),
+        "tasks": tasks.active,
+        "calls_per_task": tasks.calls,
         "durability": format!("{mode:?}").to_lowercase(),
         "producers": producers,
         "rows": rows,
@@ -206,14 +239,14 @@ fn run(
     }))
 }
 
-fn naive(rows: usize, mode: Mode, dir: Option<PathBuf>) -> Result<serde_json::Value> {
+fn naive(rows: usize, mode: Mode, tasks: Tasks, dir: Option<PathBuf>) -> Result<serde_json::Value> {
     let tmp = temp_dir(dir)?;
     let store = SqliteStore::open(tmp.path().join("ledger.db"))?;
     let mut conn = store.connect(match mode {
         Mode::Batched => Sync::Normal,
         Mode::Strict => Sync::Full,
     })?;
-    let all: Vec<LedgerRow> = (0..rows).map(row).collect();
+    let all: Vec<LedgerRow> = (0..rows).map(|i| row(i, tasks)).collect();
     let started = Instant::now();
     for r in &all {
         tollgate_store::ledger::insert_batch(&mut conn, std::iter::once(r))?;
@@ -223,7 +256,14 @@ fn naive(rows: usize, mode: Mode, dir: Option<PathBuf>) -> Result<serde_json::Va
         bail!("naive: row count mismatch");
     }
     Ok(serde_json::json!({
-        "bench": format!("naive: INSERT + COMMIT per row ({})", format!("{mode:?}").to_lowercase()),
+        "bench": format!(
+            "naive: INSERT + COMMIT per row ({}, {} active tasks × {} calls)",
+            format!("{mode:?}").to_lowercase(),
+            tasks.active,
+            tasks.calls
+        ),
+        "tasks": tasks.active,
+        "calls_per_task": tasks.calls,
         "durability": format!("{mode:?}").to_lowercase(),
         "producers": 1,
         "rows": rows,
@@ -240,15 +280,42 @@ fn main() -> Result<()> {
             rows,
             producers,
             durability,
+            tasks,
+            calls_per_task,
             dir,
             json,
-        } => report(json, run(rows, producers, durability, dir)?),
+        } => report(
+            json,
+            run(
+                rows,
+                producers,
+                durability,
+                Tasks {
+                    active: tasks,
+                    calls: calls_per_task,
+                },
+                dir,
+            )?,
+        ),
         Cmd::Naive {
             rows,
             durability,
+            tasks,
+            calls_per_task,
             dir,
             json,
-        } => report(json, naive(rows, durability, dir)?),
+        } => report(
+            json,
+            naive(
+                rows,
+                durability,
+                Tasks {
+                    active: tasks,
+                    calls: calls_per_task,
+                },
+                dir,
+            )?,
+        ),
         Cmd::Count { db } => println!("{}", SqliteStore::open(db)?.ledger_count()?),
     }
     Ok(())

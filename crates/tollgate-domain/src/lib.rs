@@ -18,6 +18,7 @@
 //! - [`loopguard`]: per-task limits and loop detection (SimHash of the newest messages).
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
 //! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
+//! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
 
 pub mod attribution;
 pub mod budget;
@@ -29,6 +30,7 @@ pub mod outcome;
 pub mod pricing;
 pub mod ratelimit;
 pub mod report;
+pub mod routing;
 pub mod usage;
 pub mod value;
 

@@ -35,6 +35,8 @@ pub enum Command {
     Pricing(PricingArgs),
     /// Run only the simulated OpenAI-compatible provider (for tests and benchmarks).
     Sim(SimArgs),
+    /// Train, apply and measure the light/heavy router.
+    Router(crate::router::RouterArgs),
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@
 //! - `tasks`: task outcomes from the command line; tasks the runaway-agent guard halted.
 //! - `keys`: virtual key management.
 //! - `budgets`: budgets and spend per period.
+//! - `router`: train, score with and evaluate the light/heavy router.
 
 mod budgets;
 mod cli;
@@ -16,6 +17,7 @@ mod demo;
 mod export;
 mod keys;
 mod report;
+mod router;
 mod serve;
 mod tasks;
 mod views;
@@ -70,6 +72,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,
+        Command::Router(a) => router::router(a),
     }
 }
 
