@@ -115,8 +115,9 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
   const kpi = (k) => page.textContent(`[data-kpi="${k}"]`);
   assert.equal(await kpi("cost"), usd(d.totals.cost_usd));
   assert.equal(await kpi("requests"), Number(d.totals.requests).toLocaleString("en-US"));
-  // The demo records 13 outcomes, 9 of them successes.
-  assert.equal(await kpi("tasks"), "9 / 13");
+  // The demo records 13 outcomes, 9 of them successes, over 14 tasks (the ops task the
+  // runaway-agent guard halts has no outcome).
+  assert.equal(await kpi("tasks"), "9 / 14");
   // 72 min at $35 (support) + $120 (research) + 40 min at $60 (reviews) + 9 min at $60
   // (triage) + $25 (copy) = $236.
   assert.equal(d.totals.value_usd, "236.000000000");
@@ -129,6 +130,8 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
   const expectedValue = {
     "support-bot": "$42.0000", "research-agent": "$120.00", "code-reviewer": "$40.0000",
     "triage-agent": "$9.0000", "writer-assistant": "$25.0000",
+    // The ops agent the runaway-agent guard halts records no outcome: no value.
+    "ops-agent": "$0.0000",
   };
   for (const g of d.roi.groups) {
     const row = page.locator(`#roi-table tr[data-group="${g.group}"]`);
@@ -140,7 +143,7 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
     assert.equal(cells[8], pct(g.roi_pct), g.group);
   }
   assert.deepEqual(d.roi.groups.map((g) => g.group).sort(),
-    ["code-reviewer", "research-agent", "support-bot", "triage-agent", "writer-assistant"]);
+    ["code-reviewer", "ops-agent", "research-agent", "support-bot", "triage-agent", "writer-assistant"]);
 
   // Spend over time: a uPlot chart stacked by agent, with pixels drawn.
   const legend = await page.locator("#spend-chart .u-legend").textContent();
@@ -166,9 +169,10 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
   const churn = await page.locator('#tasks-table tr[data-task="report-q3-churn"] .status').textContent();
   assert.equal(churn, "success");
 
-  // Panels for what this build does not have yet say so.
-  assert.match(await page.textContent("#budgets"), /No budgets/);
-  assert.match(await page.textContent("#halted"), /None/);
+  // Budgets and the runaway-agent guard: the demo's research budget, and the ops task
+  // the guard halted.
+  assert.match(await page.textContent("#budgets"), /team:research/);
+  assert.match(await page.textContent("#halted"), /deploy-watch-7/);
 
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, "dashboard.png"), fullPage: true });

@@ -13,16 +13,22 @@
 //! - [`attribution`]: who pays: key, user, team, agent, task, tags.
 //! - [`ledger`]: the metered row.
 //! - [`report`]: report dimensions and sums.
+//! - [`budget`]: scopes, calendar periods, reservation arithmetic, alert thresholds.
+//! - [`ratelimit`]: rolling-window limits on requests, tokens and dollars per minute.
+//! - [`loopguard`]: per-task limits and loop detection (SimHash of the newest messages).
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
 //! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
 //! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
 
 pub mod attribution;
+pub mod budget;
 pub mod cost;
 pub mod ledger;
+pub mod loopguard;
 pub mod money;
 pub mod outcome;
 pub mod pricing;
+pub mod ratelimit;
 pub mod report;
 pub mod routing;
 pub mod usage;

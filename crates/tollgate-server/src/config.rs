@@ -23,6 +23,9 @@ use tollgate_providers::tokenizer::Encoding;
 use tollgate_providers::translate::Format;
 use tollgate_store::Durability;
 
+pub mod limits;
+pub use limits::LimitsConfig;
+
 // ---------------------------------------------------------------------------------------
 // Raw: what the file says.
 
@@ -39,6 +42,14 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    pub budgets: limits::RawBudgets,
+    #[serde(default)]
+    pub rate_limits: Vec<limits::RawRateLimit>,
+    #[serde(default)]
+    pub guard: limits::RawGuard,
+    #[serde(default)]
+    pub alerts: limits::RawAlerts,
     #[serde(default)]
     pub outcomes: crate::outcomes::RawOutcomes,
     #[serde(default)]
@@ -256,6 +267,8 @@ pub struct Config {
     pub unpriced: UnpricedPolicy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub deployments: BTreeMap<String, Arc<Deployment>>,
+    /// Budgets, rate limits, the runaway-agent guard, alerts.
+    pub limits: LimitsConfig,
     pub outcomes: crate::outcomes::OutcomeSettings,
     pub telemetry: crate::telemetry::TelemetrySettings,
 }
@@ -708,6 +721,14 @@ impl RawConfig {
             );
         }
 
+        let limits = limits::validate(
+            &self.budgets,
+            &self.rate_limits,
+            &self.guard,
+            &self.alerts,
+            env,
+            &mut errs,
+        );
         let outcomes = crate::outcomes::validate_config(&self.outcomes, &mut errs);
         let telemetry = crate::telemetry::validate(&self.telemetry, &mut errs);
 
@@ -736,6 +757,7 @@ impl RawConfig {
             unpriced,
             upstreams,
             deployments,
+            limits,
         })
     }
 }

@@ -7,6 +7,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
+use tollgate_domain::money::Money;
 use tollgate_providers::openai::RequestError;
 use tollgate_providers::translate::{ErrorClass, Format, TranslateError};
 use tollgate_providers::{Fault, ProviderError};
@@ -41,6 +42,34 @@ pub enum ApiError {
     Internal(String),
     #[error("Not found: {0}")]
     NotFound(String),
+    #[error(
+        "Budget exceeded: {scope} has ${remaining} left of its {period} budget of ${limit}; this request needs up to ${needed}."
+    )]
+    BudgetExceeded {
+        scope: String,
+        /// `day 2025-06-04`, `month 2025-06`, `lifetime`.
+        period: String,
+        limit: Money,
+        remaining: Money,
+        needed: Money,
+    },
+    #[error(
+        "Rate limit reached for {scope}: {limit} {kind} per minute ({remaining} left). Retry in {retry_after_ms} ms."
+    )]
+    RateLimited {
+        scope: String,
+        /// `requests`, `tokens` or `usd` (nano-USD).
+        kind: &'static str,
+        limit: u64,
+        remaining: u64,
+        retry_after_ms: i64,
+    },
+    #[error(
+        "Task `{task}` was halted by tollgate's runaway-agent guard: {reason}. An operator can release it with `tollgate tasks release {task}`."
+    )]
+    TaskHalted { task: String, reason: String },
+    #[error("Budget counters are unavailable: {0}")]
+    CountersUnavailable(String),
     /// The request needs a feature the deployment's upstream format cannot express.
     #[error("{0}")]
     Untranslatable(#[from] TranslateError),
@@ -81,6 +110,10 @@ impl ApiError {
             ApiError::Upstream(e) => e.code(),
             ApiError::UpstreamMalformed(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
+            ApiError::BudgetExceeded { .. } => "budget_exceeded",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TaskHalted { .. } => "task_halted",
+            ApiError::CountersUnavailable(_) => "budget_unavailable",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Untranslatable(TranslateError::Unsupported { .. }) => "unsupported_feature",
             ApiError::Untranslatable(TranslateError::Invalid(_)) => "invalid_request",
@@ -100,7 +133,7 @@ impl ApiError {
         match self {
             ApiError::Upstream(e) => e.fault(),
             ApiError::UpstreamMalformed(_) | ApiError::UpstreamStatus { .. } => Fault::Upstream,
-            ApiError::Internal(_) => Fault::Internal,
+            ApiError::Internal(_) | ApiError::CountersUnavailable(_) => Fault::Internal,
             _ => Fault::Client,
         }
     }
@@ -109,6 +142,7 @@ impl ApiError {
         match self {
             ApiError::Upstream(e) => e.retryable(),
             ApiError::UpstreamMalformed(_) | ApiError::Internal(_) => true,
+            ApiError::RateLimited { .. } | ApiError::CountersUnavailable(_) => true,
             ApiError::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -140,6 +174,10 @@ impl ApiError {
             ApiError::Upstream(ProviderError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(_) | ApiError::UpstreamMalformed(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TaskHalted { .. } => StatusCode::CONFLICT,
+            ApiError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -187,6 +225,7 @@ impl ApiError {
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             resp.headers_mut().insert(crate::headers::REQUEST_ID, id);
         }
+        self.limit_headers(resp.headers_mut());
         resp
     }
 
@@ -205,6 +244,8 @@ impl ApiError {
                 | ApiError::UnknownAccessKey
                 | ApiError::SigV4Unavailable(_)
                 | ApiError::BadSignature(_) => "authentication_error",
+                ApiError::BudgetExceeded { .. } => "insufficient_quota",
+                ApiError::RateLimited { .. } => "rate_limit_error",
                 _ => "invalid_request_error",
             },
             Fault::Upstream => "upstream_error",
@@ -235,7 +276,61 @@ impl ApiError {
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             resp.headers_mut().insert(crate::headers::REQUEST_ID, id);
         }
+        self.limit_headers(resp.headers_mut());
         resp
+    }
+
+    /// Headers SDKs act on: `retry-after` / `retry-after-ms` and `x-ratelimit-*` on a
+    /// rate limit; `x-should-retry` (read by the OpenAI SDKs, which otherwise retry
+    /// every 409 and 429) on budget, rate-limit and halted-task refusals.
+    fn limit_headers(&self, h: &mut http::HeaderMap) {
+        let mut set = |name: &str, v: String| {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                h.insert(n, v);
+            }
+        };
+        match self {
+            ApiError::RateLimited {
+                kind,
+                limit,
+                remaining,
+                retry_after_ms,
+                ..
+            } => {
+                let ms = (*retry_after_ms).max(1);
+                set("retry-after", ((ms + 999) / 1000).to_string());
+                set("retry-after-ms", ms.to_string());
+                set(&format!("x-ratelimit-limit-{kind}"), limit.to_string());
+                set(
+                    &format!("x-ratelimit-remaining-{kind}"),
+                    remaining.to_string(),
+                );
+                set(&format!("x-ratelimit-reset-{kind}"), reset_text(ms));
+                set("x-should-retry", "true".into());
+            }
+            ApiError::BudgetExceeded { remaining, .. } => {
+                set(crate::headers::BUDGET_REMAINING_USD, remaining.to_string());
+                set("x-should-retry", "false".into());
+            }
+            ApiError::TaskHalted { .. } => set("x-should-retry", "false".into()),
+            _ => {}
+        }
+    }
+}
+
+/// A wait as OpenAI writes its `x-ratelimit-reset-*` headers: `120ms`, `1.5s`, `59s`.
+fn reset_text(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+            .trim_end_matches('0')
+            .to_string()
     }
 }
 

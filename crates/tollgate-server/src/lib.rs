@@ -10,7 +10,9 @@
 //! 3. body: read with a size cap (413), parse into a format-tagged request (400)
 //! 4. attribution: key owner, then `x-tollgate-*` headers, then body metadata
 //! 5. deployment (404/403)
-//! 6. admission: the marked place for budget reserve, task guard, routing
+//! 6. admission ([`admission::admit`]): task guard (409), worst-case reservation across
+//!    every budget and rate limit (402/429), maybe a clamped `max_tokens`; the meter
+//!    settles it on every path (routing goes here too)
 //! 7. upstream call: same format → the body with the model id replaced (`include_usage`
 //!    injected for OpenAI streams); another format → translated (400 naming a feature
 //!    that cannot be); SigV4-signed for Bedrock
@@ -29,6 +31,10 @@
 //! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
 //! - [`meter`]: the always-runs metering step.
 //! - [`admin`]: the admin API.
+//! - [`admission`]: budgets, rate limits and the task guard before the upstream call;
+//!   settlement after it.
+//! - [`guard`]: per-task state and halted tasks at run time.
+//! - [`alerts`]: Slack-compatible webhook alerts, retried and recorded.
 //! - [`outcomes`]: task outcomes (`POST /v1/tasks/{task_id}/outcome`).
 //! - [`value`]: ROI, tasks, savings and dashboard data (admin API).
 //! - [`dashboard`]: the embedded web dashboard.
@@ -37,11 +43,14 @@
 //! - [`error`]: errors and their single mapping to HTTP.
 
 pub mod admin;
+pub mod admission;
+pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod egress;
 pub mod error;
+pub mod guard;
 pub mod headers;
 pub mod ingress;
 pub mod meter;
@@ -80,6 +89,8 @@ pub enum ServerError {
     Provider(#[from] ProviderError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Counters(#[from] tollgate_store::counters::CounterError),
 }
 
 /// How often keys are reloaded from the store.
@@ -106,6 +117,7 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         config.server.master_key.as_ref(),
         &config.server.master_key_env,
     );
+    let limits = admission::Limits::new(&config, &store)?;
     let sealer = config
         .server
         .master_key
@@ -125,6 +137,7 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         ids: RequestIds::new(),
+        limits,
     });
     Ok((gw, writer))
 }
@@ -149,6 +162,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))
         .route("/admin/requests/{id}", get(admin::request_row))
+        .route(
+            "/admin/budgets",
+            get(admin::list_budgets)
+                .put(admin::set_budget)
+                .delete(admin::delete_budget),
+        )
+        .route("/admin/guard", get(admin::list_tasks))
+        .route("/admin/guard/{task}", get(admin::show_task))
+        .route("/admin/tasks/{task}/release", post(admin::release_task))
+        .route("/admin/alerts", get(admin::list_alerts))
         .route("/v1/tasks/{task_id}/outcome", post(outcomes::record))
         .route("/admin/roi", get(value::roi))
         .route("/admin/tasks", get(value::tasks))
@@ -173,6 +196,12 @@ async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
             "commit_failures": stats.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
         },
         "keys": gw.keys.len(),
+        "limits": {
+            "counters": gw.limits.counters.name(),
+            "budgets": gw.limits.rules().len(),
+            "tasks_watched": gw.limits.guard.len(),
+            "tasks_halted": gw.limits.guard.halted_count(),
+        },
         "deployments": gw.config.load().deployments.len(),
         "price_table": gw.config.load().prices.hash(),
     }))
@@ -217,6 +246,9 @@ pub async fn serve(
                 let store = gw.store.clone();
                 if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || store.list_keys()).await {
                     gw.keys.replace(keys);
+                }
+                if let Err(e) = admission::refresh(&gw).await {
+                    tracing::warn!(error = %e, "refreshing budgets and halted tasks failed");
                 }
             }
         })

@@ -81,6 +81,10 @@ pub struct Meter {
     settled: bool,
     /// A settled row whose hand-off to the ledger has not completed yet.
     in_flight: Option<LedgerRow>,
+    /// What admission reserved; settled (taken) with the row, on every path.
+    pub admission: Option<crate::admission::Ticket>,
+    /// Budget and rate-limit headers for the response.
+    pub limit_headers: http::HeaderMap,
 }
 
 impl Meter {
@@ -119,7 +123,17 @@ impl Meter {
             scanner: None,
             settled: false,
             in_flight: None,
+            admission: None,
+            limit_headers: http::HeaderMap::new(),
         }
+    }
+
+    pub fn attribution(&self) -> &Attribution {
+        &self.row.attribution
+    }
+
+    pub fn deployment(&self) -> Option<&Arc<Deployment>> {
+        self.deployment.as_ref()
     }
 
     pub fn request_id(&self) -> &str {
@@ -219,6 +233,9 @@ impl Meter {
         row.status = outcome.status;
         row.error_code = outcome.error_code.map(str::to_string);
         row.partial = outcome.partial;
+        if let Some(ticket) = self.admission.take() {
+            crate::admission::settle(&self.gw, ticket, &row);
+        }
         // Metrics and trace spans, where the row is settled (commit and drop alike).
         self.gw.telemetry.observe(&row);
         row

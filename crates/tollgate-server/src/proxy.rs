@@ -333,6 +333,9 @@ pub async fn pipeline(
     // guard, routing). A refusal is `return meter.reject(err).await`; settlement
     // happens in the Meter whatever the outcome.
     // ──────────────────────────────────────────────────────────────────────────────
+    if let Err(e) = crate::admission::admit_request(&gw, &mut meter, &mut req).await {
+        return meter.reject(e).await;
+    }
 
     // 6. upstream call: the same format forwards the body with the model replaced;
     //    another format goes through the canonical representation.
@@ -491,6 +494,8 @@ async fn json_response(
     } else {
         copy_headers(&upstream_headers, out.headers_mut());
     }
+    out.headers_mut()
+        .extend(std::mem::take(&mut meter.limit_headers));
     request_id_header(&mut out, &row.request_id);
     if let Ok(v) = HeaderValue::from_str(&row.cost.to_string()) {
         out.headers_mut().insert(headers::COST_USD, v);
@@ -521,6 +526,7 @@ fn stream_response(
     } else {
         copy_headers(resp.headers(), &mut head);
     }
+    head.extend(std::mem::take(&mut meter.limit_headers));
     let request_id = meter.request_id().to_string();
     let body = async_stream::stream! {
         let mut meter = meter;

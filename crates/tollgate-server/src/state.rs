@@ -26,6 +26,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub ids: RequestIds,
+    /// Budgets, rate limits and the runaway-agent guard.
+    pub limits: crate::admission::Limits,
     /// Metrics and trace spans fed by every settled request.
     pub telemetry: crate::telemetry::Telemetry,
 }

@@ -323,6 +323,8 @@ pub async fn dashboard(
                 None => None,
             };
             let store = gw.store.clone();
+            let rules = gw.limits.rules();
+            let tz = gw.config.load().limits.time_zone.clone();
             let data = store_call(move || {
                 // The chart starts where the data does (at least 5 minutes back), so a
                 // young ledger is not a spike at the edge of an empty week.
@@ -340,9 +342,21 @@ pub async fn dashboard(
                     store.roi_report(GroupBy::Agent, w.since, w.until)?,
                     store.savings_report(None, w.since, w.until)?,
                     store.task_summaries(w.since, w.until, 10)?,
-                    store.optional_table("budgets", 100)?,
+                    Some(budget_rows(&store, &rules, &tz)?),
                     store.optional_table("halted_tasks", 100)?,
-                    store.optional_table("alerts", 100)?,
+                    Some(
+                        store
+                            .alerts(None, 50)?
+                            .into_iter()
+                            .map(|a| {
+                                let mut m = serde_json::Map::new();
+                                m.insert("at".into(), Value::from(iso(a.ts_ms)));
+                                m.insert("text".into(), Value::from(a.text));
+                                m.insert("delivery".into(), Value::from(format!("{} ({} attempt(s))", a.status, a.attempts)));
+                                m
+                            })
+                            .collect(),
+                    ),
                 ))
             })
             .await?;
@@ -374,6 +388,37 @@ pub async fn dashboard(
         }
         .await,
     )
+}
+
+/// The budgets panel: each budget in force, per entity, this period's spend against its
+/// limit (from the ledger).
+fn budget_rows(
+    store: &tollgate_store::SqliteStore,
+    rules: &[tollgate_domain::budget::BudgetRule],
+    tz: &jiff::tz::TimeZone,
+) -> Result<Vec<serde_json::Map<String, Value>>, tollgate_store::StoreError> {
+    let mut out = Vec::new();
+    for r in rules {
+        let st = crate::admin::budget_status(store, r, "", now_ms(), tz, 1)?;
+        for c in st["current"].as_array().into_iter().flatten() {
+            let mut m = serde_json::Map::new();
+            m.insert("scope".into(), c["scope"].clone());
+            m.insert(
+                "period".into(),
+                Value::from(format!(
+                    "{} {}",
+                    r.period.as_str(),
+                    c["period"].as_str().unwrap_or("")
+                )),
+            );
+            m.insert("limit_usd".into(), Value::from(r.limit.to_string()));
+            m.insert("spent_usd".into(), c["spent_usd"].clone());
+            m.insert("remaining_usd".into(), c["remaining_usd"].clone());
+            m.insert("hard".into(), Value::from(r.hard));
+            out.push(m);
+        }
+    }
+    Ok(out)
 }
 
 fn optional_panel(rows: Option<Vec<serde_json::Map<String, Value>>>, missing: &str) -> Value {

@@ -6,14 +6,21 @@
 //!   [`LedgerWriter`] thread) and row queries.
 //! - [`keys`]: virtual keys (hashed secrets).
 //! - [`report`]: usage reports grouped by a dimension.
+//! - [`counters`]: budget and rate-limit counters (in memory, or Redis for replicas).
+//! - [`budgets`]: budgets set through the admin API / CLI, and spend per period from the
+//!   ledger (what rebuilds the counters after a restart).
+//! - [`tasks`]: halted tasks, incidents and alert deliveries.
 //! - [`outcomes`]: task outcomes and their history.
 //! - [`value`]: ROI, per-task summaries, savings by mechanism, spend series, exports.
 
+pub mod budgets;
+pub mod counters;
 pub mod keys;
 pub mod ledger;
 pub mod outcomes;
 pub mod report;
 pub mod sqlite;
+pub mod tasks;
 pub mod value;
 
 pub use keys::{NewKey, SecretSealer, VirtualKey};

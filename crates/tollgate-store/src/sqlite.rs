@@ -97,6 +97,54 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX task_outcome_history_task ON task_outcome_history (task, revision);
     "#,
+    // 4: budgets set at run time, the runaway-agent guard's halted tasks and incidents,
+    //    alert deliveries.
+    r#"
+    CREATE TABLE budgets (
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        limit_nanos INTEGER NOT NULL,
+        hard INTEGER NOT NULL,
+        alert_at TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (scope, period)
+    );
+    CREATE TABLE halted_tasks (
+        task TEXT PRIMARY KEY,
+        agent TEXT,
+        status TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        incident_id INTEGER,
+        halted_ms INTEGER NOT NULL,
+        released_ms INTEGER
+    );
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        task TEXT NOT NULL,
+        agent TEXT,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        request_id TEXT
+    );
+    CREATE INDEX incidents_task ON incidents (task);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        text TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        delivered_ms INTEGER
+    );
+    CREATE INDEX alerts_subject ON alerts (subject);
+    "#,
 ];
 
 /// A SQLite database file holding the ledger, keys and price-table registry.

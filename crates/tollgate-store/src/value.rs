@@ -482,7 +482,8 @@ mod tests {
         assert_eq!(pc.saved(), Money::from_nanos(66 * 30));
         let by_group: i64 = r.groups.iter().map(|g| g.1[0].saved().nanos()).sum();
         assert_eq!(by_group, 66 * 30);
-        assert!(s.optional_table("budgets", 10).unwrap().is_none());
+        assert!(s.optional_table("no_such_panel", 10).unwrap().is_none());
+        assert!(s.optional_table("budgets", 10).unwrap().is_some());
         assert_eq!(
             s.optional_table("task_outcomes", 10)
                 .unwrap()

@@ -40,12 +40,24 @@ impl std::ops::Deref for Stopped {
 impl TestGateway {
     /// Start a gateway whose config is `config_toml` (its `[ledger] path` is replaced by
     /// a temporary file). `env` holds the environment the config may read.
-    pub async fn start(config_toml: &str, mut env: HashMap<String, String>) -> TestGateway {
+    pub async fn start(config_toml: &str, env: HashMap<String, String>) -> TestGateway {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
         };
         let db = dir.path().join("ledger.db");
+        let mut gw = TestGateway::start_on(config_toml, env, &db).await;
+        gw.dir = Some(dir);
+        gw
+    }
+
+    /// [`TestGateway::start`] on an existing database file (a restart), which the
+    /// caller keeps.
+    pub async fn start_on(
+        config_toml: &str,
+        mut env: HashMap<String, String>,
+        db: &std::path::Path,
+    ) -> TestGateway {
         env.insert("TOLLGATE__LEDGER__PATH".into(), db.display().to_string());
         env.insert("TOLLGATE_MASTER_KEY".into(), MASTER_KEY.into());
         let raw = match RawConfig::from_toml(config_toml, &env) {
@@ -56,7 +68,7 @@ impl TestGateway {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
-        let store = match SqliteStore::open(&db) {
+        let store = match SqliteStore::open(db) {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         };
@@ -95,7 +107,7 @@ impl TestGateway {
             store,
             stop,
             join: Some(join),
-            dir: Some(dir),
+            dir: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Create, list and revoke virtual keys.
     Keys(KeysArgs),
+    /// Set, list and show budgets: limits, spend per period, what is left.
+    Budgets(BudgetsArgs),
     /// Check a config file; exits non-zero and lists every problem if it is invalid.
     ValidateConfig(ConfigArgs),
     /// Show what a model costs in the effective price table.
@@ -172,13 +174,25 @@ pub enum TasksAction {
         #[arg(long)]
         json: bool,
     },
-    /// A task's calls, tokens, cost, duration, models, outcome and outcome history.
+    /// A task's calls, tokens, cost, duration, models, outcome and outcome history, and
+    /// what the runaway-agent guard did: status, incidents with evidence, alerts.
     Show {
         task: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Tasks the runaway-agent guard halted or flagged, and recent tasks' calls and spend.
+    List {
+        /// Recent tasks since (24h, 7d, an RFC 3339 time).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a halted task run again (a running gateway applies it within seconds).
+    Release { task: String },
 }
 
 #[derive(Args, Debug)]
@@ -223,4 +237,58 @@ pub struct PricingArgs {
     pub config: ConfigArgs,
     /// Model ids (catalog ids or `deployment:NAME`); none prints the table's hash and size.
     pub models: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BudgetsArgs {
+    /// Config file (default: $TOLLGATE_CONFIG, else ./tollgate.toml if present).
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// Ledger database (overrides the config's ledger.path).
+    #[arg(long, global = true)]
+    pub db: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: BudgetsAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BudgetsAction {
+    /// Create or replace a run-time budget (a running gateway applies it within seconds).
+    Set {
+        /// `org`, `team:NAME`, `agent:NAME`, `user:NAME`, `key:ID`, `task:ID`, or `KIND:*`.
+        #[arg(long)]
+        scope: String,
+        /// day, week, month or lifetime.
+        #[arg(long)]
+        period: String,
+        /// The limit in USD (`500`, `0.25`).
+        #[arg(long)]
+        limit_usd: String,
+        /// Only alert, never refuse.
+        #[arg(long)]
+        soft: bool,
+        /// Alert thresholds in percent (default 50,80,100).
+        #[arg(long, value_delimiter = ',')]
+        alert_at: Vec<u8>,
+    },
+    /// Remove a run-time budget.
+    Delete {
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        period: String,
+    },
+    /// Every budget in force, with this period's spend and what is left.
+    List,
+    /// The budgets on a scope, with spend per period (current and past).
+    Show {
+        /// `team:support`, `agent:*`, `org`, ...
+        scope: String,
+        /// Past periods to show.
+        #[arg(long, default_value_t = 6)]
+        periods: usize,
+    },
 }

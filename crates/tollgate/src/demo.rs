@@ -233,6 +233,77 @@ async fn review(w: &Workload, a: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// Operations: a deploy watcher that gets stuck polling a job that never finishes. The
+/// runaway-agent guard halts its task and alerts (the demo's webhook receiver prints it).
+async fn runaway(w: &Workload, a: &Agent) -> Result<String> {
+    let task = "deploy-watch-7";
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are an ops agent. Use tools until the deployment is healthy."}),
+        json!({"role": "user", "content": "Watch deployment deploy-7 and report when it is live."}),
+    ];
+    for i in 0..30 {
+        w.sent.fetch_add(1, Ordering::Relaxed);
+        let resp = w
+            .http
+            .post(format!("{}/v1/chat/completions", w.base))
+            .bearer_auth(&a.key)
+            .header("x-tollgate-task", task)
+            .json(&json!({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64}))
+            .send()
+            .await?;
+        if resp.status().as_u16() == 409 {
+            let e: Value = resp.json().await.unwrap_or(Value::Null);
+            return Ok(format!(
+                "{task}: halted at call {} with 409 {}: {}",
+                i + 1,
+                e["error"]["code"].as_str().unwrap_or(""),
+                e["error"]["message"].as_str().unwrap_or("")
+            ));
+        }
+        resp.bytes().await?;
+        let id = format!("call_{i:04}");
+        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+            "function": {"name": "job_status", "arguments": "{\"job\":\"deploy-7\"}"}}]}));
+        messages.push(json!({"role": "tool", "tool_call_id": id,
+            "content": format!("status: pending (checked at 2026-01-01T10:{:02}:00Z)", i % 60)}));
+    }
+    Ok(format!("{task}: never halted"))
+}
+
+/// Budgets, the task guard and alerts for the demo: a research budget small enough to
+/// cross its alert thresholds (and to have `max_tokens` clamped near its end), an org
+/// budget, a rate limit, and a webhook (the demo's own receiver).
+fn limits_config(hook_url: &str) -> String {
+    format!(
+        r#"
+[budgets]
+default_max_tokens = 1024
+clamp_max_tokens = true
+
+[[budgets.limits]]
+scope = "team:research"
+period = "day"
+limit_usd = "0.012"
+alert_at = [25, 50, 80, 100]
+
+[[budgets.limits]]
+scope = "org"
+period = "month"
+limit_usd = "100"
+
+[[rate_limits]]
+scope = "agent:*"
+requests_per_minute = 600
+
+[guard]
+loop_max_repeats = 4
+
+[alerts]
+webhook_url = "{hook_url}"
+"#
+    )
+}
+
 /// Triage: an OpenAI-format agent (the OpenAI SDK, unchanged) whose model is Nova 2 Lite
 /// on Bedrock: tollgate translates each call to Converse, signs it with SigV4, and
 /// translates the answers (and streams) back.
@@ -463,7 +534,9 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         }
     };
     let addr = listener.local_addr()?;
-    let config_text = demo_config(&sim.base_url(), &addr.to_string(), &db);
+    let hook = tollgate_testkit::webhook::WebhookReceiver::start(0).await?;
+    let config_text =
+        demo_config(&sim.base_url(), &addr.to_string(), &db) + &limits_config(&hook.url());
     let config_file = dir.join("tollgate.toml");
     std::fs::write(&config_file, &config_text)?;
     // The simulator checks no credentials; the Bedrock upstream still signs with these.
@@ -486,6 +559,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         ("code-reviewer", "platform", "carol"),
         ("triage-agent", "operations", "dave"),
         ("writer-assistant", "marketing", "erin"),
+        ("ops-agent", "platform", "frank"),
     ] {
         let (_, key) = store.create_key(
             &NewKey {
@@ -556,6 +630,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     for r in results {
         r?;
     }
+    let halted = runaway(&w, &agents[5]).await?;
     record_outcomes(&w, &agents).await?;
     let sent = w.sent.load(Ordering::Relaxed);
     // Wait until every request's row is in the ledger (batched rows land within ms).
@@ -575,7 +650,22 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     }
     let roi = store.roi_report(GroupBy::Agent, since, now_ms() + 1)?;
     println!("{}", crate::views::roi_table(&roi));
+    println!("Runaway-agent guard:\n  {halted}");
+    let alerts = hook.wait_for(1, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    println!(
+        "Alerts received by the webhook ({}):",
+        hook.received().len().max(alerts.len())
+    );
+    for a in hook.received() {
+        println!("  - {}", a["text"].as_str().unwrap_or(""));
+    }
+    println!();
     let exe = std::env::args().next().unwrap_or_else(|| "tollgate".into());
+    println!(
+        "Budgets and halted tasks:  {exe} budgets list --db {db}   |   {exe} tasks show deploy-watch-7 --db {db}",
+        db = db.display()
+    );
     println!(
         "The same figures, any time:  {exe} report --db {} --by agent|model|task|team|key",
         db.display()

@@ -6,10 +6,12 @@
 //! - `demo`: a simulated provider, a workload, a report.
 //! - `report`: spend tables from the ledger; `views`: the ROI, tasks and savings views.
 //! - `export`: the FOCUS cost-and-usage export.
-//! - `tasks`: task outcomes from the command line.
+//! - `tasks`: task outcomes from the command line; tasks the runaway-agent guard halted.
 //! - `keys`: virtual key management.
+//! - `budgets`: budgets and spend per period.
 //! - `router`: train, score with and evaluate the light/heavy router.
 
+mod budgets;
 mod cli;
 mod demo;
 mod export;
@@ -66,6 +68,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Export(a) => export::export(a),
         Command::Tasks(a) => tasks::tasks(a),
         Command::Keys(a) => keys::keys(a),
+        Command::Budgets(a) => budgets::budgets(a),
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,

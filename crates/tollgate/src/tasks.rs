@@ -1,5 +1,6 @@
 //! `tollgate tasks`: record a task's outcome from the command line (written straight to
-//! the ledger database, `recorded_by: "cli"`), or show a task.
+//! the ledger database, `recorded_by: "cli"`), show a task (with what the runaway-agent
+//! guard did to it), list halted tasks, release one.
 
 use crate::cli::{TasksAction, TasksArgs};
 use crate::{config_path, db_path, env_map};
@@ -99,7 +100,10 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
             let summary = store.task_summary(&task)?;
             let current = store.task_outcome(&task)?;
             let history = store.outcome_history(&task)?;
-            if summary.is_none() && current.is_none() {
+            let record = store.task_record(&task)?;
+            let incidents = store.incidents(Some(&task), 20)?;
+            let alerts = store.alerts(Some(&task), 20)?;
+            if summary.is_none() && current.is_none() && record.is_none() {
                 eprintln!("no task {task:?} in {}", db.display());
                 return Ok(ExitCode::FAILURE);
             }
@@ -109,6 +113,7 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
                     "summary": summary.as_ref().map(task_json),
                     "outcome": current.as_ref().map(stored_json),
                     "history": history.iter().map(stored_json).collect::<Vec<_>>(),
+                    "guard": {"record": record, "incidents": incidents, "alerts": alerts},
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
@@ -156,7 +161,124 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
                     h.value
                 );
             }
+            print_guard(&task, record.as_ref(), &incidents, &alerts)?;
+        }
+        TasksAction::List { since, json } => {
+            let store = SqliteStore::open(&db)?;
+            list(&store, &since, json)?;
+        }
+        TasksAction::Release { task } => {
+            let store = SqliteStore::open(&db)?;
+            if store.release_task(&task, now_ms())? {
+                println!("released {task}; a running gateway lets it through within a few seconds");
+            } else {
+                eprintln!("{task} is not halted");
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the runaway-agent guard did to a task.
+fn print_guard(
+    task: &str,
+    record: Option<&tollgate_store::tasks::TaskRecord>,
+    incidents: &[tollgate_store::tasks::Incident],
+    alerts: &[tollgate_store::tasks::AlertRecord],
+) -> Result<()> {
+    use tollgate_server::admin::iso;
+    match record {
+        Some(r) => println!(
+            "  guard: {} ({}) since {}: {}",
+            r.status,
+            r.kind,
+            iso(r.halted_ms),
+            r.reason
+        ),
+        None => println!("  guard: running (never halted)"),
+    }
+    for i in incidents {
+        println!(
+            "  incident #{} at {}{}: {} — {}",
+            i.id,
+            iso(i.ts_ms),
+            if i.dry_run { " (dry run)" } else { "" },
+            i.kind,
+            i.reason
+        );
+        println!(
+            "    evidence {}",
+            serde_json::to_string_pretty(&i.evidence)?.replace('\n', "\n    ")
+        );
+    }
+    for a in alerts {
+        println!(
+            "  alert #{} {} at {}: {} after {} attempt(s){}",
+            a.id,
+            a.kind,
+            iso(a.ts_ms),
+            a.status,
+            a.attempts,
+            a.last_error
+                .as_deref()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    if record.is_some_and(|r| r.is_halted()) {
+        println!("  release with: tollgate tasks release {task}");
+    }
+    Ok(())
+}
+
+/// Halted and flagged tasks, then recent tasks' calls and spend.
+fn list(store: &SqliteStore, since: &str, json: bool) -> Result<()> {
+    use tollgate_server::admin::{iso, parse_since};
+    let since = parse_since(since, now_ms()).map_err(anyhow::Error::msg)?;
+    let guarded = store.guarded_tasks(200)?;
+    let recent = store.task_usage(None, since, 200)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"guarded": guarded, "recent": recent})
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<18} {:<9} {:<12} {:<24} reason",
+        "task", "agent", "status", "kind", "since"
+    );
+    for t in &guarded {
+        println!(
+            "{:<28} {:<18} {:<9} {:<12} {:<24} {}",
+            t.task,
+            t.agent.as_deref().unwrap_or("-"),
+            t.status,
+            t.kind,
+            iso(t.halted_ms),
+            t.reason
+        );
+    }
+    if guarded.is_empty() {
+        println!("(no task was halted or flagged)");
+    }
+    println!();
+    println!(
+        "{:<28} {:<18} {:>7} {:>16} {:<24}",
+        "recent task", "agent", "calls", "cost_usd", "last call"
+    );
+    for u in &recent {
+        println!(
+            "{:<28} {:<18} {:>7} {:>16} {:<24}",
+            u.task,
+            u.agent.as_deref().unwrap_or("-"),
+            u.calls,
+            u.cost.to_string(),
+            iso(u.last_ms)
+        );
+    }
+    Ok(())
 }

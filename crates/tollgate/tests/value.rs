@@ -183,7 +183,10 @@ async fn outcomes_roi_and_savings() {
     assert_eq!(d["totals"]["cost_usd"], "0.016845000");
     assert_eq!(d["spend"]["series"][0]["name"], "agent-a");
     assert_eq!(d["spend"]["series"][0]["total_usd"], "0.016845000");
-    assert_eq!(d["budgets"]["available"], false);
+    // This build enforces budgets and guards tasks: their panels have data sources.
+    assert_eq!(d["budgets"]["available"], true);
+    assert_eq!(d["halted_tasks"]["available"], true);
+    assert_eq!(d["alerts"]["available"], true);
     assert_eq!(d["top_tasks"][0]["task"], "t-1");
     // Without the master key: 401.
     let r = client()

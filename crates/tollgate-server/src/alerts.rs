@@ -1,0 +1,172 @@
+//! Alerts to a human: a Slack-compatible incoming webhook (`{"text", "blocks"}`, which
+//! Slack, Mattermost, Rocket.Chat and most chat bridges accept).
+//!
+//! Every alert is recorded first (`alerts` table), then delivered from a tracked task:
+//! retried with exponential backoff on network errors, 429 and 5xx, given up on other
+//! 4xx (a wrong URL does not get better), and each attempt's outcome recorded. With no
+//! webhook configured the alert is still recorded (status `no_webhook`) and logged.
+
+use crate::state::{Gateway, now_ms};
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tollgate_providers::UpstreamRequest;
+
+/// One alert.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    /// `task_halted`, `task_flagged`, `budget_threshold`.
+    pub kind: &'static str,
+    /// The task, or `<scope> <period label>`: what `tasks show` / the admin API filter on.
+    pub subject: String,
+    pub title: String,
+    /// The one-line summary (Slack's `text`: notifications and clients without blocks).
+    pub text: String,
+    pub fields: Vec<(String, String)>,
+    /// A quoted excerpt (what repeated), if any.
+    pub excerpt: Option<String>,
+    pub footer: String,
+}
+
+impl Alert {
+    /// The webhook body: `text` for notifications, `blocks` for the message.
+    pub fn payload(&self) -> Value {
+        let mut blocks = vec![
+            json!({"type": "header", "text": {"type": "plain_text", "text": self.title, "emoji": true}}),
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": self.text}}),
+        ];
+        if !self.fields.is_empty() {
+            let fields: Vec<Value> = self
+                .fields
+                .iter()
+                .take(10)
+                .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{k}*\n{v}")}))
+                .collect();
+            blocks.push(json!({"type": "section", "fields": fields}));
+        }
+        if let Some(e) = &self.excerpt {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{e}```")}}));
+        }
+        blocks.push(
+            json!({"type": "context", "elements": [{"type": "mrkdwn", "text": self.footer}]}),
+        );
+        json!({"text": self.text, "blocks": blocks})
+    }
+}
+
+/// Record `alert` and deliver it in the background.
+pub fn send(gw: &Arc<Gateway>, alert: Alert) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(subject = %alert.subject, "alert outside a runtime: {}", alert.text);
+        return;
+    };
+    let gw2 = gw.clone();
+    gw.tasks
+        .spawn_on(async move { deliver(gw2, alert).await }, &handle);
+}
+
+async fn deliver(gw: Arc<Gateway>, alert: Alert) {
+    let payload = alert.payload();
+    let (url, attempts, timeout, backoff) = {
+        let cfg = gw.config.load();
+        let a = &cfg.limits.alerts;
+        (
+            a.webhook_url
+                .as_ref()
+                .map(|u| u.expose_secret().to_string()),
+            a.max_attempts,
+            a.timeout,
+            a.backoff,
+        )
+    };
+    let stats = &gw.limits.stats;
+    stats.alerts.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(kind = alert.kind, subject = %alert.subject, "alert: {}", alert.text);
+    let status = if url.is_some() {
+        "pending"
+    } else {
+        "no_webhook"
+    };
+    let id = {
+        let store = gw.store.clone();
+        let (k, s, t, p) = (
+            alert.kind,
+            alert.subject.clone(),
+            alert.text.clone(),
+            payload.clone(),
+        );
+        tokio::task::spawn_blocking(move || store.insert_alert(k, &s, &t, &p, status, now_ms()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    };
+    let Some(url) = url else { return };
+    let body = Bytes::from(payload.to_string());
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let mut delay = backoff;
+    let mut last_error: Option<String> = None;
+    let mut delivered = false;
+    let mut tried = 0u32;
+    for attempt in 1..=attempts {
+        tried = attempt;
+        let req = UpstreamRequest {
+            url: url.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+            timeout,
+        };
+        let retry = match gw.client.post(req).await {
+            Ok(resp) if resp.status().is_success() => {
+                let _ = resp.bytes().await;
+                delivered = true;
+                false
+            }
+            Ok(resp) => {
+                let s = resp.status();
+                last_error = Some(format!("HTTP {}", s.as_u16()));
+                s.as_u16() == 429 || s.is_server_error()
+            }
+            Err(e) => {
+                last_error = Some(e.to_string());
+                true
+            }
+        };
+        if delivered || !retry || attempt == attempts {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = gw.shutdown.cancelled() => {
+                // Shutting down: one last try without waiting, then record the outcome.
+                delay = std::time::Duration::ZERO;
+            }
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(60));
+    }
+    if delivered {
+        stats.alerts_delivered.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.alerts_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(subject = %alert.subject, error = ?last_error, "alert delivery failed after {tried} attempt(s)");
+    }
+    if let Some(id) = id {
+        let store = gw.store.clone();
+        let status = if delivered { "delivered" } else { "failed" };
+        let _ = tokio::task::spawn_blocking(move || {
+            store.update_alert(
+                id,
+                status,
+                tried,
+                last_error.as_deref(),
+                delivered.then(now_ms),
+            )
+        })
+        .await;
+    }
+}

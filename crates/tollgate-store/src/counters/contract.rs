@@ -1,0 +1,414 @@
+//! One contract, run against every counter store: in memory always, in Redis when
+//! `TOLLGATE_TEST_REDIS_URL` is set (CI sets it; the Redis runs say when they are skipped).
+
+use super::*;
+use tollgate_domain::budget::Line;
+
+fn line(key: &str, limit: Option<i64>, amount: i64) -> Line {
+    Line {
+        key: key.into(),
+        limit: limit.map(Money::from_nanos),
+        amount: Money::from_nanos(amount),
+    }
+}
+
+fn req(id: &str, now_ms: i64, budget: Vec<Line>, rate: Vec<RateLine>) -> ReserveRequest {
+    ReserveRequest {
+        id: id.into(),
+        now_ms,
+        // Counters expire in real time (Redis TTLs); keep them well past the test.
+        expire_at_ms: vec![Some(FAR_FUTURE); budget.len()],
+        budget,
+        rate,
+        hold_ms: 600_000,
+    }
+}
+
+fn rate(base: &str, limit: u64, cost: u64) -> RateLine {
+    RateLine {
+        base: base.into(),
+        limit,
+        cost,
+        window_ms: 60_000,
+    }
+}
+
+const T0: i64 = 1_750_000_000_000;
+const FAR_FUTURE: i64 = 4_102_444_800_000;
+
+async fn grant(c: &Counters, r: &ReserveRequest) -> Reserved {
+    match c.reserve(r).await {
+        Ok(Ok(g)) => g,
+        other => panic!("expected a grant for {}: {other:?}", r.id),
+    }
+}
+
+async fn refusal(c: &Counters, r: &ReserveRequest) -> Refusal {
+    match c.reserve(r).await {
+        Ok(Err(f)) => f,
+        other => panic!("expected a refusal for {}: {other:?}", r.id),
+    }
+}
+
+async fn account(c: &Counters, key: &str) -> Account {
+    c.accounts(&[key.to_string()]).await.unwrap()[0]
+}
+
+async fn all_or_nothing_across_lines(c: &Counters) {
+    let a = grant(
+        c,
+        &req(
+            "r1",
+            T0,
+            vec![line("b:a", Some(100), 60), line("b:b", Some(1000), 60)],
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(
+        a.budget_remaining,
+        vec![Money::from_nanos(40), Money::from_nanos(940)]
+    );
+    // b:b has room, b:a does not: nothing is reserved anywhere.
+    let f = refusal(
+        c,
+        &req(
+            "r2",
+            T0,
+            vec![line("b:b", Some(1000), 50), line("b:a", Some(100), 50)],
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(
+        f,
+        Refusal::Budget {
+            line: 1,
+            remaining: Money::from_nanos(40)
+        }
+    );
+    assert_eq!(account(c, "b:b").await.reserved, Money::from_nanos(60));
+    // Soft lines (no limit) are counted but never refuse.
+    grant(
+        c,
+        &req("r3", T0, vec![line("b:soft", None, 1_000_000)], vec![]),
+    )
+    .await;
+    assert_eq!(
+        account(c, "b:soft").await.reserved,
+        Money::from_nanos(1_000_000)
+    );
+}
+
+async fn settle_charges_actual_and_releases_the_rest(c: &Counters) {
+    let g = grant(c, &req("s1", T0, vec![line("b:s", Some(100), 80)], vec![])).await;
+    let out = c
+        .settle(&g.reservation, Money::from_nanos(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(out[0].spent_before, Money::ZERO);
+    assert_eq!(out[0].spent_after, Money::from_nanos(30));
+    assert_eq!(out[0].released, Money::from_nanos(50));
+    assert_eq!(out[0].overage, Money::ZERO);
+    assert_eq!(
+        account(c, "b:s").await,
+        Account {
+            spent: Money::from_nanos(30),
+            reserved: Money::ZERO
+        }
+    );
+    // Actual above the reservation: charged in full, the excess reported as overage.
+    let g = grant(c, &req("s2", T0, vec![line("b:s", Some(100), 10)], vec![])).await;
+    let out = c
+        .settle(&g.reservation, Money::from_nanos(25), &[])
+        .await
+        .unwrap();
+    assert_eq!(out[0].overage, Money::from_nanos(15));
+    assert_eq!(account(c, "b:s").await.spent, Money::from_nanos(55));
+    // An exhausted budget refuses even a free request.
+    let g = grant(c, &req("s3", T0, vec![line("b:s", Some(100), 45)], vec![])).await;
+    c.settle(&g.reservation, Money::from_nanos(45), &[])
+        .await
+        .unwrap();
+    let f = refusal(c, &req("s4", T0, vec![line("b:s", Some(100), 0)], vec![])).await;
+    assert_eq!(
+        f,
+        Refusal::Budget {
+            line: 0,
+            remaining: Money::ZERO
+        }
+    );
+}
+
+async fn rate_limits_refuse_with_retry_after_and_refund_unused(c: &Counters) {
+    let t = T0 - T0.rem_euclid(60_000) + 1_000; // 1 s into a window
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(
+            grant(
+                c,
+                &req(
+                    &format!("q{i}"),
+                    t,
+                    vec![],
+                    vec![rate("r:tokens:agent:x", 300, 100)],
+                ),
+            )
+            .await,
+        );
+    }
+    let f = refusal(
+        c,
+        &req("q3", t, vec![], vec![rate("r:tokens:agent:x", 300, 100)]),
+    )
+    .await;
+    match f {
+        Refusal::Rate {
+            line: 0,
+            retry_after_ms,
+            remaining: 0,
+        } => assert!(retry_after_ms >= 59_000, "{retry_after_ms}"),
+        other => panic!("{other:?}"),
+    }
+    // A refused rate line reserves no budget either.
+    let f = refusal(
+        c,
+        &req(
+            "q4",
+            t,
+            vec![line("b:q", Some(100), 5)],
+            vec![rate("r:tokens:agent:x", 300, 100)],
+        ),
+    )
+    .await;
+    assert!(matches!(f, Refusal::Rate { .. }));
+    assert_eq!(account(c, "b:q").await.reserved, Money::ZERO);
+    // Settling with 40 of 100 tokens used gives 60 back: a 60-token request now fits.
+    c.settle(&held[0].reservation, Money::ZERO, &[40])
+        .await
+        .unwrap();
+    grant(
+        c,
+        &req("q5", t, vec![], vec![rate("r:tokens:agent:x", 300, 60)]),
+    )
+    .await;
+    refusal(
+        c,
+        &req("q6", t, vec![], vec![rate("r:tokens:agent:x", 300, 1)]),
+    )
+    .await;
+    // Two windows later everything has rolled off.
+    grant(
+        c,
+        &req(
+            "q7",
+            t + 120_000,
+            vec![],
+            vec![rate("r:tokens:agent:x", 300, 300)],
+        ),
+    )
+    .await;
+}
+
+async fn seeding_only_fills_missing_counters(c: &Counters) {
+    grant(
+        c,
+        &req("z1", T0, vec![line("b:live", Some(100), 10)], vec![]),
+    )
+    .await;
+    let n = c
+        .seed(
+            &[
+                Seed {
+                    key: "b:live".into(),
+                    spent: Money::from_nanos(99),
+                    expire_at_ms: None,
+                },
+                Seed {
+                    key: "b:cold".into(),
+                    spent: Money::from_nanos(70),
+                    expire_at_ms: Some(FAR_FUTURE),
+                },
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        account(c, "b:live").await,
+        Account {
+            spent: Money::ZERO,
+            reserved: Money::from_nanos(10)
+        }
+    );
+    assert_eq!(account(c, "b:cold").await.spent, Money::from_nanos(70));
+    let f = refusal(
+        c,
+        &req("z2", T0, vec![line("b:cold", Some(100), 31)], vec![]),
+    )
+    .await;
+    assert_eq!(
+        f,
+        Refusal::Budget {
+            line: 0,
+            remaining: Money::from_nanos(30)
+        }
+    );
+}
+
+/// `replicas` handles on the same store race 400 reservations against a budget that
+/// holds 100 of them; every granted one is settled at its full cost.
+async fn concurrent_reservations_never_overspend(replicas: Vec<Counters>) {
+    let limit = 100 * 1_000;
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let c = replicas[i % replicas.len()].clone();
+        joins.spawn(async move {
+            let r = req(
+                &format!("c{i}"),
+                T0,
+                vec![
+                    line("b:race", Some(limit), 1_000),
+                    line("b:org", None, 1_000),
+                ],
+                vec![],
+            );
+            match c.reserve(&r).await.unwrap() {
+                Ok(g) => {
+                    tokio::task::yield_now().await;
+                    c.settle(&g.reservation, Money::from_nanos(1_000), &[])
+                        .await
+                        .unwrap();
+                    1u32
+                }
+                Err(_) => 0,
+            }
+        });
+    }
+    let mut granted = 0;
+    while let Some(j) = joins.join_next().await {
+        granted += j.unwrap();
+    }
+    assert_eq!(granted, 100);
+    let a = account(&replicas[0], "b:race").await;
+    assert_eq!(
+        a,
+        Account {
+            spent: Money::from_nanos(limit),
+            reserved: Money::ZERO
+        }
+    );
+    assert_eq!(
+        account(&replicas[0], "b:org").await.spent,
+        Money::from_nanos(limit)
+    );
+}
+
+async fn run_contract(make: impl AsyncFn(&str) -> Counters) {
+    all_or_nothing_across_lines(&make("aon").await).await;
+    settle_charges_actual_and_releases_the_rest(&make("settle").await).await;
+    rate_limits_refuse_with_retry_after_and_refund_unused(&make("rate").await).await;
+    seeding_only_fills_missing_counters(&make("seed").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_counters_keep_the_contract() {
+    run_contract(async |_| Counters::memory()).await;
+    concurrent_reservations_never_overspend(vec![Counters::memory()]).await;
+}
+
+fn redis_url() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("skipped: TOLLGATE_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("tgtest:{}:{nanos}:{name}", std::process::id())
+}
+
+async fn redis(url: &str, prefix: &str) -> RedisCounters {
+    let r = RedisCounters::connect(url, prefix).await.unwrap();
+    r.clear().await.unwrap();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_counters_keep_the_contract() {
+    let Some(url) = redis_url() else { return };
+    run_contract(async |name| {
+        let r = redis(&url, &unique(name)).await;
+        r.seed(&[], true).await.unwrap();
+        Counters::Redis(r)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redis_replicas_never_overspend() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique("replicas");
+    let a = redis(&url, &prefix).await;
+    a.seed(&[], true).await.unwrap();
+    let b = RedisCounters::connect(&url, &prefix).await.unwrap();
+    concurrent_reservations_never_overspend(vec![Counters::Redis(a.clone()), Counters::Redis(b)])
+        .await;
+    a.clear().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refuses_until_seeded_and_reclaims_dead_reservations() {
+    let Some(url) = redis_url() else { return };
+    let r = redis(&url, &unique("lifecycle")).await;
+    let c = Counters::Redis(r.clone());
+    let q = req("l1", T0, vec![line("b:l", Some(100), 70)], vec![]);
+    assert_eq!(c.reserve(&q).await.unwrap_err(), ReserveError::Unseeded);
+    c.seed(
+        &[Seed {
+            key: "b:l".into(),
+            spent: Money::from_nanos(10),
+            expire_at_ms: None,
+        }],
+        true,
+    )
+    .await
+    .unwrap();
+    let g = grant(&c, &q).await;
+    // A replica holding l1 dies; past its hold, the next reserve reclaims it.
+    let late = T0 + q.hold_ms + 1;
+    grant(
+        &c,
+        &req("l2", late, vec![line("b:l", Some(100), 90)], vec![]),
+    )
+    .await;
+    assert_eq!(account(&c, "b:l").await.reserved, Money::from_nanos(90));
+    // If it settles after all, its cost is still charged, and released only once.
+    c.settle(&g.reservation, Money::from_nanos(5), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        account(&c, "b:l").await,
+        Account {
+            spent: Money::from_nanos(15),
+            reserved: Money::from_nanos(90)
+        }
+    );
+    // A retried settlement changes nothing.
+    assert!(
+        c.settle(&g.reservation, Money::from_nanos(5), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(account(&c, "b:l").await.spent, Money::from_nanos(15));
+    r.clear().await.unwrap();
+}

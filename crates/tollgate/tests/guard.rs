@@ -1,0 +1,304 @@
+//! The runaway-agent guard end to end: a looping agent is halted after the configured
+//! repeats, a real webhook receiver gets exactly one alert, healthy agents run on; and
+//! the false-positive rate on a varied synthetic workload.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+use tollgate_domain::loopguard::{Fingerprint, GuardLimits, TaskState};
+use tollgate_testkit::agents::{self, Runaway};
+use tollgate_testkit::fixture::{Fixture, FixtureUpstream};
+use tollgate_testkit::harness::{MASTER_KEY, TestGateway};
+use tollgate_testkit::webhook::WebhookReceiver;
+
+fn config(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"{extra}
+[[upstreams]]
+name = "up"
+base_url = "{upstream}"
+
+[[deployments]]
+name = "m"
+upstream = "up"
+model = "gpt-4.1"
+price = {{ input = "2", output = "8" }}
+"#
+    )
+}
+
+fn client() -> reqwest::Client {
+    tollgate_providers::client::install_crypto_provider();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn call(gw: &TestGateway, task: &str, messages: Vec<Value>) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .header("x-tollgate-task", task)
+        .json(&json!({"model": "m", "messages": messages, "max_tokens": 50}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn admin(gw: &TestGateway, method: reqwest::Method, path: &str) -> Value {
+    client()
+        .request(method, gw.url(path))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn setup(extra: &str, fail_first: usize) -> (FixtureUpstream, WebhookReceiver, TestGateway) {
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let hook = WebhookReceiver::start(fail_first).await.unwrap();
+    let cfg = config(
+        &up.base_url(),
+        &format!(
+            "{extra}\n[alerts]\nwebhook_url = \"{}\"\nbackoff_ms = 20\n",
+            hook.url()
+        ),
+    );
+    let gw = TestGateway::start(&cfg, HashMap::new()).await;
+    (up, hook, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaying_agent_is_halted_and_one_alert_is_sent_while_a_healthy_one_runs_on() {
+    let (up, hook, gw) = setup("[guard]\nloop_max_repeats = 3\n", 0).await;
+    // The runaway: two steps of real work, then the same search and the same empty
+    // result (with fresh call ids and timestamps) over and over.
+    let (goal, steps) = agents::runaway(7, Runaway::ReplayJittered, 2, 10);
+    let mut statuses = Vec::new();
+    for i in 0..steps.len() {
+        let r = call(&gw, "ticket-77", agents::conversation(&goal, &steps, i + 1)).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 409 {
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "task_halted");
+            assert!(
+                e["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("loop detected"),
+                "{e}"
+            );
+        }
+    }
+    // Calls 1-2 are real work, call 3 is the first search; calls 4-6 repeat it three
+    // times (the limit); call 7 would be the fourth repeat: halted, and everything after.
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 409, 409, 409, 409, 409, 409]
+    );
+    assert_eq!(up.calls(), 6);
+
+    // A healthy agent with varied calls, meanwhile, is not halted.
+    let (goal, steps) = agents::healthy(11, 40);
+    for i in 0..steps.len() {
+        let r = call(
+            &gw,
+            "ticket-healthy",
+            agents::conversation(&goal, &steps, i + 1),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "healthy call {i} refused");
+    }
+
+    // Exactly one alert, Slack-shaped, about the runaway.
+    let got = hook.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = hook.received().len().max(got.len());
+    assert_eq!(got, 1, "{:?}", hook.received());
+    let alert = &hook.received()[0];
+    let text = alert["text"].as_str().unwrap();
+    assert!(
+        text.contains("ticket-77") && text.contains("agent-a"),
+        "{text}"
+    );
+    assert_eq!(alert["blocks"][0]["type"], "header");
+    assert!(alert["blocks"].as_array().unwrap().len() >= 4);
+
+    // The incident's evidence, the delivery, and release.
+    let t = admin(&gw, reqwest::Method::GET, "/admin/guard/ticket-77").await;
+    assert_eq!(t["record"]["status"], "halted");
+    assert_eq!(t["record"]["kind"], "loop");
+    let ev = &t["incidents"][0]["evidence"];
+    assert_eq!(ev["repeats"], 4);
+    assert_eq!(ev["calls"], 7);
+    assert!(
+        ev["repeated"]
+            .as_str()
+            .unwrap()
+            .contains("no results found"),
+        "{ev}"
+    );
+    assert_eq!(t["alerts"][0]["status"], "delivered");
+    assert_eq!(
+        t["usage"]["calls"], 12,
+        "refused calls have ledger rows too"
+    );
+    let r = admin(&gw, reqwest::Method::POST, "/admin/tasks/ticket-77/release").await;
+    assert_eq!(r["released"], true);
+    let r = call(&gw, "ticket-77", agents::conversation(&goal, &steps, 1)).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_retried_and_the_delivery_recorded() {
+    let (_up, hook, gw) = setup("[guard]\nmax_iterations = 2\n", 2).await;
+    for i in 0..3 {
+        let r = call(
+            &gw,
+            "t-iter",
+            vec![json!({"role": "user", "content": format!("step {i}")})],
+        )
+        .await;
+        assert_eq!(r.status(), if i < 2 { 200 } else { 409 });
+    }
+    assert_eq!(hook.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+    assert_eq!(hook.attempts(), 3, "two 500s, then delivered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = admin(&gw, reqwest::Method::GET, "/admin/guard/t-iter").await;
+    assert_eq!(t["alerts"][0]["status"], "delivered");
+    assert_eq!(t["alerts"][0]["attempts"], 3);
+    assert_eq!(t["record"]["kind"], "iterations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_only_alerts_and_halts_survive_restarts_until_released() {
+    let (up, hook, gw) = setup(
+        "[guard]\nloop_max_repeats = 2\n[guard.agents.agent-a]\ndry_run = true\n",
+        0,
+    )
+    .await;
+    let msgs = vec![json!({"role": "user", "content": "poll the build"})];
+    for _ in 0..8 {
+        assert_eq!(call(&gw, "dry", msgs.clone()).await.status(), 200);
+    }
+    assert_eq!(up.calls(), 8);
+    hook.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hook.received().len(), 1, "dry run alerts once");
+    assert!(
+        hook.received()[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("would have halted")
+    );
+    drop(gw);
+
+    // Halt a task, restart on the same database: still halted. Release it from another
+    // process (the CLI writes the database): the running gateway lets it run again.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let cfg = config(&up.base_url(), "[guard]\nloop_max_repeats = 1\n");
+    let gw = TestGateway::start_on(&cfg, HashMap::new(), &db).await;
+    let codes: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(call(&gw, "stuck", msgs.clone()).await.status().as_u16());
+        }
+        v
+    };
+    assert_eq!(codes, [200, 200, 409]);
+    gw.stop().await;
+    let gw = TestGateway::start_on(&cfg, HashMap::new(), &db).await;
+    assert_eq!(call(&gw, "stuck", msgs.clone()).await.status(), 409);
+    assert!(gw.store.release_task("stuck", 0).unwrap());
+    let mut status = 409;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = call(&gw, "stuck", msgs.clone()).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the release reached the running gateway");
+}
+
+/// The guard's defaults on a synthetic workload: how many healthy tasks it would halt
+/// (false positives) and how many runaway ones it catches, and how fast.
+#[test]
+fn false_positive_rate_on_a_varied_workload() {
+    let limits = GuardLimits::default();
+    let (tasks, len) = (1000u64, 60usize);
+    let mut halted = Vec::new();
+    let mut calls = 0usize;
+    for seed in 0..tasks {
+        let (goal, steps) = agents::healthy(seed, len);
+        let mut st = TaskState::new(0);
+        for i in 0..steps.len() {
+            calls += 1;
+            let fp = Fingerprint::of_chat(&agents::conversation(&goal, &steps, i + 1));
+            if let Some(h) = st.observe(Some(&fp), i as i64 * 1000, &limits) {
+                let last: Vec<String> = steps[i.saturating_sub(5)..=i]
+                    .iter()
+                    .map(|s| format!("{}→{:.20}", s.tool, s.result))
+                    .collect();
+                halted.push((seed, i, format!("{} [{}]", h.reason, last.join("; "))));
+                break;
+            }
+        }
+    }
+    let fp_rate = halted.len() as f64 / tasks as f64;
+    let mut caught = 0;
+    let mut runaway = 0;
+    let mut detect_after = Vec::new();
+    for seed in 0..100u64 {
+        for kind in Runaway::ALL {
+            runaway += 1;
+            let (goal, steps) = agents::runaway(seed + 10_000, kind, 8, 40);
+            let mut st = TaskState::new(0);
+            for i in 0..steps.len() {
+                let fp = Fingerprint::of_chat(&agents::conversation(&goal, &steps, i + 1));
+                if st.observe(Some(&fp), i as i64 * 1000, &limits).is_some() {
+                    if i >= 8 {
+                        caught += 1;
+                        detect_after.push(i + 1 - 8);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    detect_after.sort_unstable();
+    let median = detect_after
+        .get(detect_after.len() / 2)
+        .copied()
+        .unwrap_or(0);
+    let max = detect_after.last().copied().unwrap_or(0);
+    eprintln!(
+        "guard defaults (loop_max_repeats {:?}, distance {}, window {}, no_progress {:?} < {}%): \
+         healthy tasks halted {}/{} = {:.2}% over {} calls; runaway tasks caught {}/{}; \
+         looping calls before the halt: median {}, max {}",
+        limits.loop_max_repeats,
+        limits.loop_max_distance,
+        limits.loop_window,
+        limits.no_progress_calls,
+        limits.min_novelty_pct,
+        halted.len(),
+        tasks,
+        fp_rate * 100.0,
+        calls,
+        caught,
+        runaway,
+        median,
+        max
+    );
+    for (seed, i, why) in halted.iter().take(5) {
+        eprintln!("  false positive: healthy task {seed} at call {i}: {why}");
+    }
+    assert!(fp_rate <= 0.01, "false-positive rate {fp_rate}");
+    assert_eq!(caught, runaway, "every runaway task is caught");
+}
