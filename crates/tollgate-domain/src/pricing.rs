@@ -337,6 +337,32 @@ impl PriceTable {
     }
 }
 
+const NOT_AN_OBJECT: &str = "price catalog must be a JSON object";
+
+/// Feeds a catalog's top-level entries to the builder one at a time.
+struct CatalogVisitor<'b>(&'b mut PriceTableBuilder);
+
+impl<'de> serde::de::Visitor<'de> for CatalogVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(NOT_AN_OBJECT)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(model) = map.next_key::<String>()? {
+            let entry: Value = map.next_value()?;
+            if model == "sample_spec" {
+                continue;
+            }
+            if let Value::Object(fields) = entry {
+                self.0.merge_entry(&model, &fields);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds a [`PriceTable`] from a catalog, override catalogs and per-deployment prices;
 /// later sources replace earlier ones field by field.
 #[derive(Debug, Default)]
@@ -349,19 +375,17 @@ pub struct PriceTableBuilder {
 
 impl PriceTableBuilder {
     pub fn merge_catalog_json(&mut self, text: &str, source: &str) -> Result<(), PricingError> {
-        let doc: Value =
-            serde_json::from_str(text).map_err(|e| PricingError::Json(e.to_string()))?;
-        let Value::Object(map) = doc else {
-            return Err(PricingError::NotAnObject);
-        };
-        for (model, entry) in map {
-            if model == "sample_spec" {
-                continue;
+        // Entry by entry: building the whole document as one `Value` first doubled the
+        // gateway's startup heap, and glibc keeps that peak as idle RSS.
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde::de::Deserializer::deserialize_any(&mut de, CatalogVisitor(self)).map_err(|e| {
+            if e.is_data() && e.to_string().contains(NOT_AN_OBJECT) {
+                PricingError::NotAnObject
+            } else {
+                PricingError::Json(e.to_string())
             }
-            if let Value::Object(fields) = entry {
-                self.merge_entry(&model, &fields);
-            }
-        }
+        })?;
+        de.end().map_err(|e| PricingError::Json(e.to_string()))?;
         self.sources.push(source.to_string());
         Ok(())
     }
@@ -626,7 +650,14 @@ mod tests {
 
     #[test]
     fn garbage_catalogs_are_errors_not_panics() {
-        assert!(PriceTable::from_catalog_json("[1,2]", "x").is_err());
+        assert!(matches!(
+            PriceTable::from_catalog_json("[1,2]", "x"),
+            Err(PricingError::NotAnObject)
+        ));
+        assert!(matches!(
+            PriceTable::from_catalog_json("{} {}", "x"),
+            Err(PricingError::Json(_))
+        ));
         assert!(PriceTable::from_catalog_json("{", "x").is_err());
         let t =
             PriceTable::from_catalog_json(r#"{"m": 3, "n": {"input_cost_per_token": -1}}"#, "x")
