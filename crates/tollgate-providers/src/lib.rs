@@ -30,3 +30,4 @@ pub mod translate;
 
 pub use client::{ClientConfig, UpstreamClient, UpstreamRequest};
 pub use error::{Fault, ProviderError};
+pub use reqwest::Url;

@@ -73,9 +73,10 @@ async fn deliver(gw: Arc<Gateway>, alert: Alert) {
         let cfg = gw.config.load();
         let a = &cfg.limits.alerts;
         (
+            // Validated as an http(s) URL when the config loaded.
             a.webhook_url
                 .as_ref()
-                .map(|u| u.expose_secret().to_string()),
+                .and_then(|u| tollgate_providers::Url::parse(u.expose_secret()).ok()),
             a.max_attempts,
             a.timeout,
             a.backoff,

@@ -237,6 +237,43 @@ pub struct Deployment {
     pub price_key: Option<String>,
     pub price: Option<Arc<ModelPrice>>,
     pub encoding: Encoding,
+    /// The upstream URLs this deployment calls, parsed on first use.
+    pub urls: EndpointUrls,
+}
+
+/// A deployment's upstream endpoints, each parsed once (the path depends only on the
+/// upstream's format, the deployment's model and, for Bedrock, streaming).
+#[derive(Debug, Default)]
+pub struct EndpointUrls {
+    slots: [std::sync::OnceLock<tollgate_providers::Url>; 3],
+}
+
+/// Which endpoint of a deployment a request calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    Chat = 0,
+    ChatStream = 1,
+    Embeddings = 2,
+}
+
+impl EndpointUrls {
+    /// The URL for `endpoint`, `base` + `path` parsed the first time and cloned after.
+    pub fn get(
+        &self,
+        endpoint: Endpoint,
+        base: &str,
+        path: &str,
+    ) -> Result<tollgate_providers::Url, crate::error::ApiError> {
+        let slot = &self.slots[endpoint as usize];
+        if let Some(u) = slot.get() {
+            return Ok(u.clone());
+        }
+        let u = tollgate_providers::Url::parse(&format!("{base}{path}")).map_err(|e| {
+            crate::error::ApiError::Internal(format!("invalid upstream URL {base}{path}: {e}"))
+        })?;
+        let _ = slot.set(u.clone());
+        Ok(u)
+    }
 }
 
 #[derive(Debug)]
@@ -717,6 +754,7 @@ impl RawConfig {
                     model,
                     price_key,
                     price,
+                    urls: EndpointUrls::default(),
                 }),
             );
         }

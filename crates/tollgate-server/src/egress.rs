@@ -2,7 +2,7 @@
 //! a deployment (native or translated, signed when the upstream is Bedrock), usage out
 //! of each format's JSON, translated answers and errors.
 
-use crate::config::{Deployment, UpstreamAuth};
+use crate::config::{Deployment, Endpoint, UpstreamAuth};
 use crate::error::{ApiError, class_for_status};
 use crate::ingress::IngressRequest;
 use bytes::Bytes;
@@ -39,6 +39,11 @@ pub fn prepare(
     let model = d.model.as_str();
     let mut injected_usage = false;
     let mut stream = req.stream();
+    let endpoint = match (&*req, stream) {
+        (IngressRequest::Embeddings(_), _) => Endpoint::Embeddings,
+        (_, true) => Endpoint::ChatStream,
+        (_, false) => Endpoint::Chat,
+    };
     let (path, body) = match (req, upstream) {
         (IngressRequest::Chat(r), Format::OpenAi) => {
             let (b, injected) = r.upstream_body(model);
@@ -115,7 +120,7 @@ pub fn prepare(
     }
     Ok(UpstreamCall {
         request: UpstreamRequest {
-            url: format!("{}{path}", d.upstream.base_url),
+            url: d.urls.get(endpoint, &d.upstream.base_url, &path)?,
             headers,
             body,
             timeout,

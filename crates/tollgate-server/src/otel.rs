@@ -23,7 +23,7 @@ use tollgate_providers::{UpstreamClient, UpstreamRequest};
 #[derive(Debug, Clone)]
 pub struct OtlpSettings {
     /// Full URL spans are POSTed to (`.../v1/traces`).
-    pub traces_url: String,
+    pub traces_url: tollgate_providers::Url,
     pub service_name: String,
     pub headers: http::HeaderMap,
     /// Spans waiting for export before new ones are dropped.

@@ -63,15 +63,15 @@ pub fn validate(raw: &RawTelemetry, errs: &mut Vec<String>) -> TelemetrySettings
         } else {
             format!("{base}/v1/traces")
         };
-        match reqwest::Url::parse(&traces_url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        let traces_url = match reqwest::Url::parse(&traces_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
             _ => {
                 errs.push(format!(
                     "telemetry.otlp_endpoint: {url:?} is not an http(s) URL"
                 ));
                 return None;
             }
-        }
+        };
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
