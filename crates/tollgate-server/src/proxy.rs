@@ -301,6 +301,9 @@ pub async fn pipeline(
         Ok(v) => v,
         Err(resp) => return resp,
     };
+    if gw.telemetry.traces() {
+        meter.trace = Some(crate::otel::TraceContext::from_headers(&headers));
+    }
 
     // 3b. parse into a format-tagged request
     let mut req = match IngressRequest::parse(&ingress, &bytes) {
@@ -348,10 +351,13 @@ pub async fn pipeline(
     };
     let chat = !matches!(req, IngressRequest::Embeddings(_));
     let timeout = gw.config.load().server.upstream_timeout;
-    let call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000) {
+    let mut call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000) {
         Ok(c) => c,
         Err(e) => return meter.reject(e).await,
     };
+    if let Some(t) = &meter.trace {
+        t.inject(&mut call.request.headers);
+    }
     meter.prompt = req.into_prompt();
     let UpstreamCall {
         request,
