@@ -27,6 +27,7 @@
 //! - [`state`]: the shared [`state::Gateway`].
 //! - [`auth`]: virtual keys and the master key.
 //! - [`proxy`]: the endpoints and the one pipeline they run.
+//! - [`token_count`]: Anthropic's `count_tokens`, answered locally (no upstream, no row).
 //! - [`ingress`]: the APIs served and their format-tagged requests.
 //! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
 //! - [`meter`]: the always-runs metering step.
@@ -60,6 +61,7 @@ pub mod outcomes;
 pub mod proxy;
 pub mod state;
 pub mod telemetry;
+pub mod token_count;
 pub mod value;
 
 use crate::auth::{KeyCache, MasterKey};
@@ -150,6 +152,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/embeddings", post(proxy::embeddings))
         .route("/v1/messages", post(proxy::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(token_count::count_tokens),
+        )
         .route("/model/{model_id}/converse", post(proxy::converse))
         .route(
             "/model/{model_id}/converse-stream",

@@ -35,7 +35,7 @@ use tollgate_providers::translate::Format;
 use tollgate_store::VirtualKey;
 
 /// Read the request body, refusing more than `limit` bytes.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
