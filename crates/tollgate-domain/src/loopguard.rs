@@ -698,16 +698,32 @@ mod tests {
         let mut s = TaskState::new(0);
         assert!(s.observe_counted(&shared(3, 0), None, 5, &limits).is_none());
         let h = s.observe_counted(&shared(4, 0), None, 6, &limits).unwrap();
-        assert_eq!((h.kind, h.evidence["calls"].as_u64()), (HaltKind::Iterations, Some(4)));
-        let h = s.observe_counted(&shared(2, 1000), None, 7, &limits).unwrap();
+        assert_eq!(
+            (h.kind, h.evidence["calls"].as_u64()),
+            (HaltKind::Iterations, Some(4))
+        );
+        let h = s
+            .observe_counted(&shared(2, 1000), None, 7, &limits)
+            .unwrap();
         assert_eq!(h.kind, HaltKind::Cost);
         // Loops are still judged on this process's own history.
         let fp = Fingerprint::of_text("assistant poll tool pending");
         let mut s = TaskState::new(0);
-        assert!(s.observe_counted(&shared(1, 0), Some(&fp), 1, &limits).is_none());
-        assert!(s.observe_counted(&shared(2, 0), Some(&fp), 2, &limits).is_none());
-        let h = s.observe_counted(&shared(3, 0), Some(&fp), 3, &limits).unwrap();
-        assert_eq!((h.kind, h.evidence["calls"].as_u64()), (HaltKind::Loop, Some(3)));
+        assert!(
+            s.observe_counted(&shared(1, 0), Some(&fp), 1, &limits)
+                .is_none()
+        );
+        assert!(
+            s.observe_counted(&shared(2, 0), Some(&fp), 2, &limits)
+                .is_none()
+        );
+        let h = s
+            .observe_counted(&shared(3, 0), Some(&fp), 3, &limits)
+            .unwrap();
+        assert_eq!(
+            (h.kind, h.evidence["calls"].as_u64()),
+            (HaltKind::Loop, Some(3))
+        );
         // Counting here gives the same totals as before the split.
         let mut s = TaskState::new(0);
         s.record_cost(Money::from_nanos(10), 1);

@@ -455,11 +455,10 @@ pub async fn admit(
             Counters::Redis(r) => {
                 shared_verdict(gw, r, task, fp.as_ref(), now, limits, dry_run).await?
             }
-            Counters::Memory(_) => {
-                gw.limits
-                    .guard
-                    .observe(task, fp.as_ref(), now, limits, dry_run)
-            }
+            Counters::Memory(_) => gw
+                .limits
+                .guard
+                .observe(task, fp.as_ref(), now, limits, dry_run),
         };
         match verdict {
             Verdict::Continue => {}

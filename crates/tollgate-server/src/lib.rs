@@ -152,10 +152,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/embeddings", post(proxy::embeddings))
         .route("/v1/messages", post(proxy::messages))
-        .route(
-            "/v1/messages/count_tokens",
-            post(token_count::count_tokens),
-        )
+        .route("/v1/messages/count_tokens", post(token_count::count_tokens))
         .route("/model/{model_id}/converse", post(proxy::converse))
         .route(
             "/model/{model_id}/converse-stream",

@@ -59,7 +59,8 @@ pub struct TraceContext {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A `traceparent` value, if valid: (trace id, parent span id, flags). Version 00 is
@@ -148,10 +149,13 @@ impl TraceContext {
     }
 }
 
+/// A settled row and the trace it belongs to, waiting for export.
+type Queued = (LedgerRow, Option<TraceContext>);
+
 /// The request-path half: queue a row's spans.
 pub struct SpanQueue {
-    tx: std::sync::RwLock<Option<mpsc::Sender<(LedgerRow, Option<TraceContext>)>>>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<(LedgerRow, Option<TraceContext>)>>>,
+    tx: std::sync::RwLock<Option<mpsc::Sender<Queued>>>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Queued>>>,
     settings: OtlpSettings,
 }
 
@@ -198,8 +202,7 @@ impl SpanQueue {
         let mut rx = self.rx.lock().ok()?.take()?;
         let s = self.settings.clone();
         Some(async move {
-            let mut batch: Vec<(LedgerRow, Option<TraceContext>)> =
-                Vec::with_capacity(s.max_batch);
+            let mut batch: Vec<Queued> = Vec::with_capacity(s.max_batch);
             // `recv_many` returns 0 only once the queue is closed and drained.
             while rx.recv_many(&mut batch, s.max_batch).await > 0 {
                 // Gather more for a moment so a burst goes in one request.
@@ -434,7 +437,7 @@ pub fn spans(
 
 /// An `ExportTraceServiceRequest` in OTLP/JSON.
 pub fn export_request(
-    rows: &[(LedgerRow, Option<TraceContext>)],
+    rows: &[Queued],
     service_name: &str,
     providers: &HashMap<String, String>,
 ) -> Value {
@@ -518,7 +521,10 @@ mod tests {
         h.append("traceparent", "00-x".parse().unwrap());
         let t2 = TraceContext::from_headers(&h);
         assert_ne!(t2.trace_id, TRACE);
-        assert_eq!((t2.parent_span_id, t2.tracestate, t2.sampled), (None, None, true));
+        assert_eq!(
+            (t2.parent_span_id, t2.tracestate, t2.sampled),
+            (None, None, true)
+        );
         assert_eq!(t2.trace_id.len(), 32);
         assert_eq!(t2.client_span_id.len(), 16);
     }

@@ -35,7 +35,11 @@ use tollgate_providers::translate::Format;
 use tollgate_store::VirtualKey;
 
 /// Read the request body, refusing more than `limit` bytes.
-pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -351,7 +355,8 @@ pub async fn pipeline(
     };
     let chat = !matches!(req, IngressRequest::Embeddings(_));
     let timeout = gw.config.load().server.upstream_timeout;
-    let mut call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000) {
+    let mut call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000)
+    {
         Ok(c) => c,
         Err(e) => return meter.reject(e).await,
     };

@@ -452,7 +452,10 @@ async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(released, "the halting replica's store learned of the release");
+    assert!(
+        released,
+        "the halting replica's store learned of the release"
+    );
     a.stop().await;
     b.stop().await;
     clear_redis(&url, &prefix).await;
@@ -513,7 +516,9 @@ price = {{ input = \"0\", output = \"100\" }}
     }
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let halted = statuses.iter().filter(|s| **s == 409).count();
-    eprintln!("40 racing calls over 2 replicas, max_iterations 10: {ok} forwarded, {halted} halted");
+    eprintln!(
+        "40 racing calls over 2 replicas, max_iterations 10: {ok} forwarded, {halted} halted"
+    );
     assert_eq!((ok, halted), (10, 30), "{statuses:?}");
     assert_eq!(up.calls(), 10);
     let incidents = a.store.incidents(Some("burst"), 10).unwrap().len()

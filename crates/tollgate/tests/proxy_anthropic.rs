@@ -335,9 +335,12 @@ async fn count_tokens_is_answered_locally_without_a_ledger_row() {
 
     // Errors, in Anthropic's shape.
     let err = |r: Value| (r["type"].clone(), r["error"]["type"].clone());
-    let r = count("tg-wrong", json!({"model": "claude-sonnet-4-5", "messages": []}))
-        .await
-        .unwrap();
+    let r = count(
+        "tg-wrong",
+        json!({"model": "claude-sonnet-4-5", "messages": []}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
         err(r.json().await.unwrap()),
@@ -357,7 +360,10 @@ async fn count_tokens_is_answered_locally_without_a_ledger_row() {
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "invalid_request_error");
-    assert!(e["error"]["message"].as_str().unwrap().contains("messages"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("messages"),
+        "{e}"
+    );
     let r = client()
         .post(gw.url("/v1/messages/count_tokens"))
         .header("x-api-key", &gw.key)
@@ -369,5 +375,9 @@ async fn count_tokens_is_answered_locally_without_a_ledger_row() {
 
     assert_eq!(up.calls(), 0, "no upstream was called");
     let store = gw.stop().await;
-    assert_eq!(store.ledger_count().unwrap(), 0, "counting writes no ledger row");
+    assert_eq!(
+        store.ledger_count().unwrap(),
+        0,
+        "counting writes no ledger row"
+    );
 }

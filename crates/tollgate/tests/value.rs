@@ -530,7 +530,13 @@ async fn otlp_spans_join_the_callers_trace_and_propagate_it_upstream() {
     let sent_joined = upstream_traceparent();
     assert_eq!(up.last_headers().unwrap()["tracestate"], "caller=1");
     // 2. A malformed traceparent: ignored.
-    assert_eq!(send("t-malformed", "00-nonsense-01").await.unwrap().status(), 200);
+    assert_eq!(
+        send("t-malformed", "00-nonsense-01")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let sent_fresh = upstream_traceparent();
     assert!(up.last_headers().unwrap().get("tracestate").is_none());
     // 3. An unsampled caller: propagated as unsampled, nothing exported.
