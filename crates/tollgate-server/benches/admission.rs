@@ -329,6 +329,17 @@ fn main() {
                 ));
                 let shared = admit_settle(&gr, "guard only, task state shared in Redis (1 script per call)", false).await;
                 println!("  → sharing halts and task totals across replicas adds {:.2} µs p50 per request with a task", shared - local);
+                // The floor of any check shared through Redis: one plain read, one round trip.
+                let mut xs = Vec::with_capacity(N);
+                let keys = ["b:none".to_string()];
+                for i in 0..N + 2000 {
+                    let t = Instant::now();
+                    std::hint::black_box(r.accounts(&keys).await.unwrap());
+                    if i >= 2000 {
+                        xs.push(t.elapsed());
+                    }
+                }
+                stats("naive floor: one Redis HMGET round trip", xs);
                 tollgate_store::counters::RedisCounters::connect(&url, &shared_prefix).await.unwrap().clear().await.unwrap();
             }
             _ => println!("(Redis: skipped, TOLLGATE_TEST_REDIS_URL is not set)"),
