@@ -556,3 +556,48 @@ price = {{ input = \"0\", output = \"100\" }}
     b.stop().await;
     clear_redis(&url, &prefix).await;
 }
+
+/// Redis counters configured but unreachable: `on_counter_error = "deny"` refuses a
+/// guarded call with 503 `budget_unavailable`; `"allow"` guards it with this replica's
+/// own state (a loop is still halted, here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_denies_or_falls_back_to_the_local_guard() {
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    // Nothing listens on port 1.
+    let dead = "redis://127.0.0.1:1";
+    let msgs = vec![json!({"role": "user", "content": "poll the build"})];
+    let deny = TestGateway::start(
+        &config(
+            &up.base_url(),
+            &redis_section(dead, "tg", "[guard]\nloop_max_repeats = 1\n"),
+        ),
+        HashMap::new(),
+    )
+    .await;
+    let r = call(&deny, "t", msgs.clone()).await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "budget_unavailable");
+    deny.stop().await;
+    let allow = TestGateway::start(
+        &config(
+            &up.base_url(),
+            &redis_section(
+                dead,
+                "tg",
+                "on_counter_error = \"allow\"\n[guard]\nloop_max_repeats = 1\n",
+            ),
+        ),
+        HashMap::new(),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call(&allow, "t", msgs.clone()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 409, 409]);
+    assert_eq!(up.calls(), 2);
+    allow.stop().await;
+}
