@@ -241,6 +241,11 @@ pub async fn serve(
     let refresher = {
         let gw = gw.clone();
         gw.clone().tasks.spawn(async move {
+            // Once at startup too: with Redis counters this writes back halts this
+            // replica's store holds and Redis lost, before the first refresh period.
+            if let Err(e) = admission::refresh(&gw).await {
+                tracing::warn!(error = %e, "refreshing budgets and halted tasks failed");
+            }
             loop {
                 tokio::select! {
                     _ = gw.shutdown.cancelled() => break,

@@ -601,3 +601,37 @@ async fn an_unreachable_redis_denies_or_falls_back_to_the_local_guard() {
     assert_eq!(up.calls(), 2);
     allow.stop().await;
 }
+
+/// Redis restarts empty: the replica whose store recorded a halt writes it back (at
+/// startup and on every refresh), so the other replicas refuse the task again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn halts_survive_a_redis_that_lost_its_data() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("restart");
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let cfg = config(
+        &up.base_url(),
+        &redis_section(&url, &prefix, "[guard]\nmax_iterations = 1\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db_a = dir.path().join("a.db");
+    let a = TestGateway::start_on(&cfg, HashMap::new(), &db_a).await;
+    let msgs = |i: usize| vec![json!({"role": "user", "content": format!("step {i}")})];
+    assert_eq!(call(&a, "t-lost", msgs(0)).await.status(), 200);
+    assert_eq!(call(&a, "t-lost", msgs(1)).await.status(), 409);
+    a.stop().await;
+    // Redis loses everything; replica A comes back on its database.
+    clear_redis(&url, &prefix).await;
+    let a = TestGateway::start_on(&cfg, HashMap::new(), &db_a).await;
+    let b = TestGateway::start(&cfg, HashMap::new()).await;
+    // A writes its halts back at startup (and at the latest on its next refresh, 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = call(&b, "t-lost", msgs(2)).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(up.calls(), 1);
+    a.stop().await;
+    b.stop().await;
+    clear_redis(&url, &prefix).await;
+}
