@@ -355,22 +355,21 @@ pub async fn pipeline(
     };
     let chat = !matches!(req, IngressRequest::Embeddings(_));
     let timeout = gw.config.load().server.upstream_timeout;
-    let mut call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000)
-    {
+    let call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000) {
         Ok(c) => c,
         Err(e) => return meter.reject(e).await,
     };
-    if let Some(t) = &meter.trace {
-        t.inject(&mut call.request.headers);
-    }
     meter.prompt = req.into_prompt();
     let UpstreamCall {
-        request,
+        mut request,
         upstream,
         translated,
         stream,
         injected_usage,
     } = call;
+    if let Some(t) = &meter.trace {
+        t.inject(&mut request.headers);
+    }
     meter.upstream_called = true;
     let resp = match gw.client.post(request).await {
         Ok(r) => r,
