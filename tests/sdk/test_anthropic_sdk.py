@@ -1,9 +1,12 @@
 """The official Anthropic Python SDK against tollgate's /v1/messages, unchanged but for
 base_url: create, stream, tools, system blocks, cache_control, errors; natively (an
 Anthropic upstream) and translated (OpenAI and Bedrock upstreams). Every call's ledger
-row is checked: reported usage, priced exactly."""
+row is checked: reported usage, priced exactly. `messages.count_tokens` is answered by
+tollgate itself (no upstream, no row)."""
 
 from __future__ import annotations
+
+import time
 
 import anthropic
 import pytest
@@ -145,3 +148,29 @@ def test_a_cut_stream_raises(claude, native_gateway, model):  # noqa: F811
                                     messages=[{"role": "user", "content": "Tell a long story [[sim:cut]]"}]) as stream:
             for _ in stream.text_stream:
                 pass
+
+
+def test_count_tokens(claude, native_gateway):  # noqa: F811
+    """`messages.count_tokens` is answered by tollgate itself: counted locally over system,
+    messages and tools, no upstream call, no cost and no ledger row."""
+    messages = [{"role": "user", "content": "What's the weather in Lisbon?"}]
+    bare = claude.messages.count_tokens(model=CLAUDE_MODEL, messages=messages)
+    assert bare.input_tokens > 0
+    raw = claude.messages.with_raw_response.count_tokens(
+        model=CLAUDE_MODEL, system="You are a concise assistant.", tools=TOOLS, messages=messages
+    )
+    full = raw.parse()
+    assert full.input_tokens > bare.input_tokens
+    # Deterministic: the same request counts the same.
+    again = claude.messages.count_tokens(model=CLAUDE_MODEL, system="You are a concise assistant.", tools=TOOLS, messages=messages)
+    assert again.input_tokens == full.input_tokens
+    # No ledger row, ever (rows land within milliseconds; give the writer time to prove it).
+    time.sleep(0.3)
+    r = native_gateway.admin.get(f"/admin/requests/{raw.headers['x-tollgate-request-id']}")
+    assert r.status_code == 404, r.text
+    # Errors raise the SDK's usual exceptions.
+    bad = anthropic.Anthropic(base_url=native_gateway.base, api_key="tg-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        bad.messages.count_tokens(model=CLAUDE_MODEL, messages=messages)
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="claude-nope", messages=messages)

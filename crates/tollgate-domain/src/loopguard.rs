@@ -315,6 +315,76 @@ struct Seen {
     summary: String,
 }
 
+/// A task's running totals, this call included: counted by one process
+/// ([`TaskState::totals`]) or by a store every gateway replica shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskTotals {
+    pub iterations: u64,
+    pub started_ms: i64,
+    /// Settled cost so far.
+    pub cost: Money,
+    /// Settled cost in the minute before now.
+    pub spend_last_minute: Money,
+}
+
+impl TaskTotals {
+    fn evidence(&self, now_ms: i64, extra: Value) -> Value {
+        let mut e = json!({
+            "calls": self.iterations,
+            "cost_usd": self.cost.to_string(),
+            "duration_s": (now_ms - self.started_ms) as f64 / 1000.0,
+            "spend_last_minute_usd": self.spend_last_minute.to_string(),
+        });
+        if let (Value::Object(e), Value::Object(x)) = (&mut e, extra) {
+            e.extend(x);
+        }
+        e
+    }
+
+    /// The first of the iteration, duration, cost and velocity limits these totals
+    /// break, if any.
+    pub fn limit_halt(&self, now_ms: i64, limits: &GuardLimits) -> Option<Halt> {
+        if let Some(max) = limits.max_iterations
+            && self.iterations > max
+        {
+            return Some(Halt {
+                kind: HaltKind::Iterations,
+                reason: format!("the task made more than {max} calls"),
+                evidence: self.evidence(now_ms, json!({"max_iterations": max})),
+            });
+        }
+        if let Some(max) = limits.max_duration_ms
+            && now_ms - self.started_ms > max
+        {
+            return Some(Halt {
+                kind: HaltKind::Duration,
+                reason: format!("the task ran longer than {} s", max / 1000),
+                evidence: self.evidence(now_ms, json!({"max_duration_s": max / 1000})),
+            });
+        }
+        if let Some(max) = limits.max_cost
+            && self.cost >= max
+        {
+            return Some(Halt {
+                kind: HaltKind::Cost,
+                reason: format!("the task cost ${} (limit ${max})", self.cost),
+                evidence: self.evidence(now_ms, json!({"max_cost_usd": max.to_string()})),
+            });
+        }
+        if let Some(max) = limits.max_cost_per_minute {
+            let v = self.spend_last_minute;
+            if v >= max {
+                return Some(Halt {
+                    kind: HaltKind::Velocity,
+                    reason: format!("the task spent ${v} in the last minute (limit ${max}/min)"),
+                    evidence: self.evidence(now_ms, json!({"max_usd_per_minute": max.to_string()})),
+                });
+            }
+        }
+        None
+    }
+}
+
 /// What the guard remembers about one task.
 #[derive(Debug, Clone)]
 pub struct TaskState {
@@ -373,17 +443,14 @@ impl TaskState {
         }
     }
 
-    fn evidence(&self, now_ms: i64, extra: Value) -> Value {
-        let mut e = json!({
-            "calls": self.iterations,
-            "cost_usd": self.cost.to_string(),
-            "duration_s": (now_ms - self.started_ms) as f64 / 1000.0,
-            "spend_last_minute_usd": self.spend_last_minute(now_ms).to_string(),
-        });
-        if let (Value::Object(e), Value::Object(x)) = (&mut e, extra) {
-            e.extend(x);
+    /// This task's totals as this process counted them.
+    pub fn totals(&self, now_ms: i64) -> TaskTotals {
+        TaskTotals {
+            iterations: self.iterations,
+            started_ms: self.started_ms,
+            cost: self.cost,
+            spend_last_minute: self.spend_last_minute(now_ms),
         }
-        e
     }
 
     /// A new call for this task, about to be forwarded. `fingerprint` is `None` for
@@ -395,43 +462,23 @@ impl TaskState {
         limits: &GuardLimits,
     ) -> Option<Halt> {
         self.iterations += 1;
+        let totals = self.totals(now_ms);
+        self.observe_counted(&totals, fingerprint, now_ms, limits)
+    }
+
+    /// [`TaskState::observe`] with the task's totals counted elsewhere (by a store
+    /// shared with other gateway replicas, this call included): the limits are checked
+    /// on `totals`, loops on this state's own history.
+    pub fn observe_counted(
+        &mut self,
+        totals: &TaskTotals,
+        fingerprint: Option<&Fingerprint>,
+        now_ms: i64,
+        limits: &GuardLimits,
+    ) -> Option<Halt> {
         self.last_ms = now_ms;
-        if let Some(max) = limits.max_iterations
-            && self.iterations > max
-        {
-            return Some(Halt {
-                kind: HaltKind::Iterations,
-                reason: format!("the task made more than {max} calls"),
-                evidence: self.evidence(now_ms, json!({"max_iterations": max})),
-            });
-        }
-        if let Some(max) = limits.max_duration_ms
-            && now_ms - self.started_ms > max
-        {
-            return Some(Halt {
-                kind: HaltKind::Duration,
-                reason: format!("the task ran longer than {} s", max / 1000),
-                evidence: self.evidence(now_ms, json!({"max_duration_s": max / 1000})),
-            });
-        }
-        if let Some(max) = limits.max_cost
-            && self.cost >= max
-        {
-            return Some(Halt {
-                kind: HaltKind::Cost,
-                reason: format!("the task cost ${} (limit ${max})", self.cost),
-                evidence: self.evidence(now_ms, json!({"max_cost_usd": max.to_string()})),
-            });
-        }
-        if let Some(max) = limits.max_cost_per_minute {
-            let v = self.spend_last_minute(now_ms);
-            if v >= max {
-                return Some(Halt {
-                    kind: HaltKind::Velocity,
-                    reason: format!("the task spent ${v} in the last minute (limit ${max}/min)"),
-                    evidence: self.evidence(now_ms, json!({"max_usd_per_minute": max.to_string()})),
-                });
-            }
+        if let Some(h) = totals.limit_halt(now_ms, limits) {
+            return Some(h);
         }
         let fp = fingerprint?;
         // Loops: near-identical earlier calls in the window.
@@ -469,7 +516,7 @@ impl TaskState {
                     "loop detected: {} calls in a row repeated earlier near-identical calls (limit {max})",
                     self.repeat_streak
                 ),
-                evidence: self.evidence(
+                evidence: totals.evidence(
                     now_ms,
                     json!({
                         "repeated": fp.summary,
@@ -505,7 +552,7 @@ impl TaskState {
                     "no progress: {} calls in a row brought less than {}% new content",
                     self.stale_streak, limits.min_novelty_pct
                 ),
-                evidence: self.evidence(
+                evidence: totals.evidence(
                     now_ms,
                     json!({"stale_calls": self.stale_streak, "last": fp.summary}),
                 ),
@@ -631,6 +678,63 @@ mod tests {
         let (i, h) = halted.unwrap();
         assert_eq!(h.kind, HaltKind::NoProgress);
         assert_eq!(i, 3 + 6 - 1, "three novel calls, then six stale ones");
+    }
+
+    #[test]
+    fn limits_are_checked_on_totals_counted_elsewhere() {
+        let limits = GuardLimits {
+            max_iterations: Some(3),
+            max_cost: Some(Money::from_nanos(1000)),
+            loop_max_repeats: Some(1),
+            ..GuardLimits::default()
+        };
+        let shared = |iterations, cost| TaskTotals {
+            iterations,
+            started_ms: 0,
+            cost: Money::from_nanos(cost),
+            spend_last_minute: Money::ZERO,
+        };
+        // This process saw one call; other replicas made the rest.
+        let mut s = TaskState::new(0);
+        assert!(s.observe_counted(&shared(3, 0), None, 5, &limits).is_none());
+        let h = s.observe_counted(&shared(4, 0), None, 6, &limits).unwrap();
+        assert_eq!(
+            (h.kind, h.evidence["calls"].as_u64()),
+            (HaltKind::Iterations, Some(4))
+        );
+        let h = s
+            .observe_counted(&shared(2, 1000), None, 7, &limits)
+            .unwrap();
+        assert_eq!(h.kind, HaltKind::Cost);
+        // Loops are still judged on this process's own history.
+        let fp = Fingerprint::of_text("assistant poll tool pending");
+        let mut s = TaskState::new(0);
+        assert!(
+            s.observe_counted(&shared(1, 0), Some(&fp), 1, &limits)
+                .is_none()
+        );
+        assert!(
+            s.observe_counted(&shared(2, 0), Some(&fp), 2, &limits)
+                .is_none()
+        );
+        let h = s
+            .observe_counted(&shared(3, 0), Some(&fp), 3, &limits)
+            .unwrap();
+        assert_eq!(
+            (h.kind, h.evidence["calls"].as_u64()),
+            (HaltKind::Loop, Some(3))
+        );
+        // Counting here gives the same totals as before the split.
+        let mut s = TaskState::new(0);
+        s.record_cost(Money::from_nanos(10), 1);
+        s.observe(None, 2, &limits);
+        assert_eq!(
+            s.totals(2),
+            TaskTotals {
+                spend_last_minute: Money::from_nanos(10),
+                ..shared(1, 10)
+            }
+        );
     }
 
     #[test]

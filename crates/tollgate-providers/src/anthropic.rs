@@ -24,6 +24,74 @@ pub struct MessagesRequest {
     pub stream: bool,
 }
 
+/// A parsed `POST /v1/messages/count_tokens` body: a Messages request without
+/// `max_tokens`; only what goes into the prompt is kept.
+#[derive(Debug, Clone)]
+pub struct CountTokensRequest {
+    pub model: String,
+    pub messages: Vec<Value>,
+    pub system: Option<Value>,
+    pub tools: Option<Value>,
+}
+
+impl CountTokensRequest {
+    pub fn parse(bytes: &[u8]) -> Result<CountTokensRequest, RequestError> {
+        let mut body = match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(RequestError::NotAnObject),
+            Err(e) => return Err(RequestError::InvalidJson(e.to_string())),
+        };
+        let model = match body.remove("model") {
+            Some(Value::String(m)) if !m.is_empty() => m,
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(RequestError::Missing("model"));
+            }
+            Some(_) => {
+                return Err(RequestError::WrongType {
+                    field: "model",
+                    expected: "a string",
+                });
+            }
+        };
+        let messages = match body.remove("messages") {
+            Some(Value::Array(m)) => m,
+            None | Some(Value::Null) => return Err(RequestError::Missing("messages")),
+            Some(_) => {
+                return Err(RequestError::WrongType {
+                    field: "messages",
+                    expected: "an array",
+                });
+            }
+        };
+        let system = match body.remove("system") {
+            None | Some(Value::Null) => None,
+            Some(v @ (Value::String(_) | Value::Array(_))) => Some(v),
+            Some(_) => {
+                return Err(RequestError::WrongType {
+                    field: "system",
+                    expected: "a string or an array of text blocks",
+                });
+            }
+        };
+        let tools = match body.remove("tools") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Array(_)) => Some(v),
+            Some(_) => {
+                return Err(RequestError::WrongType {
+                    field: "tools",
+                    expected: "an array",
+                });
+            }
+        };
+        Ok(CountTokensRequest {
+            model,
+            messages,
+            system,
+            tools,
+        })
+    }
+}
+
 impl MessagesRequest {
     pub fn parse(bytes: &[u8]) -> Result<MessagesRequest, RequestError> {
         let body = match serde_json::from_slice::<Value>(bytes) {

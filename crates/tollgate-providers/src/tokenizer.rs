@@ -63,6 +63,26 @@ impl Encoding {
         n
     }
 
+    /// Prompt tokens of an Anthropic Messages request, counted locally: the messages as
+    /// [`Encoding::count_chat_prompt`] counts a chat, the system prompt's text, and the
+    /// tool definitions as their JSON text (names, descriptions and schemas). Claude's
+    /// own tokenizer is not public, so this is this encoding's count, not Anthropic's.
+    pub fn count_anthropic_prompt(
+        self,
+        system: Option<&Value>,
+        messages: &[Value],
+        tools: Option<&Value>,
+    ) -> u64 {
+        let mut n = self.count_chat_prompt(messages);
+        if let Some(s) = system {
+            n += self.count_value(s);
+        }
+        if let Some(t) = tools.filter(|t| !t.is_null()) {
+            n += self.count(&t.to_string());
+        }
+        n
+    }
+
     /// Tokens of the text in any JSON request body (string leaves; type tags skipped).
     pub fn count_json(self, v: &Value) -> u64 {
         self.count_value(v)
@@ -122,6 +142,41 @@ mod tests {
         assert_eq!(
             Encoding::for_model("text-embedding-3-small"),
             Encoding::Cl100kBase
+        );
+    }
+
+    #[test]
+    fn anthropic_prompts_count_system_messages_and_tools() {
+        let enc = Encoding::O200kBase;
+        let msgs: Vec<Value> = serde_json::from_str(
+            r#"[{"role":"user","content":[{"type":"text","text":"Hello!"}]}]"#,
+        )
+        .unwrap();
+        let bare = enc.count_anthropic_prompt(None, &msgs, None);
+        // role + text + framing: the same as the OpenAI-shaped chat.
+        assert_eq!(
+            bare,
+            enc.count_chat_prompt(
+                &serde_json::from_str::<Vec<Value>>(r#"[{"role":"user","content":"Hello!"}]"#)
+                    .unwrap()
+            )
+        );
+        let system = Value::from("You are a helpful assistant.");
+        let tools: Value = serde_json::from_str(
+            r#"[{"name":"get_weather","description":"Weather","input_schema":{"type":"object"}}]"#,
+        )
+        .unwrap();
+        let with = enc.count_anthropic_prompt(Some(&system), &msgs, Some(&tools));
+        assert_eq!(
+            with,
+            bare + enc.count("You are a helpful assistant.") + enc.count(&tools.to_string())
+        );
+        let blocks: Value =
+            serde_json::from_str(r#"[{"type":"text","text":"You are a helpful assistant."}]"#)
+                .unwrap();
+        assert_eq!(
+            enc.count_anthropic_prompt(Some(&blocks), &msgs, None),
+            enc.count_anthropic_prompt(Some(&system), &msgs, None)
         );
     }
 

@@ -318,6 +318,29 @@ fn main() {
                 r.seed(&[], true).await.unwrap();
                 counters(&Counters::Redis(r.clone()), "counters only: Redis reserve+settle (2 scripts, 2 round trips)").await;
                 r.clear().await.unwrap();
+                // The task guard alone (no budget or rate limit), its state in this
+                // process vs shared by replicas through Redis.
+                const GUARD: &str = "[guard]\nloop_max_repeats = 0\nno_progress_calls = 0\nmax_iterations = 1000000000\n";
+                let (gm, _d4) = gateway(GUARD);
+                let local = admit_settle(&gm, "guard only, task state in this process: admit+settle", false).await;
+                let shared_prefix = format!("{prefix}:guard");
+                let (gr, _d5) = gateway(&format!(
+                    "[budgets]\ncounters = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{shared_prefix}\"\n{GUARD}"
+                ));
+                let shared = admit_settle(&gr, "guard only, task state shared in Redis (1 script per call)", false).await;
+                println!("  → sharing halts and task totals across replicas adds {:.2} µs p50 per request with a task", shared - local);
+                // The floor of any check shared through Redis: one plain read, one round trip.
+                let mut xs = Vec::with_capacity(N);
+                let keys = ["b:none".to_string()];
+                for i in 0..N + 2000 {
+                    let t = Instant::now();
+                    std::hint::black_box(r.accounts(&keys).await.unwrap());
+                    if i >= 2000 {
+                        xs.push(t.elapsed());
+                    }
+                }
+                stats("naive floor: one Redis HMGET round trip", xs);
+                tollgate_store::counters::RedisCounters::connect(&url, &shared_prefix).await.unwrap().clear().await.unwrap();
             }
             _ => println!("(Redis: skipped, TOLLGATE_TEST_REDIS_URL is not set)"),
         }

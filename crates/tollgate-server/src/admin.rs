@@ -595,7 +595,14 @@ pub async fn release_task(
     let store = gw.store.clone();
     let t = task.clone();
     match blocking(&gw, move || store.release_task(&t, now_ms())).await {
-        Ok(released) => {
+        Ok(mut released) => {
+            if let tollgate_store::counters::Counters::Redis(r) = &gw.limits.counters {
+                // Every replica: they ask Redis on each call.
+                match r.task_release(&task, now_ms()).await {
+                    Ok(shared) => released |= shared,
+                    Err(e) => return ApiError::CountersUnavailable(e.0).into_response(None),
+                }
+            }
             gw.limits.guard.release(&task);
             Json(json!({"task": task, "released": released})).into_response()
         }

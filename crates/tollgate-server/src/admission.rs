@@ -3,7 +3,9 @@
 //!
 //! [`admit`] does, in order:
 //! 1. the task guard: a halted task is refused (409 `task_halted`); otherwise the call
-//!    is fingerprinted and checked for loops and limits, and may halt the task here;
+//!    is fingerprinted and checked for loops and limits, and may halt the task here
+//!    (with Redis counters the halt, the call count and the cost are shared by every
+//!    replica: [`shared_verdict`]);
 //! 2. the request's worst case: prompt tokens counted locally × the dearest input rate,
 //!    plus `max_tokens` (or `budgets.default_max_tokens`) × the dearer of the output and
 //!    reasoning rates;
@@ -38,14 +40,14 @@ use tollgate_domain::budget::{
     counter_key, crossed_thresholds, scopes_of, window, worst_case,
 };
 use tollgate_domain::ledger::LedgerRow;
-use tollgate_domain::loopguard::{Fingerprint, Halt};
+use tollgate_domain::loopguard::{Fingerprint, GuardLimits, Halt};
 use tollgate_domain::money::Money;
 use tollgate_domain::pricing::EffectiveRates;
 use tollgate_domain::ratelimit::{MINUTE_MS, RateKind};
 use tollgate_providers::tokenizer::Encoding;
 use tollgate_store::counters::{
-    CounterError, Counters, RateLine, Refusal, Reservation, ReserveError, ReserveRequest, Reserved,
-    Seed,
+    CounterError, Counters, HaltClaim, KnownHalt, RateLine, RedisCounters, Refusal, Reservation,
+    ReserveError, ReserveRequest, Reserved, Seed, TaskAdmit,
 };
 use tollgate_store::{SqliteStore, StoreError};
 
@@ -263,6 +265,10 @@ pub async fn refresh(gw: &Arc<Gateway>) -> Result<(), ApiError> {
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let halted = match &gw.limits.counters {
+        Counters::Redis(r) => reconcile_halts(gw, r, halted).await,
+        Counters::Memory(_) => halted,
+    };
     gw.limits.guard.sync_halted(&halted);
     let cfg = gw.config.load_full();
     let merged = merge_rules(&cfg.limits.budgets, &db_rules);
@@ -445,11 +451,16 @@ pub async fn admit(
             Some(Value::Array(m)) => Some(Fingerprint::of_chat(m)),
             _ => None,
         };
-        match gw
-            .limits
-            .guard
-            .observe(task, fp.as_ref(), now, limits, dry_run)
-        {
+        let verdict = match &gw.limits.counters {
+            Counters::Redis(r) => {
+                shared_verdict(gw, r, task, fp.as_ref(), now, limits, dry_run).await?
+            }
+            Counters::Memory(_) => gw
+                .limits
+                .guard
+                .observe(task, fp.as_ref(), now, limits, dry_run),
+        };
+        match verdict {
             Verdict::Continue => {}
             Verdict::Halted(reason) => {
                 gw.limits
@@ -711,6 +722,114 @@ async fn reserve(
     }
 }
 
+/// The guard's verdict on a call when replicas share Redis: one script refuses a task
+/// any replica halted or counts the call across replicas; the limits are checked on
+/// those shared totals and loops on this replica's history. A halt is written to Redis
+/// before this call's 409 goes out, so from then on every replica refuses the task; the
+/// replica that wrote it first records the incident and alerts (once, however many
+/// replicas tripped at the same time).
+async fn shared_verdict(
+    gw: &Arc<Gateway>,
+    redis: &RedisCounters,
+    task: &str,
+    fp: Option<&Fingerprint>,
+    now: i64,
+    limits: &GuardLimits,
+    dry_run: bool,
+) -> Result<Verdict, ApiError> {
+    let velocity = limits.max_cost_per_minute.is_some();
+    let totals = match redis.task_admit(task, now, velocity).await {
+        Ok(TaskAdmit::Halted(reason)) => return Ok(Verdict::Halted(reason)),
+        Ok(TaskAdmit::Counted(t)) => t,
+        Err(e) if gw.config.load().limits.fail_open => {
+            tracing::error!(task, error = %e, "task guard: Redis unreachable; guarding with this replica's state only");
+            return Ok(gw.limits.guard.observe(task, fp, now, limits, dry_run));
+        }
+        Err(e) => return Err(ApiError::CountersUnavailable(e.0)),
+    };
+    let Some(halt) = gw
+        .limits
+        .guard
+        .observe_counted(task, &totals, fp, now, limits, dry_run)
+    else {
+        return Ok(Verdict::Continue);
+    };
+    match redis
+        .task_halt(task, &halt.reason, halt.kind.as_str(), now, dry_run)
+        .await
+    {
+        Ok(HaltClaim::Already(_)) if dry_run => Ok(Verdict::Continue),
+        Ok(HaltClaim::Already(reason)) => Ok(Verdict::Halted(reason)),
+        Ok(HaltClaim::First) => {
+            if !dry_run {
+                gw.limits.guard.mark_halted(task, &halt.reason);
+            }
+            Ok(Verdict::Trip(halt))
+        }
+        Err(e) => {
+            // Halted here and in this replica's store; the next refresh writes it to
+            // Redis (`reconcile_halts`).
+            tracing::error!(task, error = %e, "could not share the halt through Redis");
+            if !dry_run {
+                gw.limits.guard.mark_halted(task, &halt.reason);
+            }
+            Ok(Verdict::Trip(halt))
+        }
+    }
+}
+
+/// With Redis: make this replica's store and Redis agree on halted tasks. Halts
+/// released elsewhere (`tollgate tasks release`, another replica's admin API) are
+/// released in this store too; halts Redis lost (it restarted empty) are written back.
+/// Returns the store's halts still in force.
+async fn reconcile_halts(
+    gw: &Arc<Gateway>,
+    redis: &RedisCounters,
+    halted: Vec<tollgate_store::tasks::TaskRecord>,
+) -> Vec<tollgate_store::tasks::TaskRecord> {
+    if halted.is_empty() {
+        return halted;
+    }
+    let known: Vec<KnownHalt> = halted
+        .iter()
+        .map(|r| KnownHalt {
+            task: r.task.clone(),
+            halted_ms: r.halted_ms,
+            reason: r.reason.clone(),
+            kind: r.kind.clone(),
+        })
+        .collect();
+    let released = match redis.task_reconcile(&known).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not compare halted tasks with Redis");
+            return halted;
+        }
+    };
+    if released.is_empty() {
+        return halted;
+    }
+    let store = gw.store.clone();
+    let tasks = released.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        for t in &tasks {
+            store.release_task(t, now_ms())?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await;
+    if !matches!(done, Ok(Ok(()))) {
+        tracing::warn!("could not record releases made on another replica");
+    }
+    for t in &released {
+        tracing::info!(task = %t, "task released on another replica");
+    }
+    halted
+        .into_iter()
+        .filter(|r| !released.contains(&r.task))
+        .collect()
+}
+
 /// The guard tripped on this call: record the incident (the halt is persisted before
 /// the 409 goes out, so a restart keeps it), alert, and refuse, unless in dry run.
 async fn trip(
@@ -840,6 +959,11 @@ pub fn settle(gw: &Arc<Gateway>, ticket: Ticket, row: &LedgerRow) {
     let now = now_ms();
     if let Some(task) = &ticket.task {
         gw.limits.guard.record_cost(task, row.cost, now);
+        if let Counters::Redis(r) = &gw.limits.counters
+            && row.cost > Money::ZERO
+        {
+            share_task_cost(gw, r, task, row);
+        }
     }
     let Some(res) = ticket.reservation else {
         return;
@@ -880,6 +1004,28 @@ pub fn settle(gw: &Arc<Gateway>, ticket: Ticket, row: &LedgerRow) {
             );
         }
     }
+}
+
+/// Add a settled call's cost to its task's shared totals, from a tracked task.
+fn share_task_cost(gw: &Arc<Gateway>, redis: &RedisCounters, task: &str, row: &LedgerRow) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(request_id = %row.request_id, "task cost outside a runtime; not shared");
+        return;
+    };
+    let (redis, task, cost, id) = (
+        redis.clone(),
+        task.to_string(),
+        row.cost,
+        row.request_id.clone(),
+    );
+    gw.tasks.spawn_on(
+        async move {
+            if let Err(e) = redis.task_cost(&task, cost, now_ms(), &id).await {
+                tracing::error!(task, request_id = id, error = %e, "could not add the call's cost to the task's shared totals");
+            }
+        },
+        &handle,
+    );
 }
 
 /// After settling: record overage, send threshold alerts.

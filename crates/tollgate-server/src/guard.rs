@@ -6,12 +6,17 @@
 //! caller and re-read from the store every few seconds, which is how a release from the
 //! CLI reaches a running gateway; releasing also forgets the task's history, so it
 //! starts afresh.
+//!
+//! With Redis counters the halted set, the call count, cost and velocity are shared by
+//! every replica (`tollgate_store::counters::RedisCounters::task_admit`): admission asks
+//! Redis first, and [`TaskGuard::observe_counted`] only keeps this replica's loop
+//! history, checking the limits on the shared totals.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, RwLock};
-use tollgate_domain::loopguard::{Fingerprint, GuardLimits, Halt, TaskState};
+use tollgate_domain::loopguard::{Fingerprint, GuardLimits, Halt, TaskState, TaskTotals};
 use tollgate_domain::money::Money;
 use tollgate_store::tasks::TaskRecord;
 
@@ -117,6 +122,56 @@ impl TaskGuard {
                 );
         }
         Verdict::Trip(halt)
+    }
+
+    /// [`TaskGuard::observe`] for a call whose task's totals (this call included) were
+    /// counted by a store shared with other replicas, which also decides whether the
+    /// task is halted: the limits are checked on `totals`, loops on this replica's
+    /// history of the task. A history older than the shared totals (the task was
+    /// released elsewhere and started again) is dropped first. The caller records a
+    /// halt in the shared store; in dry run a trip is reported once per task here.
+    pub fn observe_counted(
+        &self,
+        task: &str,
+        totals: &TaskTotals,
+        fingerprint: Option<&Fingerprint>,
+        now_ms: i64,
+        limits: &GuardLimits,
+        dry_run: bool,
+    ) -> Option<Halt> {
+        let mut shard = self.shard(task);
+        if !shard.contains_key(task) && shard.len() >= MAX_PER_SHARD {
+            evict(&mut shard, now_ms);
+        }
+        let state = shard
+            .entry(task.to_string())
+            .or_insert_with(|| TaskState::new(totals.started_ms));
+        if state.started_ms != totals.started_ms {
+            *state = TaskState::new(totals.started_ms);
+        }
+        let halt = state.observe_counted(totals, fingerprint, now_ms, limits)?;
+        if dry_run {
+            if state.flagged.is_some() {
+                return None;
+            }
+            state.flagged = Some(halt.kind);
+        }
+        Some(halt)
+    }
+
+    /// A halt decided here and recorded in the shared store, not yet in this replica's
+    /// own store.
+    pub fn mark_halted(&self, task: &str, reason: &str) {
+        self.halted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                task.to_string(),
+                HaltNote {
+                    reason: reason.to_string(),
+                    pending: true,
+                },
+            );
     }
 
     /// A settled call's cost.

@@ -27,6 +27,7 @@
 //! - [`state`]: the shared [`state::Gateway`].
 //! - [`auth`]: virtual keys and the master key.
 //! - [`proxy`]: the endpoints and the one pipeline they run.
+//! - [`token_count`]: Anthropic's `count_tokens`, answered locally (no upstream, no row).
 //! - [`ingress`]: the APIs served and their format-tagged requests.
 //! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
 //! - [`meter`]: the always-runs metering step.
@@ -60,6 +61,7 @@ pub mod outcomes;
 pub mod proxy;
 pub mod state;
 pub mod telemetry;
+pub mod token_count;
 pub mod value;
 
 use crate::auth::{KeyCache, MasterKey};
@@ -150,6 +152,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/embeddings", post(proxy::embeddings))
         .route("/v1/messages", post(proxy::messages))
+        .route("/v1/messages/count_tokens", post(token_count::count_tokens))
         .route("/model/{model_id}/converse", post(proxy::converse))
         .route(
             "/model/{model_id}/converse-stream",
@@ -238,6 +241,11 @@ pub async fn serve(
     let refresher = {
         let gw = gw.clone();
         gw.clone().tasks.spawn(async move {
+            // Once at startup too: with Redis counters this writes back halts this
+            // replica's store holds and Redis lost, before the first refresh period.
+            if let Err(e) = admission::refresh(&gw).await {
+                tracing::warn!(error = %e, "refreshing budgets and halted tasks failed");
+            }
             loop {
                 tokio::select! {
                     _ = gw.shutdown.cancelled() => break,

@@ -85,6 +85,8 @@ pub struct Meter {
     pub admission: Option<crate::admission::Ticket>,
     /// Budget and rate-limit headers for the response.
     pub limit_headers: http::HeaderMap,
+    /// Where the request sits in a trace (OTLP traces on only).
+    pub trace: Option<crate::otel::TraceContext>,
 }
 
 impl Meter {
@@ -125,6 +127,7 @@ impl Meter {
             in_flight: None,
             admission: None,
             limit_headers: http::HeaderMap::new(),
+            trace: None,
         }
     }
 
@@ -237,7 +240,7 @@ impl Meter {
             crate::admission::settle(&self.gw, ticket, &row);
         }
         // Metrics and trace spans, where the row is settled (commit and drop alike).
-        self.gw.telemetry.observe(&row);
+        self.gw.telemetry.observe(&row, self.trace.as_ref());
         row
     }
 

@@ -35,7 +35,11 @@ use tollgate_providers::translate::Format;
 use tollgate_store::VirtualKey;
 
 /// Read the request body, refusing more than `limit` bytes.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -301,6 +305,9 @@ pub async fn pipeline(
         Ok(v) => v,
         Err(resp) => return resp,
     };
+    if gw.telemetry.traces() {
+        meter.trace = Some(crate::otel::TraceContext::from_headers(&headers));
+    }
 
     // 3b. parse into a format-tagged request
     let mut req = match IngressRequest::parse(&ingress, &bytes) {
@@ -354,12 +361,15 @@ pub async fn pipeline(
     };
     meter.prompt = req.into_prompt();
     let UpstreamCall {
-        request,
+        mut request,
         upstream,
         translated,
         stream,
         injected_usage,
     } = call;
+    if let Some(t) = &meter.trace {
+        t.inject(&mut request.headers);
+    }
     meter.upstream_called = true;
     let resp = match gw.client.post(request).await {
         Ok(r) => r,

@@ -7,7 +7,7 @@
 //! bounded queue that drops (and counts) when full.
 
 use crate::metrics::Metrics;
-use crate::otel::{OtlpSettings, SpanQueue};
+use crate::otel::{OtlpSettings, SpanQueue, TraceContext};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -143,12 +143,18 @@ impl Telemetry {
         }
     }
 
-    /// Record one settled request. Never blocks.
-    pub fn observe(&self, row: &LedgerRow) {
+    /// Record one settled request (in the trace it arrived in, if traces are on).
+    /// Never blocks.
+    pub fn observe(&self, row: &LedgerRow, trace: Option<&TraceContext>) {
         self.metrics.observe(row);
         if let Some(q) = &self.spans {
-            q.push(row, &self.metrics);
+            q.push(row, trace, &self.metrics);
         }
+    }
+
+    /// Whether spans are exported (then each request gets a [`TraceContext`]).
+    pub fn traces(&self) -> bool {
+        self.spans.is_some()
     }
 
     /// Start the span exporter (if traces are on) on `tasks`.

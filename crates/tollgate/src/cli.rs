@@ -191,7 +191,8 @@ pub enum TasksAction {
         #[arg(long)]
         json: bool,
     },
-    /// Let a halted task run again (a running gateway applies it within seconds).
+    /// Let a halted task run again (with Redis counters on every replica at once;
+    /// otherwise a running gateway applies it within seconds).
     Release { task: String },
 }
 

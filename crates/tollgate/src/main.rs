@@ -66,7 +66,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Demo(a) => demo::demo(a).await,
         Command::Report(a) => report::report(a),
         Command::Export(a) => export::export(a),
-        Command::Tasks(a) => tasks::tasks(a),
+        Command::Tasks(a) => tasks::tasks(a).await,
         Command::Keys(a) => keys::keys(a),
         Command::Budgets(a) => budgets::budgets(a),
         Command::ValidateConfig(a) => serve::validate_config(a),

@@ -15,7 +15,7 @@ use tollgate_server::state::now_ms;
 use tollgate_server::value::task_json;
 use tollgate_store::SqliteStore;
 
-pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
+pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
     let db = db_path(args.db.clone(), args.config.config.clone())?;
     match args.action {
         TasksAction::Outcome {
@@ -169,7 +169,13 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
         }
         TasksAction::Release { task } => {
             let store = SqliteStore::open(&db)?;
-            if store.release_task(&task, now_ms())? {
+            let in_store = store.release_task(&task, now_ms())?;
+            let shared = release_shared(args.config.config.clone(), &task).await?;
+            if shared == Some(true) {
+                println!(
+                    "released {task} on every replica sharing the Redis counters (they ask Redis on each call)"
+                );
+            } else if in_store {
                 println!("released {task}; a running gateway lets it through within a few seconds");
             } else {
                 eprintln!("{task} is not halted");
@@ -178,6 +184,32 @@ pub fn tasks(args: TasksArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `budgets.counters = "redis"`, release the task in Redis too, which every replica
+/// consults on each call. `None` without Redis; `Some(was_halted)` with it.
+async fn release_shared(config: Option<std::path::PathBuf>, task: &str) -> Result<Option<bool>> {
+    use tollgate_server::config::limits::{self, CountersConfig};
+    let env = env_map();
+    let raw = RawConfig::load(config_path(config).as_deref(), &env)?;
+    let mut errs = Vec::new();
+    let l = limits::validate(
+        &raw.budgets,
+        &raw.rate_limits,
+        &raw.guard,
+        &raw.alerts,
+        &env,
+        &mut errs,
+    );
+    let CountersConfig::Redis { url, prefix } = &l.counters else {
+        return Ok(None);
+    };
+    let redis = tollgate_store::counters::RedisCounters::connect(
+        secrecy::ExposeSecret::expose_secret(url),
+        prefix,
+    )
+    .await?;
+    Ok(Some(redis.task_release(task, now_ms()).await?))
 }
 
 /// What the runaway-agent guard did to a task.

@@ -302,3 +302,336 @@ fn false_positive_rate_on_a_varied_workload() {
     assert!(fp_rate <= 0.01, "false-positive rate {fp_rate}");
     assert_eq!(caught, runaway, "every runaway task is caught");
 }
+
+fn redis_url() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("skipped: TOLLGATE_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tgtest:{}:{nanos}:{name}", std::process::id())
+}
+
+/// `[budgets]` with Redis counters under a fresh prefix, then `guard`.
+fn redis_section(url: &str, prefix: &str, guard: &str) -> String {
+    format!(
+        "[budgets]\ncounters = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n{guard}"
+    )
+}
+
+async fn clear_redis(url: &str, prefix: &str) {
+    tollgate_store::counters::RedisCounters::connect(url, prefix)
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+}
+
+/// Two replicas, one Redis: a halt decided on replica A is refused by replica B on its
+/// very next call for the task (A writes the halt to Redis before its own 409 goes out,
+/// and every admission asks Redis); `tollgate tasks release` clears it on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("halt");
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let hook = WebhookReceiver::start(0).await.unwrap();
+    let cfg = config(
+        &up.base_url(),
+        &format!(
+            "{}\n[alerts]\nwebhook_url = \"{}\"\nbackoff_ms = 20\n",
+            redis_section(&url, &prefix, "[guard]\nloop_max_repeats = 3\n"),
+            hook.url()
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let a = TestGateway::start_on(&cfg, HashMap::new(), &db_a).await;
+    let b = TestGateway::start_on(&cfg, HashMap::new(), &db_b).await;
+
+    // The runaway runs on replica A until A halts it (the same calls as the
+    // single-gateway test: six forwarded, the seventh halted).
+    let (goal, steps) = agents::runaway(7, Runaway::ReplayJittered, 2, 10);
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        let r = call(&a, "ticket-88", agents::conversation(&goal, &steps, i + 1)).await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 409]);
+    // The agent retries on replica B, which never saw the task: refused on the first
+    // call, with A's reason, in the OpenAI shape. Nothing more reached the upstream.
+    for i in 7..10 {
+        let r = call(&b, "ticket-88", agents::conversation(&goal, &steps, i + 1)).await;
+        assert_eq!(r.status(), 409, "call {i} on replica B");
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "task_halted");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("loop detected"),
+            "{e}"
+        );
+    }
+    assert_eq!(up.calls(), 6, "no extra call slipped through on B");
+    // One incident (in A's store, which decided it), one alert.
+    hook.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hook.received().len(), 1, "{:?}", hook.received());
+    assert_eq!(a.store.incidents(Some("ticket-88"), 10).unwrap().len(), 1);
+    assert!(b.store.incidents(Some("ticket-88"), 10).unwrap().is_empty());
+
+    // Release from the CLI against A's database and the shared config: both replicas
+    // let the task through on the next call, with a fresh history.
+    let cfg_path = dir.path().join("tollgate.toml");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["tasks", "--config"])
+        .arg(&cfg_path)
+        .arg("--db")
+        .arg(&db_a)
+        .args(["release", "ticket-88"])
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every replica"), "{stdout}");
+    for gw in [&b, &a] {
+        let r = call(gw, "ticket-88", agents::conversation(&goal, &steps, 1)).await;
+        assert_eq!(r.status(), 200);
+    }
+    // A task polling the same thing, its calls alternating replicas: each replica
+    // judges loops on the calls it saw: A's calls 0, 2, 4, 6 are the first and three
+    // repeats (the limit), call 8 its fourth repeat: halted; B refuses call 9 and after.
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let msgs = vec![json!({"role": "user", "content": "poll the build"})];
+        statuses.push(call(gw, "ticket-89", msgs).await.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 200, 200, 409, 409, 409, 409]
+    );
+    let halted_in = |gw: &TestGateway| {
+        gw.store
+            .task_record("ticket-89")
+            .unwrap()
+            .is_some_and(|r| r.is_halted())
+    };
+    assert!(halted_in(&a) && !halted_in(&b));
+    // Released through B's admin API (B's store never had it): every replica lets it
+    // through at once, and A's store records the release within a refresh.
+    let r = admin(&b, reqwest::Method::POST, "/admin/tasks/ticket-89/release").await;
+    assert_eq!(r["released"], true);
+    let msgs = vec![json!({"role": "user", "content": "poll the build"})];
+    assert_eq!(call(&a, "ticket-89", msgs).await.status(), 200);
+    let mut released = false;
+    for _ in 0..60 {
+        if !halted_in(&a) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        released,
+        "the halting replica's store learned of the release"
+    );
+    a.stop().await;
+    b.stop().await;
+    clear_redis(&url, &prefix).await;
+}
+
+/// Per-task iteration and cost limits count calls on every replica: raced across two
+/// replicas, exactly `max_iterations` calls pass (one atomic counter in Redis), and one
+/// incident is recorded; a cost limit counts what both replicas' calls cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_limits_count_across_replicas() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("limits");
+    // The upstream takes 300 ms: every racing call is admitted before any has settled
+    // (so only the iteration limit can refuse them).
+    let mut slow = Fixture::json(200, Fixture::file("openai/chat.json"));
+    slow.delay = Duration::from_millis(300);
+    let up = FixtureUpstream::start(slow).await.unwrap();
+    // Each call costs $0.001 (10 output tokens at $100/Mtok, input free).
+    let cfg = format!(
+        "{}
+[[upstreams]]
+name = \"up\"
+base_url = \"{}\"
+
+[[deployments]]
+name = \"m\"
+upstream = \"up\"
+model = \"gpt-4.1\"
+price = {{ input = \"0\", output = \"100\" }}
+",
+        redis_section(
+            &url,
+            &prefix,
+            "[guard]\nmax_iterations = 10\nmax_cost_usd = \"0.003\"\n\
+             loop_max_repeats = 0\nno_progress_calls = 0\n",
+        ),
+        up.base_url()
+    );
+    let a = TestGateway::start(&cfg, HashMap::new()).await;
+    let b = TestGateway::start(&cfg, HashMap::new()).await;
+
+    // 40 calls of one task at once, alternating replicas.
+    let http = client();
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let req = http
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .header("x-tollgate-task", "burst")
+            .json(&json!({"model": "m", "max_tokens": 10,
+                "messages": [{"role": "user", "content": format!("item {i}")}]}));
+        joins.spawn(async move { req.send().await.unwrap().status().as_u16() });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = joins.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let halted = statuses.iter().filter(|s| **s == 409).count();
+    eprintln!(
+        "40 racing calls over 2 replicas, max_iterations 10: {ok} forwarded, {halted} halted"
+    );
+    assert_eq!((ok, halted), (10, 30), "{statuses:?}");
+    assert_eq!(up.calls(), 10);
+    let incidents = a.store.incidents(Some("burst"), 10).unwrap().len()
+        + b.store.incidents(Some("burst"), 10).unwrap().len();
+    assert_eq!(incidents, 1, "one trip, recorded by one replica");
+
+    up.set(Fixture::json(200, Fixture::file("openai/chat.json")));
+    // Cost: $0.003 per task, calls alternating replicas. Per replica it would take six
+    // calls; shared, the fourth is refused. (A call's cost counts once it settles,
+    // milliseconds after its response: the agent here waits a moment between calls.)
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = call(
+            gw,
+            "costly",
+            vec![json!({"role": "user", "content": format!("step {i}")})],
+        )
+        .await;
+        statuses.push(r.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(statuses, [200, 200, 200, 409, 409, 409]);
+    let t = a
+        .store
+        .incidents(Some("costly"), 1)
+        .unwrap()
+        .into_iter()
+        .chain(b.store.incidents(Some("costly"), 1).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].kind, "cost");
+    assert_eq!(t[0].evidence["cost_usd"], "0.003000000");
+    a.stop().await;
+    b.stop().await;
+    clear_redis(&url, &prefix).await;
+}
+
+/// Redis counters configured but unreachable: `on_counter_error = "deny"` refuses a
+/// guarded call with 503 `budget_unavailable`; `"allow"` guards it with this replica's
+/// own state (a loop is still halted, here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_denies_or_falls_back_to_the_local_guard() {
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    // Nothing listens on port 1.
+    let dead = "redis://127.0.0.1:1";
+    let msgs = vec![json!({"role": "user", "content": "poll the build"})];
+    let deny = TestGateway::start(
+        &config(
+            &up.base_url(),
+            &redis_section(dead, "tg", "[guard]\nloop_max_repeats = 1\n"),
+        ),
+        HashMap::new(),
+    )
+    .await;
+    let r = call(&deny, "t", msgs.clone()).await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "budget_unavailable");
+    deny.stop().await;
+    let allow = TestGateway::start(
+        &config(
+            &up.base_url(),
+            &redis_section(
+                dead,
+                "tg",
+                "on_counter_error = \"allow\"\n[guard]\nloop_max_repeats = 1\n",
+            ),
+        ),
+        HashMap::new(),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call(&allow, "t", msgs.clone()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 409, 409]);
+    assert_eq!(up.calls(), 2);
+    allow.stop().await;
+}
+
+/// Redis restarts empty: the replica whose store recorded a halt writes it back (at
+/// startup and on every refresh), so the other replicas refuse the task again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn halts_survive_a_redis_that_lost_its_data() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("restart");
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let cfg = config(
+        &up.base_url(),
+        &redis_section(&url, &prefix, "[guard]\nmax_iterations = 1\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db_a = dir.path().join("a.db");
+    let a = TestGateway::start_on(&cfg, HashMap::new(), &db_a).await;
+    let msgs = |i: usize| vec![json!({"role": "user", "content": format!("step {i}")})];
+    assert_eq!(call(&a, "t-lost", msgs(0)).await.status(), 200);
+    assert_eq!(call(&a, "t-lost", msgs(1)).await.status(), 409);
+    a.stop().await;
+    // Redis loses everything; replica A comes back on its database.
+    clear_redis(&url, &prefix).await;
+    let a = TestGateway::start_on(&cfg, HashMap::new(), &db_a).await;
+    let b = TestGateway::start(&cfg, HashMap::new()).await;
+    // A writes its halts back at startup (and at the latest on its next refresh, 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = call(&b, "t-lost", msgs(2)).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(up.calls(), 1);
+    a.stop().await;
+    b.stop().await;
+    clear_redis(&url, &prefix).await;
+}

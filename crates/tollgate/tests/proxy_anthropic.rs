@@ -284,3 +284,100 @@ async fn upstream_errors_pass_through_and_gateway_errors_are_anthropic_shaped() 
     );
     assert_eq!(row.cost.nanos(), 0);
 }
+
+/// `POST /v1/messages/count_tokens` is answered by the gateway: counted locally over
+/// system, messages and tools, authenticated like `/v1/messages`, errors in Anthropic's
+/// shape, no upstream call and no ledger row.
+#[tokio::test]
+async fn count_tokens_is_answered_locally_without_a_ledger_row() {
+    use tollgate_providers::tokenizer::Encoding;
+    let (up, gw) = setup(Fixture::json(200, Fixture::file("anthropic/message.json"))).await;
+    let count = |key: &str, body: Value| {
+        client()
+            .post(gw.url("/v1/messages/count_tokens"))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let messages = json!([{"role": "user", "content": "Hello, Claude"}]);
+    let tools = json!([{"name": "get_weather", "description": "Get the weather",
+        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]);
+    let r = count(
+        &gw.key,
+        json!({"model": "claude-sonnet-4-5", "system": "Be brief.",
+            "messages": messages, "tools": tools}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-tollgate-request-id"));
+    let n = r.json::<Value>().await.unwrap()["input_tokens"]
+        .as_u64()
+        .unwrap();
+    let enc = Encoding::for_model("claude-sonnet-4-5-20250929");
+    let expected = enc.count_anthropic_prompt(
+        Some(&json!("Be brief.")),
+        messages.as_array().unwrap(),
+        Some(&tools),
+    );
+    assert_eq!(n, expected);
+    let bare = count(
+        &gw.key,
+        json!({"model": "claude-sonnet-4-5", "messages": messages}),
+    )
+    .await
+    .unwrap();
+    let bare = bare.json::<Value>().await.unwrap()["input_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(bare > 0 && bare < n, "{bare} < {n}");
+
+    // Errors, in Anthropic's shape.
+    let err = |r: Value| (r["type"].clone(), r["error"]["type"].clone());
+    let r = count(
+        "tg-wrong",
+        json!({"model": "claude-sonnet-4-5", "messages": []}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        err(r.json().await.unwrap()),
+        (json!("error"), json!("authentication_error"))
+    );
+    let r = count(&gw.key, json!({"model": "claude-nope", "messages": []}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        err(r.json().await.unwrap()),
+        (json!("error"), json!("not_found_error"))
+    );
+    let r = count(&gw.key, json!({"model": "claude-sonnet-4-5"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("messages"),
+        "{e}"
+    );
+    let r = client()
+        .post(gw.url("/v1/messages/count_tokens"))
+        .header("x-api-key", &gw.key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    assert_eq!(up.calls(), 0, "no upstream was called");
+    let store = gw.stop().await;
+    assert_eq!(
+        store.ledger_count().unwrap(),
+        0,
+        "counting writes no ledger row"
+    );
+}

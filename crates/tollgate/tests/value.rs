@@ -489,6 +489,109 @@ async fn otlp_spans_reach_a_collector() {
     assert!(end >= start);
 }
 
+/// A request carrying a W3C `traceparent` joins the caller's trace; the upstream call
+/// carries a `traceparent` naming the client span; a malformed one starts a new trace
+/// (the request still succeeds); an unsampled caller's request exports no spans.
+#[tokio::test]
+async fn otlp_spans_join_the_callers_trace_and_propagate_it_upstream() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", post(collect))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    #[allow(clippy::disallowed_methods)] // the test owns its stub collector
+    let collector = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (up, gw) = setup(&format!(
+        "[telemetry]\notlp_endpoint = \"http://{addr}\"\notlp_flush_ms = 20\n"
+    ))
+    .await;
+    let send = |task: &'static str, traceparent: &'static str| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .header("x-tollgate-task", task)
+            .header("traceparent", traceparent)
+            .header("tracestate", "caller=1")
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+    };
+    let upstream_traceparent = || {
+        up.last_headers().unwrap()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    // 1. A sampled caller.
+    let tp = format!("00-{TRACE}-{PARENT}-01").leak();
+    assert_eq!(send("t-joined", tp).await.unwrap().status(), 200);
+    let sent_joined = upstream_traceparent();
+    assert_eq!(up.last_headers().unwrap()["tracestate"], "caller=1");
+    // 2. A malformed traceparent: ignored.
+    assert_eq!(
+        send("t-malformed", "00-nonsense-01")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let sent_fresh = upstream_traceparent();
+    assert!(up.last_headers().unwrap().get("tracestate").is_none());
+    // 3. An unsampled caller: propagated as unsampled, nothing exported.
+    let tp = format!("00-{TRACE}-{PARENT}-00").leak();
+    assert_eq!(send("t-unsampled", tp).await.unwrap().status(), 200);
+    let sent_unsampled = upstream_traceparent();
+    gw.stop().await;
+    let got = received.lock().unwrap().clone();
+    collector.abort();
+    let spans: Vec<Value> = got
+        .iter()
+        .flat_map(|r| r["resourceSpans"].as_array().unwrap())
+        .flat_map(|rs| rs["scopeSpans"].as_array().unwrap())
+        .flat_map(|ss| ss["spans"].as_array().unwrap())
+        .cloned()
+        .collect();
+    let of_task = |task: &str, kind: i64| {
+        spans
+            .iter()
+            .find(|s| {
+                s["kind"] == kind
+                    && attr(s, "tollgate.task").map(|v| v["stringValue"] == task) == Some(true)
+            })
+            .cloned()
+    };
+    let server = of_task("t-joined", 2).unwrap();
+    let client_span = of_task("t-joined", 3).unwrap();
+    assert_eq!(server["traceId"], TRACE);
+    assert_eq!(server["parentSpanId"], PARENT);
+    assert_eq!(client_span["traceId"], TRACE);
+    assert_eq!(client_span["parentSpanId"], server["spanId"]);
+    assert_eq!(
+        sent_joined,
+        format!("00-{TRACE}-{}-01", client_span["spanId"].as_str().unwrap())
+    );
+    let server = of_task("t-malformed", 2).unwrap();
+    let client_span = of_task("t-malformed", 3).unwrap();
+    assert_ne!(server["traceId"], TRACE);
+    assert!(server.get("parentSpanId").is_none(), "{server}");
+    assert_eq!(
+        sent_fresh,
+        format!(
+            "00-{}-{}-01",
+            server["traceId"].as_str().unwrap(),
+            client_span["spanId"].as_str().unwrap()
+        )
+    );
+    assert!(of_task("t-unsampled", 2).is_none() && of_task("t-unsampled", 3).is_none());
+    assert!(
+        sent_unsampled.starts_with(&format!("00-{TRACE}-")) && sent_unsampled.ends_with("-00"),
+        "{sent_unsampled}"
+    );
+    assert_eq!(spans.len(), 4, "two requests sampled, two spans each");
+}
+
 fn tollgate(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(args)

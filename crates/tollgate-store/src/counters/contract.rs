@@ -412,3 +412,91 @@ async fn redis_refuses_until_seeded_and_reclaims_dead_reservations() {
     assert_eq!(account(&c, "b:l").await.spent, Money::from_nanos(15));
     r.clear().await.unwrap();
 }
+
+/// The guard's shared task state: counted calls, halts claimed once, release, and a
+/// replica's store reconciled with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_task_state_is_shared_halted_once_and_released_everywhere() {
+    use super::{HaltClaim, KnownHalt, TaskAdmit};
+    let Some(url) = redis_url() else { return };
+    let prefix = unique("tasks");
+    let a = redis(&url, &prefix).await;
+    let b = RedisCounters::connect(&url, &prefix).await.unwrap();
+    let counted = |x: TaskAdmit| match x {
+        TaskAdmit::Counted(t) => t,
+        TaskAdmit::Halted(r) => panic!("halted: {r}"),
+    };
+    // Calls through either replica count on one total; the first call starts the task.
+    let t1 = counted(a.task_admit("t", T0, true).await.unwrap());
+    assert_eq!((t1.iterations, t1.started_ms), (1, T0));
+    a.task_cost("t", Money::from_nanos(700), T0 + 10, "r1")
+        .await
+        .unwrap();
+    b.task_cost("t", Money::from_nanos(300), T0 + 70_000, "r2")
+        .await
+        .unwrap();
+    let t2 = counted(b.task_admit("t", T0 + 70_001, true).await.unwrap());
+    assert_eq!(t2.iterations, 2);
+    assert_eq!(t2.started_ms, T0);
+    assert_eq!(t2.cost, Money::from_nanos(1000));
+    // Only the second cost is within the last minute.
+    assert_eq!(t2.spend_last_minute, Money::from_nanos(300));
+    // Two replicas trip at once: one records it, the other learns the reason.
+    assert_eq!(
+        b.task_halt("t", "loop detected", "loop", T0 + 70_002, false)
+            .await
+            .unwrap(),
+        HaltClaim::First
+    );
+    assert_eq!(
+        a.task_halt("t", "too many calls", "iterations", T0 + 70_003, false)
+            .await
+            .unwrap(),
+        HaltClaim::Already("loop detected".into())
+    );
+    // Halted: refused on both, and not counted.
+    for r in [&a, &b] {
+        assert_eq!(
+            r.task_admit("t", T0 + 70_004, false).await.unwrap(),
+            TaskAdmit::Halted("loop detected".into())
+        );
+    }
+    // A replica whose store still says "halted" is told of the release; a halt Redis
+    // lost (never released) is written back.
+    let known = |task: &str, ms| KnownHalt {
+        task: task.into(),
+        halted_ms: ms,
+        reason: "loop detected".into(),
+        kind: "loop".into(),
+    };
+    assert!(a.task_release("t", T0 + 80_000).await.unwrap());
+    assert!(!a.task_release("t", T0 + 80_001).await.unwrap());
+    let released = a
+        .task_reconcile(&[known("t", T0 + 70_002), known("lost", T0)])
+        .await
+        .unwrap();
+    assert_eq!(released, ["t"]);
+    assert_eq!(
+        b.task_admit("lost", T0 + 80_002, false).await.unwrap(),
+        TaskAdmit::Halted("loop detected".into())
+    );
+    // Released: a fresh start, totals forgotten (a late cost of the old run is dropped).
+    b.task_cost("t", Money::from_nanos(5), T0 + 80_003, "r3")
+        .await
+        .unwrap();
+    let t3 = counted(b.task_admit("t", T0 + 90_000, true).await.unwrap());
+    assert_eq!(
+        (t3.iterations, t3.started_ms, t3.cost),
+        (1, T0 + 90_000, Money::ZERO)
+    );
+    // Dry-run flags are claimed once too.
+    assert_eq!(
+        a.task_halt("d", "x", "loop", T0, true).await.unwrap(),
+        HaltClaim::First
+    );
+    assert_eq!(
+        b.task_halt("d", "x", "loop", T0, true).await.unwrap(),
+        HaltClaim::Already(String::new())
+    );
+    a.clear().await.unwrap();
+}

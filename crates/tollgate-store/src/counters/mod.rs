@@ -7,15 +7,21 @@
 //!   script, so checking and reserving every line of a request is atomic across
 //!   replicas; reservations a dead replica left behind are reclaimed after their hold.
 //!
+//! The runaway-agent guard's shared state (halted tasks, per-task call count, cost and
+//! velocity) lives beside the Redis counters (`redis_tasks`); with in-memory counters the
+//! guard keeps it in the gateway process.
+//!
 //! A reservation is all-or-nothing over its budget lines *and* its rate lines: either
 //! every budget can hold the request's worst case and every rate window has room, or
 //! nothing is changed and the refusal names the first line that said no.
 
 mod memory;
 mod redis;
+mod redis_tasks;
 
 pub use memory::MemoryCounters;
 pub use redis::RedisCounters;
+pub use redis_tasks::{HaltClaim, KnownHalt, TaskAdmit};
 
 use tollgate_domain::budget::{Account, Line, SettledLine};
 use tollgate_domain::money::Money;

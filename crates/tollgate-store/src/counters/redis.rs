@@ -182,6 +182,8 @@ pub struct RedisCounters {
     conn: Arc<tokio::sync::OnceCell<ConnectionManager>>,
     prefix: String,
     scripts: Arc<Scripts>,
+    /// The runaway-agent guard's scripts (`redis_tasks`).
+    pub(super) tasks: Arc<super::redis_tasks::TaskScripts>,
 }
 
 fn err(e: impl std::fmt::Display) -> CounterError {
@@ -201,6 +203,7 @@ impl RedisCounters {
                 settle: Script::new(SETTLE),
                 seed: Script::new(SEED),
             }),
+            tasks: Arc::new(super::redis_tasks::TaskScripts::new()),
         })
     }
 
@@ -211,7 +214,7 @@ impl RedisCounters {
         Ok(r)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, CounterError> {
+    pub(super) async fn conn(&self) -> Result<ConnectionManager, CounterError> {
         self.conn
             .get_or_try_init(|| async {
                 let cfg = redis::aio::ConnectionManagerConfig::new()
@@ -227,7 +230,7 @@ impl RedisCounters {
             .cloned()
     }
 
-    fn k(&self, key: &str) -> String {
+    pub(super) fn k(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
