@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
+use tollgate_domain::ledger::{Endpoint, LedgerRow, Route, RouteMode, RouteRecord};
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
 
@@ -305,8 +305,11 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
-    cost_without_cache_nanos)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+    cost_without_cache_nanos,
+    route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
+    route_tier_cost_nanos, route_escalated)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
+    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)
     ON CONFLICT (request_id) DO NOTHING";
 
 /// Insert rows in one transaction. A row whose request id is already present is skipped
@@ -320,6 +323,7 @@ pub fn insert_batch<'a>(
         let mut stmt = tx.prepare_cached(INSERT)?;
         for r in rows {
             let a = &r.attribution;
+            let rt = r.routing.as_ref();
             let tags = if a.tags.is_empty() {
                 None
             } else {
@@ -356,6 +360,14 @@ pub fn insert_batch<'a>(
                 r.stream,
                 r.partial,
                 r.cost_without_cache.nanos(),
+                rt.map(|x| x.name.as_str()),
+                rt.map(|x| i64::from(x.tier)),
+                rt.map(|x| x.tier_deployment.as_str()),
+                rt.map(|x| f64::from(x.score_ppm) / 1e6),
+                rt.map(|x| x.mode.as_str()),
+                rt.map(|x| x.heavy_cost.nanos()),
+                rt.map(|x| x.tier_cost.nanos()),
+                rt.and_then(|x| x.escalated.as_deref()),
             ])?;
         }
     }
@@ -371,7 +383,9 @@ const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, ag
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
-    COALESCE(cost_without_cache_nanos, cost_nanos)
+    COALESCE(cost_without_cache_nanos, cost_nanos),
+    route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
+    route_tier_cost_nanos, route_escalated
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -418,7 +432,29 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         error_code: r.get(26)?,
         stream: r.get(27)?,
         partial: r.get(28)?,
+        routing: route_from_sql(r)?,
     })
+}
+
+fn route_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<RouteRecord>> {
+    let Some(name) = r.get::<_, Option<String>>(30)? else {
+        return Ok(None);
+    };
+    let mode: Option<String> = r.get(34)?;
+    let score: f64 = r.get::<_, Option<f64>>(33)?.unwrap_or(0.0);
+    Ok(Some(RouteRecord {
+        name,
+        tier: u32::try_from(r.get::<_, Option<i64>>(31)?.unwrap_or(0)).unwrap_or(0),
+        tier_deployment: r.get::<_, Option<String>>(32)?.unwrap_or_default(),
+        score_ppm: (score.clamp(0.0, 1.0) * 1e6).round() as u32,
+        mode: mode
+            .as_deref()
+            .and_then(RouteMode::parse)
+            .unwrap_or(RouteMode::Enforce),
+        heavy_cost: Money::from_nanos(r.get::<_, Option<i64>>(35)?.unwrap_or(0)),
+        tier_cost: Money::from_nanos(r.get::<_, Option<i64>>(36)?.unwrap_or(0)),
+        escalated: r.get(37)?,
+    }))
 }
 
 impl SqliteStore {
@@ -520,6 +556,22 @@ pub(crate) mod tests {
             error_code: None,
             stream: i.is_multiple_of(2),
             partial: false,
+            // Every seventh row went through a route (round-tripped in full below).
+            routing: i.is_multiple_of(7).then(|| RouteRecord {
+                name: "auto".into(),
+                tier: 1,
+                tier_deployment: "gpt-4o".into(),
+                score_ppm: 734_125,
+                mode: if i.is_multiple_of(2) {
+                    RouteMode::Enforce
+                } else {
+                    RouteMode::Shadow
+                },
+                heavy_cost: Money::from_nanos(99_999),
+                // Enforce: the chosen tier is what was paid; shadow: a cheaper tier.
+                tier_cost: Money::from_nanos(if i.is_multiple_of(2) { 1234 } else { 1000 } + i as i64),
+                escalated: (i == 7).then(|| "empty".to_string()),
+            }),
         }
     }
 
@@ -563,6 +615,8 @@ pub(crate) mod tests {
             assert_eq!(store.ledger_count().unwrap(), 800, "{durability:?}");
             let back = store.ledger_row("req-7").unwrap().unwrap();
             assert_eq!(back, row(7));
+            let plain = store.ledger_row("req-8").unwrap().unwrap();
+            assert_eq!((plain, row(8).routing), (row(8), None));
         }
     }
 

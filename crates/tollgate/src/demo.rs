@@ -5,7 +5,8 @@
 //! their own keys run tasks through the real HTTP path (streaming and not, cached
 //! prompts, reasoning tokens, embeddings, an upstream rate limit and a stream cut
 //! short, an OpenAI-format agent served by Nova 2 Lite on Bedrock, an Anthropic-format
-//! client); then the spend report is printed and the gateway keeps serving.
+//! client, a helpdesk agent asking for the routed model `auto`); then the spend, ROI and
+//! savings reports are printed and the gateway keeps serving.
 
 use crate::cli::DemoArgs;
 use crate::report::render_table;
@@ -369,6 +370,41 @@ async fn copywriter(w: &Workload, a: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// Helpdesk: asks for the routed model `auto` (gpt-4o-mini → gpt-4o, routed to keep 95 %
+/// of the heavy model's quality on the router's calibration set). Routine questions go to
+/// the light tier, hard ones to the heavy tier; the ledger records what the heavy tier
+/// would have cost, and the savings report shows the difference. Its calls carry no task
+/// id (one-off questions).
+async fn helpdesk(w: &Workload, a: &Agent) -> Result<()> {
+    let prompts = [
+        "What are your opening hours on Saturday?",
+        "Translate 'thank you for your order' into Spanish.",
+        "Fix the typo: 'Your parcle has shipped.'",
+        "Prove that the sum of the first n odd numbers is n squared, and explain each step of the induction.",
+        "What is the capital of Portugal?",
+        "Design a sharded rate limiter for a multi-region API gateway: compare token buckets and sliding windows, analyse consistency and failure modes, and justify the trade-offs.",
+        "Reply 'yes' or 'no': is the store open on public holidays?",
+        "Summarise in one sentence: the delivery was late but the product works well.",
+        "A contract says the supplier is liable for indirect damages only under gross negligence. Analyse whether a data-loss incident caused by an unpatched server could qualify, citing the usual legal tests.",
+        "Give me a synonym for 'quick'.",
+    ];
+    for p in prompts {
+        w.sent.fetch_add(1, Ordering::Relaxed);
+        let resp = w
+            .http
+            .post(format!("{}/v1/chat/completions", w.base))
+            .bearer_auth(&a.key)
+            .header("x-tollgate-tags", "env:demo")
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": p}]}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("routed call: {}", resp.text().await?);
+        }
+    }
+    Ok(())
+}
+
 /// What the agents' owners report when each task ends: value in USD or minutes of work
 /// saved (priced at the `[outcomes]` hourly rates), or a failure.
 async fn record_outcomes(w: &Workload, agents: &[Agent]) -> Result<()> {
@@ -503,6 +539,13 @@ name = "nova-2-lite"
 upstream = "sim-bedrock"
 model = "us.amazon.nova-2-lite-v1:0"
 
+# Tiered routing: clients ask for `auto`; the built-in router sends each request to the
+# light or the heavy deployment, keeping 95 % of the heavy model's quality (calibrated).
+[[routes]]
+name = "auto"
+tiers = ["gpt-4o-mini", "gpt-4o"]
+quality_target = 0.95
+
 # What an hour of the work an agent saves is worth (for outcomes given in minutes saved).
 [outcomes]
 hourly_rate_usd = "60"
@@ -560,6 +603,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         ("triage-agent", "operations", "dave"),
         ("writer-assistant", "marketing", "erin"),
         ("ops-agent", "platform", "frank"),
+        ("helpdesk-router", "customer-support", "grace"),
     ] {
         let (_, key) = store.create_key(
             &NewKey {
@@ -625,6 +669,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         Box::pin(review(&w, &agents[2])),
         Box::pin(triage(&w, &agents[3])),
         Box::pin(copywriter(&w, &agents[4])),
+        Box::pin(helpdesk(&w, &agents[6])),
     ])
     .await;
     for r in results {
@@ -650,6 +695,8 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     }
     let roi = store.roi_report(GroupBy::Agent, since, now_ms() + 1)?;
     println!("{}", crate::views::roi_table(&roi));
+    let savings = store.savings_report(Some(GroupBy::Agent), since, now_ms() + 1)?;
+    println!("{}", crate::views::savings_table(&savings));
     println!("Runaway-agent guard:\n  {halted}");
     let alerts = hook.wait_for(1, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

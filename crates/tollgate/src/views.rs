@@ -372,7 +372,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         "mechanism",
         "calls",
         "without_usd",
-        "charged_usd",
+        "with_usd",
         "saved_usd",
         "saved",
     ];
@@ -418,7 +418,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         ));
     }
     out.push_str(
-        "routing and pruning: not part of this build; they get a line here when they are.\n",
+        "routing_shadow is what routing would have saved (shadow mode forwards the route's default); it is not in any total of money saved.\npruning: not part of this build; it gets a line here when it is.\n",
     );
     out
 }
@@ -500,6 +500,7 @@ pub(crate) mod tests {
             error_code: None,
             stream: false,
             partial: false,
+            routing: None,
         }
     }
 

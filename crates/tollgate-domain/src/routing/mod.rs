@@ -19,6 +19,8 @@
 //! # Layout
 //! - [`features`]: normalisation, windowing, tokens, hashed buckets (and dense statistics).
 //! - [`model`]: the quantised linear model, its calibration and its binary file format.
+//! - [`sticky`]: keep a conversation on its tier unless switching beats its warm cache.
+//! - [`check`]: the cheap answer check that decides an escalation to the next tier.
 //! - [`train`]: soft-label L2 logistic regression, solved by Newton-CG; cross-validation folds.
 //! - [`metrics`]: PGR, APGR (both definitions), CPT, thresholds for a quality target, savings.
 //! - this module: [`Router`] (score, decide, calibrate), [`TierPolicy`], [`prompt_text`].
@@ -31,7 +33,9 @@
 
 pub mod features;
 pub mod metrics;
+pub mod check;
 pub mod model;
+pub mod sticky;
 pub mod train;
 
 use features::{FeatureSpec, Scratch, featurize};
