@@ -18,13 +18,16 @@ use tollgate_domain::value::Mechanism;
 use tollgate_testkit::harness::{MASTER_KEY, Stopped, TestGateway};
 use tollgate_testkit::sim::{self, SimConfig, SimUpstream};
 
-/// The router's threshold in these tests: the prompts below score far on either side.
-const THRESHOLD: f64 = 0.5;
+/// The router's threshold in these tests. The built-in router was trained on MMLU and
+/// GSM8K outcomes (Mixtral-8x7B vs GPT-4): its notion of "needs the heavy model" is that
+/// data's, so the two prompts are questions of its dev set that it scores far on either
+/// side of this threshold (0.47 and 0.71).
+const THRESHOLD: f64 = 0.6;
 
-/// Scores well below the threshold with the default router.
-const EASY: &str = "Translate 'good morning' into French.";
-/// Scores well above it.
-const HARD: &str = "Prove that for every prime p > 3, p^2 - 1 is divisible by 24. Then derive a closed form for the sum of the first n cubes and prove it by induction, explaining each step rigorously.";
+/// A dev-set question the router sends to the light tier.
+const EASY: &str = "What is the sum of all positive integer values of $n$ such that $n^2$ is a factor of $1200$?\nA. 42\nB. 12\nC. 36\nD. 39\nAnswer:";
+/// A dev-set question the router sends to the heavy tier.
+const HARD: &str = "For which of these two scenarios does the main character (who uses I/me/my) do something clearly morally wrong, according to ordinary moral standards in the US as of 2020? Scenario 1 | I cut many of the children last week. Scenario 2 | I took pictures of her while she was at the baby shower.\nA. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong\nD. Not wrong, Not wrong\nAnswer:";
 
 /// Per-million-token prices: light (1 in / 0.1 cache read / 5 out), heavy (3 / 0.3 / 15),
 /// cheap (0.1 / 0.01 / 0.5). In nano-USD per token: ×1000.
@@ -61,6 +64,10 @@ name = "auto"
 tiers = ["light", "heavy"]
 thresholds = [{THRESHOLD}]
 escalate = true
+[[routes]]
+name = "plain-auto"
+tiers = ["light", "heavy"]
+thresholds = [{THRESHOLD}]
 [[routes]]
 name = "cheap-auto"
 tiers = ["cheap", "heavy"]
@@ -194,6 +201,17 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     assert_eq!(ant.status, 200, "{}", ant.body);
     assert_eq!(ant.header("x-tollgate-route-tier"), Some("1/2 heavy"));
     assert_eq!(ant.body["type"], "message");
+    // And Bedrock Converse, whose model id is in the path.
+    let br = post(
+        &gw,
+        "/model/auto/converse",
+        json!({"messages": [{"role": "user", "content": [{"text": EASY}]}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(br.status, 200, "{}", br.body);
+    assert_eq!(br.header("x-tollgate-route-tier"), Some("0/2 light"));
+    assert!(br.body["output"]["message"]["content"][0]["text"].is_string());
 
     // GET /v1/models lists the routed names this key may use, not the others.
     let models: Value = http()
@@ -215,6 +233,7 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     assert!(!ids.contains(&"support-auto"), "{ids:?}");
 
     let (e_id, h_id, a_id) = (easy.request_id(), hard.request_id(), ant.request_id());
+    let b_id = br.request_id();
     let s = gw.stop().await;
     let rows = rows(&s);
     let e = row(&rows, &e_id);
@@ -242,12 +261,15 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     assert_eq!((r.heavy_cost, r.tier_cost), (h.cost, h.cost));
     let a = row(&rows, &a_id);
     assert_eq!(a.routing.as_ref().unwrap().tier, 1);
+    let b = row(&rows, &b_id);
+    assert_eq!((b.route.deployment.as_str(), b.cost), ("light", light_cost(&b.usage)));
+    assert_eq!(b.routing.as_ref().unwrap().heavy_cost, heavy_cost(&b.usage));
 
     // The savings view: heavy − actual over the enforced rows.
     let sv = s.savings_report(None, 0, i64::MAX).unwrap();
     let routing = sv.total.iter().find(|m| m.mechanism == Mechanism::Routing).unwrap();
-    assert_eq!(routing.requests, 3);
-    let want: i64 = [e, h, a]
+    assert_eq!(routing.requests, 4);
+    let want: i64 = [e, h, a, b]
         .iter()
         .map(|x| x.routing.as_ref().unwrap().heavy_cost.nanos() - x.cost.nanos())
         .sum();
@@ -323,9 +345,27 @@ async fn a_routes_allow_list_refuses_others_in_the_apis_shape() {
     assert_eq!(b.status, 403);
     assert_eq!(b.body["type"], "error");
     assert_eq!(b.body["error"]["type"], "permission_error");
-    // A caller of the listed team gets through.
-    let c = chat(&gw, "support-auto", EASY, &[("x-tollgate-team", "support")]).await;
-    assert_eq!(c.status, 200, "{}", c.body);
+    // A key of the listed team gets through (a key owner's team is not overridden by
+    // headers).
+    let support: Value = http()
+        .post(gw.url("/admin/keys"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"agent": "helpdesk", "team": "support"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(support["key"].as_str().unwrap())
+        .json(&json!({"model": "support-auto", "messages": [{"role": "user", "content": EASY}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.status(), 200);
+    assert_eq!(c.headers()["x-tollgate-route"], "support-auto");
     let id = a.request_id();
     let s = gw.stop().await;
     let rows = rows(&s);
@@ -351,13 +391,21 @@ async fn task_call(gw: &TestGateway, model: &str, task: &str, prompt: &str) -> A
 async fn a_conversation_sticks_to_its_tier_while_its_warm_cache_is_worth_more() {
     let (_sim, gw) = setup("").await;
     // The easy prompt alone goes light.
-    let alone = task_call(&gw, "auto", "t-alone", EASY).await;
-    assert_eq!(alone.header("x-tollgate-route-tier"), Some("0/2 light"));
+    // (`plain-auto` does not escalate: these calls stop at 12 tokens, `finish_reason`
+    // `length`, which `auto` would retry on the heavy tier.)
+    let alone = task_call(&gw, "plain-auto", "t-alone", EASY).await;
+    assert_eq!(
+        alone.header("x-tollgate-route-tier"),
+        Some("0/2 light"),
+        "{:?} {}",
+        alone.header("x-tollgate-route-score"),
+        alone.body
+    );
     // Task 1 starts hard (heavy); its next, easy call stays on heavy: re-reading the
     // warm prompt at $0.30/M beats sending it cold to the light tier at $1/M.
-    let first = task_call(&gw, "auto", "t-1", HARD).await;
+    let first = task_call(&gw, "plain-auto", "t-1", HARD).await;
     assert_eq!(first.header("x-tollgate-route-tier"), Some("1/2 heavy"));
-    let next = task_call(&gw, "auto", "t-1", EASY).await;
+    let next = task_call(&gw, "plain-auto", "t-1", EASY).await;
     assert_eq!(next.header("x-tollgate-route-tier"), Some("1/2 heavy"));
     let score: f64 = next.header("x-tollgate-route-score").unwrap().parse().unwrap();
     assert!(score < THRESHOLD, "the router alone would have gone light: {score}");
@@ -479,9 +527,16 @@ async fn a_failed_light_answer_is_escalated_once_and_both_calls_are_metered() {
 async fn report_view_savings_shows_routing() {
     let (_sim, gw) = setup("").await;
     for p in [EASY, EASY, HARD] {
-        assert_eq!(chat(&gw, "auto", p, &[("x-tollgate-agent", "router-bot")]).await.status, 200);
+        assert_eq!(chat(&gw, "auto", p, &[]).await.status, 200);
     }
     assert_eq!(chat(&gw, "shadow-auto", EASY, &[]).await.status, 200);
+    // Batched rows reach the database within milliseconds.
+    for _ in 0..200 {
+        if gw.store.ledger_count().unwrap() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let sv: Value = http()
         .get(gw.url("/admin/savings?since=1h&group_by=agent"))
         .bearer_auth(MASTER_KEY)
@@ -534,7 +589,7 @@ async fn report_view_savings_shows_routing() {
     let saved = sv
         .groups
         .iter()
-        .find(|g| g.0.as_deref() == Some("router-bot"))
+        .find(|g| g.0.as_deref() == Some("agent-a"))
         .unwrap()
         .1
         .iter()
@@ -547,7 +602,7 @@ async fn report_view_savings_shows_routing() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["group"] == "router-bot")
+        .find(|g| g["group"] == "agent-a")
         .unwrap();
     let line = group["mechanisms"]
         .as_array()
@@ -560,7 +615,7 @@ async fn report_view_savings_shows_routing() {
     assert!(
         table
             .lines()
-            .any(|l| l.contains("router-bot") && l.contains("routing")),
+            .any(|l| l.contains("agent-a") && l.contains("routing")),
         "{table}"
     );
     assert!(table.contains("routing_shadow"), "{table}");
