@@ -98,6 +98,17 @@ pub fn table(
     left: usize,
     total: bool,
 ) -> String {
+    table_with_totals(title, headers, rows, left, usize::from(total))
+}
+
+/// [`table`] whose last `totals` rows are totals (one rule above them).
+pub fn table_with_totals(
+    title: &str,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    left: usize,
+    totals: usize,
+) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -132,7 +143,7 @@ pub fn table(
         &headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
     ));
     for (i, r) in rows.iter().enumerate() {
-        if total && i + 1 == rows.len() {
+        if totals > 0 && i + totals == rows.len() {
             let w: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
             out.push_str(&"-".repeat(w));
             out.push('\n');
@@ -397,7 +408,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
     for s in &r.total {
         rows.push(cells("TOTAL", s));
     }
-    let mut out = table(
+    let mut out = table_with_totals(
         &format!(
             "savings by mechanism and {by}, {} → {} ({} calls, {} USD charged in all)",
             iso(r.since_ms),
@@ -408,7 +419,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         &headers,
         &rows,
         2,
-        true,
+        r.total.len(),
     );
     for s in &r.total {
         out.push_str(&format!(
