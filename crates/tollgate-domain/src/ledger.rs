@@ -95,6 +95,20 @@ pub struct RouteRecord {
     /// This call's answer failed the escalation check and was retried on the next tier
     /// (its reason code: `empty`, `refusal`, `invalid_json`, `length`).
     pub escalated: Option<String>,
+    /// The request's hashed feature vector, when `routing.record_samples` is on (written
+    /// to the `route_samples` table, not to the ledger row).
+    #[serde(default)]
+    pub sample: Option<RouteSample>,
+}
+
+/// A routed request's features for training (see `routing::sample`): no prompt text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSample {
+    /// Which router's feature space (`embedded` or the model file's hash).
+    pub model: String,
+    pub tokens: u32,
+    /// `routing::sample::Sample` as JSON.
+    pub features: String,
 }
 
 /// One metered request.

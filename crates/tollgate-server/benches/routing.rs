@@ -144,16 +144,33 @@ fn main() {
     println!("routing decision on parsed request bodies, {N} timings after {WARM} warm-up (µs, one thread)\n");
     println!("| {:<58} | {:>7} | {:>7} | {:>7} | {:>7} |", "what", "p50", "p90", "p99", "p99.9");
     println!("|{}|---------|---------|---------|---------|", "-".repeat(60));
+    // Every conversation is known (on the heavy tier, with a 5,000-token prompt and a
+    // 300-token answer), so the sticky lines weigh a switch on every call.
+    for (_, reqs) in &sets {
+        for r in reqs {
+            let d = routing::decide(&gw.routing, &auto, r, Some("task-1"), None, false);
+            if let Some(id) = d.conversation {
+                gw.routing.remember(
+                    id,
+                    tollgate_domain::routing::sticky::Stuck {
+                        tier: 1,
+                        prompt_tokens: 5000,
+                        output_tokens: 300,
+                    },
+                );
+            }
+        }
+    }
     for (name, reqs) in &sets {
         run(&format!("baseline: resolve a concrete model ({name})"), reqs, &mut |r| {
             black_box(cfg.deployments.get("heavy").cloned());
             black_box(r.model());
         });
-        run(&format!("decide, sticky (task id): {name}"), reqs, &mut |r| {
-            black_box(routing::decide(&gw.routing, &auto, r, Some("task-1"), None));
+        run(&format!("decide, sticky (known task): {name}"), reqs, &mut |r| {
+            black_box(routing::decide(&gw.routing, &auto, r, Some("task-1"), None, false));
         });
         run(&format!("decide, not sticky: {name}"), reqs, &mut |r| {
-            black_box(routing::decide(&gw.routing, &loose, r, None, None));
+            black_box(routing::decide(&gw.routing, &loose, r, None, None, false));
         });
     }
     // The router alone on the same texts, for scale (what phase 1's `bench router` times).
@@ -172,5 +189,8 @@ fn main() {
         }
     }
     stats("for scale: Router::decide alone on the ~1 KB agent turns' text", xs);
-    println!("\nconversations remembered for stickiness: {}", gw.routing.len());
+    println!(
+        "\nconversations remembered for stickiness: {}",
+        gw.routing.len()
+    );
 }

@@ -299,6 +299,7 @@ impl Meter {
             heavy_cost: price(r.heavy_deployment()),
             tier_cost: price(r.tier_deployment()),
             escalated: r.escalated.map(|f| f.code().to_string()),
+            sample: r.sample.clone(),
         }
     }
 

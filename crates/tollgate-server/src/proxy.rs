@@ -136,7 +136,14 @@ fn resolve(
             return Err(ApiError::ModelNotAllowed(model.to_string()));
         }
         route_allowed(route)?;
-        let r = routing::decide(&gw.routing, route, req, attr.task.as_deref(), None);
+        let r = routing::decide(
+            &gw.routing,
+            route,
+            req,
+            attr.task.as_deref(),
+            None,
+            cfg.routing.record_samples,
+        );
         return Ok((r.served.clone(), Some(r)));
     }
     let d = cfg
@@ -166,6 +173,7 @@ fn resolve(
         req,
         attr.task.as_deref(),
         Some(d.clone()),
+        cfg.routing.record_samples,
     );
     Ok((d, Some(r)))
 }
@@ -526,6 +534,8 @@ fn escalate(
         next.tier = (next.tier + 1).min(next.route.heaviest());
         next.served = next.route.tiers[next.tier].clone();
         next.escalated = None;
+        // The sample belongs to the first call's row (same prompt).
+        next.sample = None;
         let Escalation {
             req,
             headers: client_headers,

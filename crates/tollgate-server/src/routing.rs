@@ -16,7 +16,9 @@ use crate::config::{Deployment, Route};
 use crate::ingress::IngressRequest;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
-use tollgate_domain::ledger::RouteMode;
+use tollgate_domain::ledger::{RouteMode, RouteSample};
+use tollgate_domain::routing::features::Scratch;
+use tollgate_domain::routing::sample::Sample;
 use tollgate_domain::pricing::ModelPrice;
 use tollgate_domain::routing::check::Failure;
 use tollgate_domain::routing::sticky::{
@@ -74,6 +76,8 @@ pub struct Routed {
     pub conversation: Option<u64>,
     /// This call's answer failed the escalation check (set on the first call's row).
     pub escalated: Option<Failure>,
+    /// The hashed feature vector, when samples are recorded.
+    pub sample: Option<RouteSample>,
 }
 
 impl Routed {
@@ -144,19 +148,36 @@ fn tier_rates(p: Option<&Arc<ModelPrice>>, prompt_tokens: u64) -> Option<TierRat
     })
 }
 
+thread_local! {
+    static SAMPLE_SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// Decide a routed request. `task`: the request's task id (it identifies the
 /// conversation when present). `shadow_of`: the deployment the client asked for when
-/// routing only shadows a concrete model (`x-tollgate-route` header).
+/// routing only shadows a concrete model (`x-tollgate-route` header). `record`: also take
+/// the request's hashed feature vector (`routing.record_samples`).
 pub fn decide(
     state: &RoutingState,
     route: &Arc<Route>,
     req: &IngressRequest,
     task: Option<&str>,
     shadow_of: Option<Arc<Deployment>>,
+    record: bool,
 ) -> Routed {
     let turns = turns(req);
     let text = tollgate_domain::routing::prompt_text(turns.iter().copied());
     let d = route.router.decide(&text, &route.policy);
+    let sample = record.then(|| {
+        let s = SAMPLE_SCRATCH.with(|sc| match sc.try_borrow_mut() {
+            Ok(mut sc) => Sample::of(route.router.spec(), &text, &mut sc),
+            Err(_) => Sample::of(route.router.spec(), &text, &mut Scratch::default()),
+        });
+        RouteSample {
+            model: route.model_id.clone(),
+            tokens: s.tokens,
+            features: s.to_json(),
+        }
+    });
     let wanted = d.tier.min(route.heaviest());
     let conversation = route.sticky.then(|| {
         let system = turns.iter().find(|t| matches!(t.0, "system" | "developer"));
@@ -207,5 +228,6 @@ pub fn decide(
         served,
         conversation,
         escalated: None,
+        sample,
     }
 }

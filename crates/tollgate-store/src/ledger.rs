@@ -312,6 +312,9 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)
     ON CONFLICT (request_id) DO NOTHING";
 
+const INSERT_SAMPLE: &str = "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (request_id) DO NOTHING";
+
 /// Insert rows in one transaction. A row whose request id is already present is skipped
 /// (a retried batch never double-counts).
 pub fn insert_batch<'a>(
@@ -321,6 +324,7 @@ pub fn insert_batch<'a>(
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
+        let mut samples = tx.prepare_cached(INSERT_SAMPLE)?;
         for r in rows {
             let a = &r.attribution;
             let rt = r.routing.as_ref();
@@ -369,6 +373,19 @@ pub fn insert_batch<'a>(
                 rt.map(|x| x.tier_cost.nanos()),
                 rt.and_then(|x| x.escalated.as_deref()),
             ])?;
+            if let Some(rt) = rt
+                && let Some(smp) = &rt.sample
+            {
+                samples.execute(params![
+                    r.request_id,
+                    r.ts_ms,
+                    rt.name,
+                    a.task,
+                    smp.model,
+                    i64::from(smp.tokens),
+                    smp.features,
+                ])?;
+            }
         }
     }
     tx.commit()?;
@@ -454,10 +471,55 @@ fn route_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<RouteRecord>> {
         heavy_cost: Money::from_nanos(r.get::<_, Option<i64>>(35)?.unwrap_or(0)),
         tier_cost: Money::from_nanos(r.get::<_, Option<i64>>(36)?.unwrap_or(0)),
         escalated: r.get(37)?,
+        sample: None,
     }))
 }
 
+/// A recorded routing sample joined with its ledger row and its task's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    pub request_id: String,
+    pub route_name: String,
+    pub task: Option<String>,
+    pub model: String,
+    pub features: String,
+    /// The deployment that served the call.
+    pub deployment: String,
+    pub escalated: bool,
+    /// The task's current outcome status (`success`, `failure`, `abandoned`), if any.
+    pub outcome: Option<String>,
+}
+
 impl SqliteStore {
+    /// Every recorded routing sample with what was observed of it (oldest first).
+    pub fn route_samples(&self) -> Result<Vec<StoredSample>, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let mut stmt = conn.prepare(
+            "SELECT s.request_id, s.route_name, s.task, s.model_hash, s.features,
+                    l.deployment, l.route_escalated IS NOT NULL, o.status
+             FROM route_samples s
+             JOIN ledger l ON l.request_id = s.request_id
+             LEFT JOIN task_outcomes o ON o.task = s.task
+             WHERE l.status >= 200 AND l.status < 300
+             ORDER BY s.ts_ms, s.request_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StoredSample {
+                    request_id: r.get(0)?,
+                    route_name: r.get(1)?,
+                    task: r.get(2)?,
+                    model: r.get(3)?,
+                    features: r.get(4)?,
+                    deployment: r.get(5)?,
+                    escalated: r.get(6)?,
+                    outcome: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// One row by request id.
     pub fn ledger_row(&self, request_id: &str) -> Result<Option<LedgerRow>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
@@ -571,6 +633,7 @@ pub(crate) mod tests {
                 // Enforce: the chosen tier is what was paid; shadow: a cheaper tier.
                 tier_cost: Money::from_nanos(if i.is_multiple_of(2) { 1234 } else { 1000 } + i as i64),
                 escalated: (i == 7).then(|| "empty".to_string()),
+                sample: None,
             }),
         }
     }
@@ -618,6 +681,46 @@ pub(crate) mod tests {
             let plain = store.ledger_row("req-8").unwrap().unwrap();
             assert_eq!((plain, row(8).routing), (row(8), None));
         }
+    }
+
+    #[test]
+    fn route_samples_join_their_row_and_outcome() {
+        use tollgate_domain::ledger::RouteSample;
+        use tollgate_domain::outcome::{OutcomeStatus, TaskOutcome, ValueBasis};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let mut with = row(14);
+        if let Some(rt) = with.routing.as_mut() {
+            rt.sample = Some(RouteSample {
+                model: "embedded".into(),
+                tokens: 5,
+                features: "{\"b\": [1, 2]}".into(),
+            });
+        }
+        let mut c = store.connect(Sync::Normal).unwrap();
+        insert_batch(&mut c, [with.clone(), row(21), with].iter()).unwrap();
+        assert!(store.route_samples().unwrap()[0].outcome.is_none());
+        store
+            .record_outcome(
+                &TaskOutcome {
+                    task: "task-4".into(),
+                    status: OutcomeStatus::Success,
+                    basis: ValueBasis::Usd {
+                        value: Money::from_nanos(1),
+                    },
+                    labels: Default::default(),
+                },
+                "test",
+                1,
+            )
+            .unwrap();
+        let s = store.route_samples().unwrap();
+        assert_eq!(s.len(), 1, "one sample, written once");
+        assert_eq!(s[0].request_id, "req-14");
+        assert_eq!(s[0].task.as_deref(), Some("task-4"));
+        assert_eq!(s[0].outcome.as_deref(), Some("success"));
+        assert_eq!((s[0].deployment.as_str(), s[0].escalated), ("gpt-4o", false));
+        assert_eq!(s[0].features, "{\"b\": [1, 2]}");
     }
 
     #[test]

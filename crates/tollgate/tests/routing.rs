@@ -620,3 +620,65 @@ async fn report_view_savings_shows_routing() {
     );
     assert!(table.contains("routing_shadow"), "{table}");
 }
+
+#[tokio::test]
+async fn recorded_samples_keep_no_text_and_train_a_router() {
+    let (_sim, gw) = setup("[routing]\nrecord_samples = true\n").await;
+    // Light calls in tasks that then succeed or fail, a light call that is escalated,
+    // heavy calls (unlabelled: what light would have done is unknown).
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let task = format!("s-{i}");
+        let prompt = if i % 2 == 0 { EASY } else { HARD };
+        let a = post(
+            &gw,
+            "/v1/chat/completions",
+            json!({"model": "plain-auto", "messages": [{"role": "user", "content": prompt}]}),
+            &[("x-tollgate-task", &task)],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        tasks.push(task);
+    }
+    let esc = chat(&gw, "auto", &format!("{EASY} [[sim:empty=gpt-4o-mini]]"), &[]).await;
+    assert_eq!(esc.header("x-tollgate-route-escalated"), Some("empty"));
+    for (i, t) in tasks.iter().enumerate() {
+        let status = if i % 4 == 0 { "success" } else { "failure" };
+        let r = http()
+            .post(gw.url(&format!("/v1/tasks/{t}/outcome")))
+            .bearer_auth(&gw.key)
+            .json(&json!({"status": status}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let s = gw.stop().await;
+    let samples = s.route_samples().unwrap();
+    // Six plain-auto calls and the first (light) call of the escalation; its retry on
+    // the heavy tier carries no sample (the same prompt).
+    assert_eq!(samples.len(), 7);
+    for x in &samples {
+        assert!(!x.features.contains("scenarios") && !x.features.contains("integer"));
+        assert_eq!(x.model, "embedded");
+    }
+    let db = s.path().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mine.bin");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "router", "train", "--from-ledger", &db, "--light", "light", "--heavy", "heavy",
+            "--out", out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    // Labelled: the 3 light calls in tasks with an outcome, and the escalated call;
+    // unlabelled: the 3 heavy calls.
+    assert!(stdout.contains("7 routing sample(s); 4 labelled"), "{stdout}");
+    assert!(stdout.contains("3 unlabelled"), "{stdout}");
+    let bytes = std::fs::read(&out).unwrap();
+    let r = tollgate_domain::routing::Router::from_bytes(&bytes).unwrap();
+    assert!((0.0..=1.0).contains(&r.score(EASY)));
+}

@@ -19,6 +19,8 @@
 //! # Layout
 //! - [`features`]: normalisation, windowing, tokens, hashed buckets (and dense statistics).
 //! - [`model`]: the quantised linear model, its calibration and its binary file format.
+//! - [`sample`]: hashed feature vectors of routed requests and their labels (training on
+//!   the gateway's own traffic).
 //! - [`sticky`]: keep a conversation on its tier unless switching beats its warm cache.
 //! - [`check`]: the cheap answer check that decides an escalation to the next tier.
 //! - [`train`]: soft-label L2 logistic regression, solved by Newton-CG; cross-validation folds.
@@ -35,6 +37,7 @@ pub mod features;
 pub mod metrics;
 pub mod check;
 pub mod model;
+pub mod sample;
 pub mod sticky;
 pub mod train;
 
@@ -231,6 +234,17 @@ impl Router {
         target: f64,
     ) -> Result<Vec<f64>, RoutingError> {
         let scores: Vec<f64> = texts.iter().map(|t| self.score(t)).collect();
+        self.calibrate_scores(scores, light, heavy, target)
+    }
+
+    /// [`Router::calibrate`] on scores already computed (from [`sample::Sample`]s).
+    pub fn calibrate_scores(
+        &mut self,
+        scores: Vec<f64>,
+        light: &[f64],
+        heavy: &[f64],
+        target: f64,
+    ) -> Result<Vec<f64>, RoutingError> {
         let best = metrics::threshold_for_quality(&scores, light, heavy, target)?;
         let pts = metrics::threshold_points(&scores, light, heavy)?;
         let zero = metrics::at_threshold(&scores, light, heavy, 1.0)?;
