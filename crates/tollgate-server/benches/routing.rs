@@ -95,7 +95,9 @@ fn chat_body(i: usize, turns: usize, turn_bytes: usize) -> Value {
         }
         s
     };
-    let mut messages = vec![json!({"role": "system", "content": "You are a helpful assistant for Acme. Answer precisely and cite sources."})];
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are a helpful assistant for Acme. Answer precisely and cite sources."}),
+    ];
     for k in 0..turns {
         messages.push(json!({"role": "user", "content": filler(2 * k)}));
         messages.push(json!({"role": "assistant", "content": filler(2 * k + 1)}));
@@ -135,15 +137,46 @@ fn main() {
     let loose = cfg.routes["auto-loose"].clone();
     let chat = Ingress::ChatCompletions;
     let sets: Vec<(&str, Vec<IngressRequest>)> = vec![
-        ("one-shot question (~100 B)", (0..64).map(|i| parse(&chat, &chat_body(i, 0, 0))).collect()),
-        ("agent turn, 2 exchanges (~1 KB)", (0..64).map(|i| parse(&chat, &chat_body(i, 2, 250))).collect()),
-        ("conversation, 8 exchanges (~8 KB)", (0..64).map(|i| parse(&chat, &chat_body(i, 8, 500))).collect()),
-        ("long conversation, 16 exchanges (~64 KB)", (0..16).map(|i| parse(&chat, &chat_body(i, 16, 2000))).collect()),
-        ("Anthropic Messages one-shot", (0..64).map(|i| parse(&Ingress::Messages, &anthropic_body(i))).collect()),
+        (
+            "one-shot question (~100 B)",
+            (0..64).map(|i| parse(&chat, &chat_body(i, 0, 0))).collect(),
+        ),
+        (
+            "agent turn, 2 exchanges (~1 KB)",
+            (0..64)
+                .map(|i| parse(&chat, &chat_body(i, 2, 250)))
+                .collect(),
+        ),
+        (
+            "conversation, 8 exchanges (~8 KB)",
+            (0..64)
+                .map(|i| parse(&chat, &chat_body(i, 8, 500)))
+                .collect(),
+        ),
+        (
+            "long conversation, 16 exchanges (~64 KB)",
+            (0..16)
+                .map(|i| parse(&chat, &chat_body(i, 16, 2000)))
+                .collect(),
+        ),
+        (
+            "Anthropic Messages one-shot",
+            (0..64)
+                .map(|i| parse(&Ingress::Messages, &anthropic_body(i)))
+                .collect(),
+        ),
     ];
-    println!("routing decision on parsed request bodies, {N} timings after {WARM} warm-up (µs, one thread)\n");
-    println!("| {:<58} | {:>7} | {:>7} | {:>7} | {:>7} |", "what", "p50", "p90", "p99", "p99.9");
-    println!("|{}|---------|---------|---------|---------|", "-".repeat(60));
+    println!(
+        "routing decision on parsed request bodies, {N} timings after {WARM} warm-up (µs, one thread)\n"
+    );
+    println!(
+        "| {:<58} | {:>7} | {:>7} | {:>7} | {:>7} |",
+        "what", "p50", "p90", "p99", "p99.9"
+    );
+    println!(
+        "|{}|---------|---------|---------|---------|",
+        "-".repeat(60)
+    );
     // Every conversation is known (on the heavy tier, with a 5,000-token prompt and a
     // 300-token answer), so the sticky lines weigh a switch on every call.
     for (_, reqs) in &sets {
@@ -162,13 +195,28 @@ fn main() {
         }
     }
     for (name, reqs) in &sets {
-        run(&format!("baseline: resolve a concrete model ({name})"), reqs, &mut |r| {
-            black_box(cfg.deployments.get("heavy").cloned());
-            black_box(r.model());
-        });
-        run(&format!("decide, sticky (known task): {name}"), reqs, &mut |r| {
-            black_box(routing::decide(&gw.routing, &auto, r, Some("task-1"), None, false));
-        });
+        run(
+            &format!("baseline: resolve a concrete model ({name})"),
+            reqs,
+            &mut |r| {
+                black_box(cfg.deployments.get("heavy").cloned());
+                black_box(r.model());
+            },
+        );
+        run(
+            &format!("decide, sticky (known task): {name}"),
+            reqs,
+            &mut |r| {
+                black_box(routing::decide(
+                    &gw.routing,
+                    &auto,
+                    r,
+                    Some("task-1"),
+                    None,
+                    false,
+                ));
+            },
+        );
         run(&format!("decide, not sticky: {name}"), reqs, &mut |r| {
             black_box(routing::decide(&gw.routing, &loose, r, None, None, false));
         });
@@ -188,7 +236,10 @@ fn main() {
             xs.push(dt);
         }
     }
-    stats("for scale: Router::decide alone on the ~1 KB agent turns' text", xs);
+    stats(
+        "for scale: Router::decide alone on the ~1 KB agent turns' text",
+        xs,
+    );
     println!(
         "\nconversations remembered for stickiness: {}",
         gw.routing.len()

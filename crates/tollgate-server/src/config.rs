@@ -1139,7 +1139,10 @@ mod tests {
         assert!(s.allows(Some("support"), None));
         assert!(!s.allows(Some("sales"), Some("bot")));
         // No policy: the model's own calibrated threshold.
-        assert_eq!(c.routes["plain"].policy, c.routes["plain"].router.default_policy());
+        assert_eq!(
+            c.routes["plain"].policy,
+            c.routes["plain"].router.default_policy()
+        );
     }
 
     #[test]
@@ -1210,7 +1213,8 @@ mod tests {
         ] {
             assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
         }
-        let unknown = RawConfig::from_toml("[[routes]]\nname = \"a\"\nladder = []\n", &e).unwrap_err();
+        let unknown =
+            RawConfig::from_toml("[[routes]]\nname = \"a\"\nladder = []\n", &e).unwrap_err();
         assert!(unknown.0[0].contains("routes"), "{unknown}");
     }
 

@@ -216,10 +216,8 @@ impl Metrics {
                         s.routed[1].fetch_add(1, Ordering::Relaxed);
                         s.shadow_baseline_nanos
                             .fetch_add(row.cost.nanos(), Ordering::Relaxed);
-                        s.shadow_saved_nanos.fetch_add(
-                            row.cost.nanos() - r.tier_cost.nanos(),
-                            Ordering::Relaxed,
-                        );
+                        s.shadow_saved_nanos
+                            .fetch_add(row.cost.nanos() - r.tier_cost.nanos(), Ordering::Relaxed);
                     }
                 }
             }

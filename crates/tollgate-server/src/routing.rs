@@ -17,10 +17,10 @@ use crate::ingress::IngressRequest;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tollgate_domain::ledger::{RouteMode, RouteSample};
-use tollgate_domain::routing::features::Scratch;
-use tollgate_domain::routing::sample::Sample;
 use tollgate_domain::pricing::ModelPrice;
 use tollgate_domain::routing::check::Failure;
+use tollgate_domain::routing::features::Scratch;
+use tollgate_domain::routing::sample::Sample;
 use tollgate_domain::routing::sticky::{
     self, CallEstimate, StickyMap, Stuck, TierRates, should_switch,
 };
@@ -39,7 +39,10 @@ impl RoutingState {
     }
 
     fn get(&self, id: u64) -> Option<Stuck> {
-        self.sticky.lock().unwrap_or_else(|e| e.into_inner()).get(id)
+        self.sticky
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
     }
 
     /// Remember the tier a conversation's call went to and its size.

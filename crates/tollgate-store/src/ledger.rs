@@ -312,7 +312,8 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)
     ON CONFLICT (request_id) DO NOTHING";
 
-const INSERT_SAMPLE: &str = "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
+const INSERT_SAMPLE: &str =
+    "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (request_id) DO NOTHING";
 
 /// Insert rows in one transaction. A row whose request id is already present is skipped
@@ -631,7 +632,9 @@ pub(crate) mod tests {
                 },
                 heavy_cost: Money::from_nanos(99_999),
                 // Enforce: the chosen tier is what was paid; shadow: a cheaper tier.
-                tier_cost: Money::from_nanos(if i.is_multiple_of(2) { 1234 } else { 1000 } + i as i64),
+                tier_cost: Money::from_nanos(
+                    if i.is_multiple_of(2) { 1234 } else { 1000 } + i as i64,
+                ),
                 escalated: (i == 7).then(|| "empty".to_string()),
                 sample: None,
             }),
@@ -719,7 +722,10 @@ pub(crate) mod tests {
         assert_eq!(s[0].request_id, "req-14");
         assert_eq!(s[0].task.as_deref(), Some("task-4"));
         assert_eq!(s[0].outcome.as_deref(), Some("success"));
-        assert_eq!((s[0].deployment.as_str(), s[0].escalated), ("gpt-4o", false));
+        assert_eq!(
+            (s[0].deployment.as_str(), s[0].escalated),
+            ("gpt-4o", false)
+        );
         assert_eq!(s[0].features, "{\"b\": [1, 2]}");
     }
 

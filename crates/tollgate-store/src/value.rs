@@ -501,7 +501,10 @@ mod tests {
         let routing = r.total[1];
         assert_eq!(routing.mechanism, Mechanism::Routing);
         assert_eq!(routing.requests, 3);
-        assert_eq!(routing.saved(), Money::from_nanos((99_999 - 1234) * 3 - 14 - 28));
+        assert_eq!(
+            routing.saved(),
+            Money::from_nanos((99_999 - 1234) * 3 - 14 - 28)
+        );
         // Rows 7 and 21 were shadowed: paid 1234 + i, the chosen tier costs 1000 + i. Row 7
         // is marked escalated, which only matters in enforce mode.
         let shadow = r.total[2];

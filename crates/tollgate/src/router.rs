@@ -521,9 +521,16 @@ fn ledger_train_cmd(a: TrainArgs) -> Result<ExitCode> {
     let from_ledger = ex.len();
     println!(
         "ledger {}: {} routing sample(s){}; {} labelled (light call escalated, or in a task with a success/failure outcome), {} unlabelled (served heavy, or no outcome: the light tier's result is unknown), {} served by other deployments, {} of another feature spec, {} unreadable",
-        a.from_ledger.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+        a.from_ledger
+            .as_deref()
+            .map(Path::display)
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         n.samples,
-        a.route.as_deref().map(|r| format!(" of route {r}")).unwrap_or_default(),
+        a.route
+            .as_deref()
+            .map(|r| format!(" of route {r}"))
+            .unwrap_or_default(),
         n.labelled,
         n.unlabelled,
         n.other_deployment,
@@ -535,11 +542,17 @@ fn ledger_train_cmd(a: TrainArgs) -> Result<ExitCode> {
         let extra = Featurised::new(&opts.spec, data.examples.iter().map(|e| e.text.as_str()));
         set.buckets.extend(extra.buckets);
         set.dense.extend(extra.dense);
-        println!("plus {} labelled row(s) of {}", data.examples.len(), p.display());
+        println!(
+            "plus {} labelled row(s) of {}",
+            data.examples.len(),
+            p.display()
+        );
         ex.extend(data.examples);
     }
     if ex.is_empty() {
-        bail!("nothing to train on: no labelled sample (record samples with `[routing] record_samples = true`, and record task outcomes)");
+        bail!(
+            "nothing to train on: no labelled sample (record samples with `[routing] record_samples = true`, and record task outcomes)"
+        );
     }
     let all: Vec<usize> = (0..ex.len()).collect();
     let (model, rep) = train::train_featurised(&ex, &set, &all, &a.light, &a.heavy, &opts)?;
@@ -547,7 +560,11 @@ fn ledger_train_cmd(a: TrainArgs) -> Result<ExitCode> {
         "trained on {} rows ({from_ledger} from the ledger): {} Newton steps, {}",
         ex.len(),
         rep.newton_iterations,
-        if rep.converged { "converged" } else { "NOT converged" }
+        if rep.converged {
+            "converged"
+        } else {
+            "NOT converged"
+        }
     );
     let mut router = Router::new(model);
     let (cal_name, scores, lc, hc) = match &a.dev {

@@ -180,12 +180,20 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     assert_eq!(easy.header("x-tollgate-route"), Some("auto"));
     assert_eq!(easy.header("x-tollgate-route-tier"), Some("0/2 light"));
     assert_eq!(easy.header("x-tollgate-route-mode"), Some("enforce"));
-    let easy_score: f64 = easy.header("x-tollgate-route-score").unwrap().parse().unwrap();
+    let easy_score: f64 = easy
+        .header("x-tollgate-route-score")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(easy_score < THRESHOLD, "{easy_score}");
     let hard = chat(&gw, "auto", HARD, &[]).await;
     assert_eq!(hard.status, 200);
     assert_eq!(hard.header("x-tollgate-route-tier"), Some("1/2 heavy"));
-    let hard_score: f64 = hard.header("x-tollgate-route-score").unwrap().parse().unwrap();
+    let hard_score: f64 = hard
+        .header("x-tollgate-route-score")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(hard_score >= THRESHOLD, "{hard_score}");
 
     // The same decision whatever API the client speaks (Anthropic Messages here, to an
@@ -229,7 +237,10 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&"auto") && ids.contains(&"shadow-auto"), "{ids:?}");
+    assert!(
+        ids.contains(&"auto") && ids.contains(&"shadow-auto"),
+        "{ids:?}"
+    );
     assert!(!ids.contains(&"support-auto"), "{ids:?}");
 
     let (e_id, h_id, a_id) = (easy.request_id(), hard.request_id(), ant.request_id());
@@ -241,7 +252,10 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     assert_eq!(e.route.deployment, "light");
     assert_eq!(e.route.upstream_model, "gpt-4o-mini");
     let r = e.routing.as_ref().unwrap();
-    assert_eq!((r.name.as_str(), r.tier, r.tier_deployment.as_str()), ("auto", 0, "light"));
+    assert_eq!(
+        (r.name.as_str(), r.tier, r.tier_deployment.as_str()),
+        ("auto", 0, "light")
+    );
     assert_eq!(r.mode, RouteMode::Enforce);
     assert_eq!(r.escalated, None);
     assert!((f64::from(r.score_ppm) / 1e6 - easy_score).abs() < 1e-4);
@@ -262,12 +276,19 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     let a = row(&rows, &a_id);
     assert_eq!(a.routing.as_ref().unwrap().tier, 1);
     let b = row(&rows, &b_id);
-    assert_eq!((b.route.deployment.as_str(), b.cost), ("light", light_cost(&b.usage)));
+    assert_eq!(
+        (b.route.deployment.as_str(), b.cost),
+        ("light", light_cost(&b.usage))
+    );
     assert_eq!(b.routing.as_ref().unwrap().heavy_cost, heavy_cost(&b.usage));
 
     // The savings view: heavy − actual over the enforced rows.
     let sv = s.savings_report(None, 0, i64::MAX).unwrap();
-    let routing = sv.total.iter().find(|m| m.mechanism == Mechanism::Routing).unwrap();
+    let routing = sv
+        .total
+        .iter()
+        .find(|m| m.mechanism == Mechanism::Routing)
+        .unwrap();
     assert_eq!(routing.requests, 4);
     let want: i64 = [e, h, a, b]
         .iter()
@@ -321,7 +342,11 @@ async fn shadow_mode_forwards_the_default_and_records_what_routing_would_save() 
     assert_eq!(shadow.requests, 2);
     assert_eq!(shadow.saved().nanos(), would);
     assert!(would > 0);
-    let enforced = sv.total.iter().find(|m| m.mechanism == Mechanism::Routing).unwrap();
+    let enforced = sv
+        .total
+        .iter()
+        .find(|m| m.mechanism == Mechanism::Routing)
+        .unwrap();
     assert_eq!(enforced.requests, 0);
 }
 
@@ -333,7 +358,12 @@ async fn a_routes_allow_list_refuses_others_in_the_apis_shape() {
     assert_eq!(a.body["error"]["code"], "model_not_allowed");
     assert_eq!(a.body["error"]["type"], "permission_error");
     assert_eq!(a.body["error"]["param"], "model");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("team `team-a`"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team `team-a`")
+    );
     let b = post(
         &gw,
         "/v1/messages",
@@ -384,7 +414,13 @@ async fn task_call(gw: &TestGateway, model: &str, task: &str, prompt: &str) -> A
     let body = json!({"model": model, "max_tokens": 12, "messages": [
         {"role": "system", "content": system_prompt()},
         {"role": "user", "content": prompt}]});
-    post(gw, "/v1/chat/completions", body, &[("x-tollgate-task", task)]).await
+    post(
+        gw,
+        "/v1/chat/completions",
+        body,
+        &[("x-tollgate-task", task)],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -407,8 +443,15 @@ async fn a_conversation_sticks_to_its_tier_while_its_warm_cache_is_worth_more() 
     assert_eq!(first.header("x-tollgate-route-tier"), Some("1/2 heavy"));
     let next = task_call(&gw, "plain-auto", "t-1", EASY).await;
     assert_eq!(next.header("x-tollgate-route-tier"), Some("1/2 heavy"));
-    let score: f64 = next.header("x-tollgate-route-score").unwrap().parse().unwrap();
-    assert!(score < THRESHOLD, "the router alone would have gone light: {score}");
+    let score: f64 = next
+        .header("x-tollgate-route-score")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        score < THRESHOLD,
+        "the router alone would have gone light: {score}"
+    );
     // Against a light tier at $0.10/M the warm cache is not worth keeping: it switches.
     let first2 = task_call(&gw, "cheap-auto", "t-2", HARD).await;
     assert_eq!(first2.header("x-tollgate-route-tier"), Some("1/2 heavy"));
@@ -442,14 +485,21 @@ async fn a_failed_light_answer_is_escalated_once_and_both_calls_are_metered() {
         assert_eq!(a.status, 200, "{}", a.body);
         assert_eq!(a.header("x-tollgate-route-escalated"), Some(code));
         assert_eq!(a.header("x-tollgate-route-tier"), Some("1/2 heavy"));
-        assert!(!a.text().is_empty(), "{fault}: the client sees the heavy answer");
+        assert!(
+            !a.text().is_empty(),
+            "{fault}: the client sees the heavy answer"
+        );
     }
     // JSON asked for and not given.
     let body = json!({"model": "auto", "response_format": {"type": "json_object"},
         "messages": [{"role": "user", "content": format!("{EASY} [[sim:not-json=gpt-4o-mini]]")}]});
     let j = post(&gw, "/v1/chat/completions", body, &[]).await;
     assert_eq!(j.header("x-tollgate-route-escalated"), Some("invalid_json"));
-    assert!(serde_json::from_str::<Value>(j.text()).is_ok(), "{}", j.text());
+    assert!(
+        serde_json::from_str::<Value>(j.text()).is_ok(),
+        "{}",
+        j.text()
+    );
     // A good light answer is not escalated.
     let ok = chat(&gw, "auto", EASY, &[]).await;
     assert_eq!(ok.header("x-tollgate-route-escalated"), None);
@@ -497,7 +547,10 @@ async fn a_failed_light_answer_is_escalated_once_and_both_calls_are_metered() {
     for r in &escalated {
         assert_eq!(r.route.deployment, "light");
         assert_eq!(r.status, 200);
-        assert!(r.cost > Money::ZERO, "the failed call is billed and metered");
+        assert!(
+            r.cost > Money::ZERO,
+            "the failed call is billed and metered"
+        );
     }
     let last = row(&rows, &second);
     assert_eq!(last.route.deployment, "heavy");
@@ -505,12 +558,20 @@ async fn a_failed_light_answer_is_escalated_once_and_both_calls_are_metered() {
     assert_eq!(last.routing.as_ref().unwrap().escalated, None);
     // Savings count an escalated call as a loss (without routing it would not exist).
     let sv = s.savings_report(None, 0, i64::MAX).unwrap();
-    let routing = sv.total.iter().find(|m| m.mechanism == Mechanism::Routing).unwrap();
+    let routing = sv
+        .total
+        .iter()
+        .find(|m| m.mechanism == Mechanism::Routing)
+        .unwrap();
     let want: i64 = rows
         .iter()
         .map(|r| {
             let rt = r.routing.as_ref().unwrap();
-            let base = if rt.escalated.is_some() { 0 } else { rt.heavy_cost.nanos() };
+            let base = if rt.escalated.is_some() {
+                0
+            } else {
+                rt.heavy_cost.nanos()
+            };
             base - r.cost.nanos()
         })
         .sum();
@@ -568,7 +629,10 @@ async fn report_view_savings_shows_routing() {
         .await
         .unwrap();
     assert!(metrics.contains("mechanism=\"routing\""), "{metrics}");
-    assert!(metrics.contains("tollgate_routed_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_routed_requests_total"),
+        "{metrics}"
+    );
 
     let s = gw.stop().await;
     let db = s.path().display().to_string();
@@ -580,7 +644,11 @@ async fn report_view_savings_shows_routing() {
             ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let sv = s
@@ -640,7 +708,13 @@ async fn recorded_samples_keep_no_text_and_train_a_router() {
         assert_eq!(a.status, 200);
         tasks.push(task);
     }
-    let esc = chat(&gw, "auto", &format!("{EASY} [[sim:empty=gpt-4o-mini]]"), &[]).await;
+    let esc = chat(
+        &gw,
+        "auto",
+        &format!("{EASY} [[sim:empty=gpt-4o-mini]]"),
+        &[],
+    )
+    .await;
     assert_eq!(esc.header("x-tollgate-route-escalated"), Some("empty"));
     for (i, t) in tasks.iter().enumerate() {
         let status = if i % 4 == 0 { "success" } else { "failure" };
@@ -667,16 +741,31 @@ async fn recorded_samples_keep_no_text_and_train_a_router() {
     let out = dir.path().join("mine.bin");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args([
-            "router", "train", "--from-ledger", &db, "--light", "light", "--heavy", "heavy",
-            "--out", out.to_str().unwrap(),
+            "router",
+            "train",
+            "--from-ledger",
+            &db,
+            "--light",
+            "light",
+            "--heavy",
+            "heavy",
+            "--out",
+            out.to_str().unwrap(),
         ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     // Labelled: the 3 light calls in tasks with an outcome, and the escalated call;
     // unlabelled: the 3 heavy calls.
-    assert!(stdout.contains("7 routing sample(s); 4 labelled"), "{stdout}");
+    assert!(
+        stdout.contains("7 routing sample(s); 4 labelled"),
+        "{stdout}"
+    );
     assert!(stdout.contains("3 unlabelled"), "{stdout}");
     let bytes = std::fs::read(&out).unwrap();
     let r = tollgate_domain::routing::Router::from_bytes(&bytes).unwrap();

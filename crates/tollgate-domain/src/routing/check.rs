@@ -72,13 +72,21 @@ pub fn check(a: &Answer<'_>) -> Option<Failure> {
         let head: String = text
             .chars()
             .take(40)
-            .map(|c| if c == '\u{2019}' { '\'' } else { c.to_ascii_lowercase() })
+            .map(|c| {
+                if c == '\u{2019}' {
+                    '\''
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
             .collect();
         if REFUSALS.iter().any(|r| head.starts_with(r)) {
             return Some(Failure::Refusal);
         }
     }
-    if a.json_requested && !a.tool_call && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
+    if a.json_requested
+        && !a.tool_call
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
     {
         return Some(Failure::InvalidJson);
     }
@@ -104,18 +112,36 @@ mod tests {
             (ans("Paris.", Some("stop"), false), None),
             (ans("", Some("stop"), false), Some(Failure::Empty)),
             (ans("  \n", None, false), Some(Failure::Empty)),
-            (ans("The answer is", Some("length"), false), Some(Failure::Length)),
-            (ans("I can’t help with that.", Some("stop"), false), Some(Failure::Refusal)),
-            (ans("Sorry, I can't do that.", Some("stop"), false), Some(Failure::Refusal)),
-            (ans("anything", Some("refusal"), false), Some(Failure::Refusal)),
+            (
+                ans("The answer is", Some("length"), false),
+                Some(Failure::Length),
+            ),
+            (
+                ans("I can’t help with that.", Some("stop"), false),
+                Some(Failure::Refusal),
+            ),
+            (
+                ans("Sorry, I can't do that.", Some("stop"), false),
+                Some(Failure::Refusal),
+            ),
+            (
+                ans("anything", Some("refusal"), false),
+                Some(Failure::Refusal),
+            ),
             (ans("{\"a\": 1}", Some("stop"), true), None),
-            (ans("{\"a\": 1", Some("stop"), true), Some(Failure::InvalidJson)),
+            (
+                ans("{\"a\": 1", Some("stop"), true),
+                Some(Failure::InvalidJson),
+            ),
             (ans("not json", Some("stop"), false), None),
         ];
         for (a, want) in cases {
             assert_eq!(check(a), *want, "{:?}", a.text);
         }
-        let long = format!("I can't help with X directly, but {}", "here is how. ".repeat(40));
+        let long = format!(
+            "I can't help with X directly, but {}",
+            "here is how. ".repeat(40)
+        );
         assert_eq!(check(&ans(&long, Some("stop"), false)), None);
         let tool = Answer {
             text: "",

@@ -33,9 +33,9 @@
 //! greetings and empty prompts go to the lightest tier (an unfitted bias would otherwise
 //! make them look average-to-hard). A [`TierPolicy`] maps a score to a tier index.
 
+pub mod check;
 pub mod features;
 pub mod metrics;
-pub mod check;
 pub mod model;
 pub mod sample;
 pub mod sticky;

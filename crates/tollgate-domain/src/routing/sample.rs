@@ -25,9 +25,9 @@
 //! needlessly used. Shadow mode (which records decisions while serving the default) or
 //! occasionally serving a light tier on purpose widens what is observed.
 
+use super::RoutingError;
 use super::features::{FeatureSpec, Scratch, dense_stats, featurize};
 use super::model::{Model, sigmoid};
-use super::RoutingError;
 use serde::{Deserialize, Serialize};
 
 /// A request's hashed features (no text).

@@ -171,18 +171,110 @@ mod tests {
         let light = rates("0.25", "0.025", "1.25");
         let no_cache = rates("3", "3", "15");
         let cases: &[(&str, usize, usize, TierRates, TierRates, CallEstimate, bool)] = &[
-            ("same tier", 1, 1, heavy, heavy, CallEstimate::default(), false),
-            ("up always", 0, 1, light, heavy, CallEstimate { prompt_tokens: 100_000, cached_prefix_tokens: 100_000, output_tokens: 10 }, true),
+            (
+                "same tier",
+                1,
+                1,
+                heavy,
+                heavy,
+                CallEstimate::default(),
+                false,
+            ),
+            (
+                "up always",
+                0,
+                1,
+                light,
+                heavy,
+                CallEstimate {
+                    prompt_tokens: 100_000,
+                    cached_prefix_tokens: 100_000,
+                    output_tokens: 10,
+                },
+                true,
+            ),
             // 100k warm tokens on heavy: stay = 100k×0.3 + 10×15 = $0.03015; switch =
             // 100k×0.25 + 10×1.25 = $0.0250125 → cheaper to switch.
-            ("down, cheap light beats cache", 1, 0, heavy, light, CallEstimate { prompt_tokens: 100_000, cached_prefix_tokens: 100_000, output_tokens: 10 }, true),
+            (
+                "down, cheap light beats cache",
+                1,
+                0,
+                heavy,
+                light,
+                CallEstimate {
+                    prompt_tokens: 100_000,
+                    cached_prefix_tokens: 100_000,
+                    output_tokens: 10,
+                },
+                true,
+            ),
             // A light tier at $0.40 input loses to the $0.30 cache read on heavy.
-            ("down, cache worth more", 1, 0, heavy, rates("0.4", "0.04", "1.25"), CallEstimate { prompt_tokens: 100_000, cached_prefix_tokens: 100_000, output_tokens: 10 }, false),
+            (
+                "down, cache worth more",
+                1,
+                0,
+                heavy,
+                rates("0.4", "0.04", "1.25"),
+                CallEstimate {
+                    prompt_tokens: 100_000,
+                    cached_prefix_tokens: 100_000,
+                    output_tokens: 10,
+                },
+                false,
+            ),
             // ... unless the expected output saving outweighs it.
-            ("down, output saving wins", 1, 0, heavy, rates("0.4", "0.04", "1.25"), CallEstimate { prompt_tokens: 100_000, cached_prefix_tokens: 100_000, output_tokens: 1_000 }, true),
-            ("down, no cache on current", 1, 0, no_cache, rates("2.9", "2.9", "15"), CallEstimate { prompt_tokens: 50_000, cached_prefix_tokens: 50_000, output_tokens: 0 }, true),
-            ("down, nothing cached", 1, 0, heavy, rates("2.9", "2.9", "15"), CallEstimate { prompt_tokens: 5_000, cached_prefix_tokens: 0, output_tokens: 100 }, true),
-            ("down, equal cost stays", 1, 0, heavy, heavy, CallEstimate { prompt_tokens: 5_000, cached_prefix_tokens: 0, output_tokens: 100 }, false),
+            (
+                "down, output saving wins",
+                1,
+                0,
+                heavy,
+                rates("0.4", "0.04", "1.25"),
+                CallEstimate {
+                    prompt_tokens: 100_000,
+                    cached_prefix_tokens: 100_000,
+                    output_tokens: 1_000,
+                },
+                true,
+            ),
+            (
+                "down, no cache on current",
+                1,
+                0,
+                no_cache,
+                rates("2.9", "2.9", "15"),
+                CallEstimate {
+                    prompt_tokens: 50_000,
+                    cached_prefix_tokens: 50_000,
+                    output_tokens: 0,
+                },
+                true,
+            ),
+            (
+                "down, nothing cached",
+                1,
+                0,
+                heavy,
+                rates("2.9", "2.9", "15"),
+                CallEstimate {
+                    prompt_tokens: 5_000,
+                    cached_prefix_tokens: 0,
+                    output_tokens: 100,
+                },
+                true,
+            ),
+            (
+                "down, equal cost stays",
+                1,
+                0,
+                heavy,
+                heavy,
+                CallEstimate {
+                    prompt_tokens: 5_000,
+                    cached_prefix_tokens: 0,
+                    output_tokens: 100,
+                },
+                false,
+            ),
         ];
         for (name, cur, want, a, b, call, expect) in cases {
             assert_eq!(should_switch(*cur, *want, a, b, call), *expect, "{name}");
@@ -192,13 +284,20 @@ mod tests {
     #[test]
     fn cached_never_exceeds_prompt() {
         let r = rates("1", "0.1", "2");
-        assert_eq!(call_cost_atto(&r, 10, 1_000, 0), call_cost_atto(&r, 10, 10, 0));
+        assert_eq!(
+            call_cost_atto(&r, 10, 1_000, 0),
+            call_cost_atto(&r, 10, 10, 0)
+        );
     }
 
     #[test]
     fn map_is_bounded_and_keeps_recent_entries() {
         let mut m = StickyMap::new(100);
-        let s = |t| Stuck { tier: t, prompt_tokens: 1, output_tokens: 1 };
+        let s = |t| Stuck {
+            tier: t,
+            prompt_tokens: 1,
+            output_tokens: 1,
+        };
         for i in 0..10_000u64 {
             m.put(i, s((i % 2) as usize));
             assert!(m.len() <= 100);

@@ -168,9 +168,7 @@ pub fn validate(
         let mode = match r.mode.as_deref() {
             None => RouteMode::Enforce,
             Some(m) => RouteMode::parse(m).unwrap_or_else(|| {
-                errs.push(format!(
-                    "{at}.mode: {m:?} is not \"enforce\" or \"shadow\""
-                ));
+                errs.push(format!("{at}.mode: {m:?} is not \"enforce\" or \"shadow\""));
                 RouteMode::Enforce
             }),
         };
