@@ -135,6 +135,12 @@ fn resolve(
         if !key.allows_model(model) {
             return Err(ApiError::ModelNotAllowed(model.to_string()));
         }
+        if matches!(req, IngressRequest::Embeddings(_)) {
+            return Err(invalid(
+                "model",
+                format!("`{model}` is a routed name; routes serve chat requests, not embeddings"),
+            ));
+        }
         route_allowed(route)?;
         let r = routing::decide(
             &gw.routing,

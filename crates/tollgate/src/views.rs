@@ -647,4 +647,123 @@ pub(crate) mod tests {
         insta::assert_snapshot!("savings_table", savings_table(&sv));
         insta::assert_snapshot!("savings_csv", savings_csv(&sv));
     }
+
+    /// Routed rows: a helpdesk agent whose `auto` calls went light (saving against the
+    /// heavy tier), one light call escalated (a loss), one heavy call (no saving); a
+    /// shadow route on the support agent (would have saved).
+    #[test]
+    fn savings_view_with_routing() {
+        use tollgate_domain::ledger::{RouteMode, RouteRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("routed.db")).unwrap();
+        let u = |input, output| Usage {
+            input,
+            output,
+            ..Usage::default()
+        };
+        let routed = |mut r: LedgerRow, tier: u32, mode, heavy: i64, chosen: i64, esc: bool| {
+            r.routing = Some(RouteRecord {
+                name: "auto".into(),
+                tier,
+                tier_deployment: if tier == 0 { "gpt-4o-mini" } else { "gpt-4o" }.into(),
+                score_ppm: 400_000 + 300_000 * tier,
+                mode,
+                heavy_cost: Money::from_nanos(heavy),
+                tier_cost: Money::from_nanos(chosen),
+                escalated: esc.then(|| "empty".to_string()),
+                sample: None,
+            });
+            r
+        };
+        // gpt-4o-mini at $0.15/$0.60, gpt-4o at $2.50/$10 per million tokens.
+        let rows = [
+            routed(
+                row(
+                    0,
+                    "helpdesk",
+                    None,
+                    "gpt-4o-mini",
+                    u(1000, 200),
+                    270_000,
+                    270_000,
+                ),
+                0,
+                RouteMode::Enforce,
+                4_500_000,
+                270_000,
+                false,
+            ),
+            routed(
+                row(
+                    1,
+                    "helpdesk",
+                    None,
+                    "gpt-4o-mini",
+                    u(500, 100),
+                    135_000,
+                    135_000,
+                ),
+                0,
+                RouteMode::Enforce,
+                2_250_000,
+                135_000,
+                false,
+            ),
+            routed(
+                row(
+                    2,
+                    "helpdesk",
+                    None,
+                    "gpt-4o-mini",
+                    u(400, 0),
+                    60_000,
+                    60_000,
+                ),
+                0,
+                RouteMode::Enforce,
+                1_000_000,
+                60_000,
+                true,
+            ),
+            routed(
+                row(
+                    3,
+                    "helpdesk",
+                    None,
+                    "gpt-4o",
+                    u(400, 150),
+                    2_500_000,
+                    2_500_000,
+                ),
+                1,
+                RouteMode::Enforce,
+                2_500_000,
+                2_500_000,
+                false,
+            ),
+            routed(
+                row(
+                    4,
+                    "support",
+                    None,
+                    "gpt-4o",
+                    u(800, 100),
+                    3_000_000,
+                    3_000_000,
+                ),
+                0,
+                RouteMode::Shadow,
+                3_000_000,
+                180_000,
+                false,
+            ),
+        ];
+        let mut c = s.connect(tollgate_store::sqlite::Sync::Normal).unwrap();
+        tollgate_store::ledger::insert_batch(&mut c, rows.iter()).unwrap();
+        let sv = s.savings_report(Some(GroupBy::Agent), T0, UNTIL).unwrap();
+        let routing = sv.total[1];
+        // (4.5 − 0.27) + (2.25 − 0.135) + (0 − 0.06) + 0 = 6.285 mUSD.
+        assert_eq!(routing.saved(), Money::from_nanos(6_285_000));
+        insta::assert_snapshot!("savings_table_routed", savings_table(&sv));
+    }
 }

@@ -375,6 +375,16 @@ async fn a_routes_allow_list_refuses_others_in_the_apis_shape() {
     assert_eq!(b.status, 403);
     assert_eq!(b.body["type"], "error");
     assert_eq!(b.body["error"]["type"], "permission_error");
+    // Routes serve chat, not embeddings.
+    let emb = post(
+        &gw,
+        "/v1/embeddings",
+        json!({"model": "auto", "input": "hello"}),
+        &[],
+    )
+    .await;
+    assert_eq!(emb.status, 400);
+    assert_eq!(emb.body["error"]["param"], "model");
     // A key of the listed team gets through (a key owner's team is not overridden by
     // headers).
     let support: Value = http()
