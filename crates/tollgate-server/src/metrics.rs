@@ -199,7 +199,9 @@ impl Metrics {
                 s.cache_saved_nanos
                     .fetch_add(base - row.cost.nanos(), Ordering::Relaxed);
             }
-            if let Some(r) = &row.routing {
+            if let Some(r) = &row.routing
+                && u.prompt_total() + u.output > 0
+            {
                 match r.mode {
                     RouteMode::Enforce => {
                         let base = if r.escalated.is_some() {
@@ -403,7 +405,7 @@ impl Metrics {
             &mut out,
             "tollgate_routed_requests_total",
             "counter",
-            "Requests that went through a route, by mode (enforce: served by the chosen tier; shadow: decided and recorded only).",
+            "Routed requests that consumed tokens, by mode (enforce: served by the chosen tier; shadow: decided and recorded only).",
         );
         for (w, s) in &who {
             for (i, mode) in ["enforce", "shadow"].into_iter().enumerate() {

@@ -20,7 +20,8 @@ use tollgate_domain::value::{
 /// Routing: an enforce row is measured against the route's heaviest tier for the same
 /// token counts, except a call whose answer failed the check and was escalated: without
 /// routing it would not have been made at all, so its baseline is zero (a loss). A shadow
-/// row paid what it paid; the tier the router chose is what it would have cost.
+/// row paid what it paid; the tier the router chose is what it would have cost. Routed
+/// rows that consumed no tokens (refused by a budget, an upstream error) are not counted.
 fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'static str) {
     match m {
         Mechanism::PromptCache => (
@@ -29,13 +30,15 @@ fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'static str) {
             "COALESCE(cost_without_cache_nanos, cost_nanos)",
         ),
         Mechanism::Routing => (
-            "route_mode = 'enforce'",
+            "route_mode = 'enforce' AND (input_tokens + cache_read_tokens + cache_write_5m_tokens
+             + cache_write_1h_tokens + output_tokens) > 0",
             "cost_nanos",
             "CASE WHEN route_escalated IS NOT NULL THEN 0
              ELSE COALESCE(route_heavy_cost_nanos, cost_nanos) END",
         ),
         Mechanism::RoutingShadow => (
-            "route_mode = 'shadow'",
+            "route_mode = 'shadow' AND (input_tokens + cache_read_tokens + cache_write_5m_tokens
+             + cache_write_1h_tokens + output_tokens) > 0",
             "COALESCE(route_tier_cost_nanos, cost_nanos)",
             "cost_nanos",
         ),
