@@ -234,7 +234,10 @@ pub fn spans(row: &LedgerRow, providers: &HashMap<String, String>) -> Vec<Value>
         common.push(s("tollgate.route.deployment", &r.tier_deployment));
         common.push(d("tollgate.route.score", f64::from(r.score_ppm) / 1e6));
         common.push(s("tollgate.route.mode", r.mode.as_str()));
-        common.push(d("tollgate.route.heavy_cost.usd", r.heavy_cost.as_usd_f64()));
+        common.push(d(
+            "tollgate.route.heavy_cost.usd",
+            r.heavy_cost.as_usd_f64(),
+        ));
         if let Some(e) = &r.escalated {
             common.push(s("tollgate.route.escalated", e));
         }

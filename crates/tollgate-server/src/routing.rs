@@ -234,3 +234,117 @@ pub fn decide(
         sample,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+    use crate::ingress::Ingress;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn parse(ingress: Ingress, v: Value) -> IngressRequest {
+        IngressRequest::parse(&ingress, v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn turns_come_out_of_every_format() {
+        let chat = parse(
+            Ingress::ChatCompletions,
+            json!({"model": "auto", "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": "answer"},
+                {"role": "tool", "tool_call_id": "1", "content": "out"},
+                {"role": "user", "content": "c"}]}),
+        );
+        assert_eq!(
+            turns(&chat),
+            [
+                ("system", "sys"),
+                ("user", "a"),
+                ("user", "b"),
+                ("assistant", "answer"),
+                ("tool", "out"),
+                ("user", "c")
+            ]
+        );
+        let msgs = parse(
+            Ingress::Messages,
+            json!({"model": "auto", "max_tokens": 5, "system": [{"type": "text", "text": "sys"}],
+                   "messages": [{"role": "user", "content": "q"}]}),
+        );
+        assert_eq!(turns(&msgs), [("system", "sys"), ("user", "q")]);
+        let conv = parse(
+            Ingress::Converse {
+                model: "auto".into(),
+                stream: false,
+            },
+            json!({"system": [{"text": "sys"}], "messages": [{"role": "user", "content": [{"text": "q"}]}]}),
+        );
+        assert_eq!(turns(&conv), [("system", "sys"), ("user", "q")]);
+        let emb = parse(Ingress::Embeddings, json!({"model": "auto", "input": "x"}));
+        assert!(turns(&emb).is_empty());
+    }
+
+    fn route() -> Arc<Route> {
+        let text = r#"
+            [[upstreams]]
+            name = "u"
+            base_url = "http://127.0.0.1:1/v1"
+            [[deployments]]
+            name = "light"
+            upstream = "u"
+            model = "gpt-4o-mini"
+            [[deployments]]
+            name = "heavy"
+            upstream = "u"
+            model = "gpt-4o"
+            [[routes]]
+            name = "auto"
+            tiers = ["light", "heavy"]
+            thresholds = [0.6]
+        "#;
+        let env = HashMap::new();
+        let cfg = RawConfig::from_toml(text, &env)
+            .unwrap()
+            .validate(&env)
+            .unwrap();
+        cfg.routes["auto"].clone()
+    }
+
+    #[test]
+    fn a_conversation_is_its_task_or_its_system_prompt_and_first_question() {
+        let r = route();
+        let state = RoutingState::new(100);
+        let req = |msgs: Value| {
+            parse(
+                Ingress::ChatCompletions,
+                json!({"model": "auto", "messages": msgs}),
+            )
+        };
+        let first =
+            req(json!([{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}]));
+        let later = req(
+            json!([{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]),
+        );
+        let other =
+            req(json!([{"role": "system", "content": "S"}, {"role": "user", "content": "Q9"}]));
+        let id = |x: &IngressRequest, task| decide(&state, &r, x, task, None, false).conversation;
+        assert_eq!(id(&first, None), id(&later, None));
+        assert_ne!(id(&first, None), id(&other, None));
+        assert_eq!(id(&first, Some("t")), id(&other, Some("t")));
+        assert_ne!(id(&first, Some("t")), id(&first, None));
+        // Shadowing a concrete deployment serves it, whatever the tier.
+        let heavy = r.tiers[1].clone();
+        let d = decide(&state, &r, &first, None, Some(heavy), true);
+        assert_eq!(
+            (d.mode, d.served.name.as_str()),
+            (RouteMode::Shadow, "heavy")
+        );
+        let sample = d.sample.unwrap();
+        assert_eq!(sample.model, "embedded");
+        assert!(!sample.features.contains("Q1"));
+    }
+}
