@@ -1117,6 +1117,10 @@ mod tests {
             [[routes]]
             name = \"plain\"
             tiers = [\"light\", \"heavy\"]
+            [[routes]]
+            name = \"one\"
+            tiers = [\"light\", \"heavy\"]
+            threshold = 0.4
             "
         );
         let c = RawConfig::from_toml(&text, &e)
@@ -1207,7 +1211,7 @@ mod tests {
             "routes[5].name: \"heavy\" is also a deployment name",
             "routes[5].mode: \"sometimes\"",
             "routes[6].quality_target: 1.5 is not within (0, 1]",
-            "routes[7]: set `quality_target` or `thresholds`, not both",
+            "routes[7]: set `quality_target` or `threshold(s)`, not both",
             "routes[8].model (/nonexistent/router.bin)",
             "routes[9].default: \"mid\" is not one of the route's tiers",
         ] {

@@ -14,8 +14,10 @@ pub const MAX_TOKENS_CLAMPED: &str = "x-tollgate-max-tokens-clamped";
 /// Request: shadow-decide under this route while forwarding the concrete model asked
 /// for. Response: the route that decided the request.
 pub const ROUTE: &str = "x-tollgate-route";
-/// Response: the tier chosen, `INDEX/TIERS DEPLOYMENT` (`0/2 nova-lite`).
+/// Response: the index of the tier chosen in the route's ladder (0 = lightest).
 pub const ROUTE_TIER: &str = "x-tollgate-route-tier";
+/// Response: the chosen tier's deployment (in shadow mode, not the one that served).
+pub const ROUTE_DEPLOYMENT: &str = "x-tollgate-route-deployment";
 /// Response: the router's score, in [0, 1].
 pub const ROUTE_SCORE: &str = "x-tollgate-route-score";
 /// Response: `enforce` or `shadow`.

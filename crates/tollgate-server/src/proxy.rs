@@ -184,7 +184,8 @@ fn resolve(
     Ok((d, Some(r)))
 }
 
-/// `x-tollgate-route`, `-route-tier`, `-route-score`, `-route-mode` on a routed answer.
+/// `x-tollgate-route`, `-route-tier`, `-route-deployment`, `-route-score`, `-route-mode`
+/// on a routed answer.
 fn route_headers(r: &Routed, h: &mut HeaderMap) {
     let mut set = |name: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -192,7 +193,8 @@ fn route_headers(r: &Routed, h: &mut HeaderMap) {
         }
     };
     set(headers::ROUTE, &r.route.name);
-    set(headers::ROUTE_TIER, &r.tier_header());
+    set(headers::ROUTE_TIER, &r.tier.to_string());
+    set(headers::ROUTE_DEPLOYMENT, &r.tier_deployment().name);
     set(headers::ROUTE_SCORE, &format!("{:.4}", r.score));
     set(headers::ROUTE_MODE, r.mode.as_str());
 }

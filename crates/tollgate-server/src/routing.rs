@@ -91,17 +91,6 @@ impl Routed {
     pub fn heavy_deployment(&self) -> &Arc<Deployment> {
         &self.route.tiers[self.route.heaviest()]
     }
-
-    /// The `x-tollgate-route-tier` header value: `1/2 nova-pro` (tier index of the
-    /// ladder's length, then the deployment).
-    pub fn tier_header(&self) -> String {
-        format!(
-            "{}/{} {}",
-            self.tier,
-            self.route.tiers.len(),
-            self.tier_deployment().name
-        )
-    }
 }
 
 /// The (role, text) turns of a request, borrowed from its JSON body, in order. The

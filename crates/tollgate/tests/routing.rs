@@ -124,6 +124,15 @@ impl Answer {
     }
 }
 
+/// `x-tollgate-route-tier` and `x-tollgate-route-deployment`: `"0 light"`.
+fn tier(a: &Answer) -> String {
+    format!(
+        "{} {}",
+        a.header("x-tollgate-route-tier").unwrap_or("-"),
+        a.header("x-tollgate-route-deployment").unwrap_or("-")
+    )
+}
+
 async fn post(gw: &TestGateway, path: &str, body: Value, headers: &[(&str, &str)]) -> Answer {
     let mut r = http()
         .post(gw.url(path))
@@ -178,7 +187,7 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     let easy = chat(&gw, "auto", EASY, &[]).await;
     assert_eq!(easy.status, 200, "{}", easy.body);
     assert_eq!(easy.header("x-tollgate-route"), Some("auto"));
-    assert_eq!(easy.header("x-tollgate-route-tier"), Some("0/2 light"));
+    assert_eq!(tier(&easy), "0 light");
     assert_eq!(easy.header("x-tollgate-route-mode"), Some("enforce"));
     let easy_score: f64 = easy
         .header("x-tollgate-route-score")
@@ -188,7 +197,7 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     assert!(easy_score < THRESHOLD, "{easy_score}");
     let hard = chat(&gw, "auto", HARD, &[]).await;
     assert_eq!(hard.status, 200);
-    assert_eq!(hard.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+    assert_eq!(tier(&hard), "1 heavy");
     let hard_score: f64 = hard
         .header("x-tollgate-route-score")
         .unwrap()
@@ -207,7 +216,7 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     )
     .await;
     assert_eq!(ant.status, 200, "{}", ant.body);
-    assert_eq!(ant.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+    assert_eq!(tier(&ant), "1 heavy");
     assert_eq!(ant.body["type"], "message");
     // And Bedrock Converse, whose model id is in the path.
     let br = post(
@@ -218,7 +227,7 @@ async fn easy_goes_light_hard_goes_heavy_in_every_format() {
     )
     .await;
     assert_eq!(br.status, 200, "{}", br.body);
-    assert_eq!(br.header("x-tollgate-route-tier"), Some("0/2 light"));
+    assert_eq!(tier(&br), "0 light");
     assert!(br.body["output"]["message"]["content"][0]["text"].is_string());
 
     // GET /v1/models lists the routed names this key may use, not the others.
@@ -304,7 +313,7 @@ async fn shadow_mode_forwards_the_default_and_records_what_routing_would_save() 
     let a = chat(&gw, "shadow-auto", EASY, &[]).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.header("x-tollgate-route-mode"), Some("shadow"));
-    assert_eq!(a.header("x-tollgate-route-tier"), Some("0/2 light"));
+    assert_eq!(tier(&a), "0 light");
     // A concrete model with an `x-tollgate-route` header: served as asked, decided in
     // shadow under that route.
     let b = chat(&gw, "heavy", EASY, &[("x-tollgate-route", "auto")]).await;
@@ -441,8 +450,8 @@ async fn a_conversation_sticks_to_its_tier_while_its_warm_cache_is_worth_more() 
     // `length`, which `auto` would retry on the heavy tier.)
     let alone = task_call(&gw, "plain-auto", "t-alone", EASY).await;
     assert_eq!(
-        alone.header("x-tollgate-route-tier"),
-        Some("0/2 light"),
+        tier(&alone),
+        "0 light",
         "{:?} {}",
         alone.header("x-tollgate-route-score"),
         alone.body
@@ -450,9 +459,9 @@ async fn a_conversation_sticks_to_its_tier_while_its_warm_cache_is_worth_more() 
     // Task 1 starts hard (heavy); its next, easy call stays on heavy: re-reading the
     // warm prompt at $0.30/M beats sending it cold to the light tier at $1/M.
     let first = task_call(&gw, "plain-auto", "t-1", HARD).await;
-    assert_eq!(first.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+    assert_eq!(tier(&first), "1 heavy");
     let next = task_call(&gw, "plain-auto", "t-1", EASY).await;
-    assert_eq!(next.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+    assert_eq!(tier(&next), "1 heavy");
     let score: f64 = next
         .header("x-tollgate-route-score")
         .unwrap()
@@ -464,12 +473,12 @@ async fn a_conversation_sticks_to_its_tier_while_its_warm_cache_is_worth_more() 
     );
     // Against a light tier at $0.10/M the warm cache is not worth keeping: it switches.
     let first2 = task_call(&gw, "cheap-auto", "t-2", HARD).await;
-    assert_eq!(first2.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+    assert_eq!(tier(&first2), "1 heavy");
     let next2 = task_call(&gw, "cheap-auto", "t-2", EASY).await;
-    assert_eq!(next2.header("x-tollgate-route-tier"), Some("0/2 cheap"));
+    assert_eq!(tier(&next2), "0 cheap");
     // Going up is never held back by the cache.
     let up = task_call(&gw, "cheap-auto", "t-2", HARD).await;
-    assert_eq!(up.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+    assert_eq!(tier(&up), "1 heavy");
 
     let id = next.request_id();
     let s = gw.stop().await;
@@ -494,7 +503,7 @@ async fn a_failed_light_answer_is_escalated_once_and_both_calls_are_metered() {
         let a = chat(&gw, "auto", &prompt, &[]).await;
         assert_eq!(a.status, 200, "{}", a.body);
         assert_eq!(a.header("x-tollgate-route-escalated"), Some(code));
-        assert_eq!(a.header("x-tollgate-route-tier"), Some("1/2 heavy"));
+        assert_eq!(tier(&a), "1 heavy");
         assert!(
             !a.text().is_empty(),
             "{fault}: the client sees the heavy answer"
@@ -523,9 +532,10 @@ async fn a_failed_light_answer_is_escalated_once_and_both_calls_are_metered() {
         .await
         .unwrap();
     assert_eq!(s.status(), 200);
+    assert_eq!(s.headers().get("x-tollgate-route-tier").unwrap(), "0");
     assert_eq!(
-        s.headers().get("x-tollgate-route-tier").unwrap(),
-        "0/2 light"
+        s.headers().get("x-tollgate-route-deployment").unwrap(),
+        "light"
     );
     let _ = s.text().await.unwrap();
 

@@ -9,7 +9,7 @@
 //! [[routes]]
 //! name = "auto"
 //! tiers = ["nova-lite", "nova-pro"]  # deployment names, light → heavy (≥ 2)
-//! quality_target = 0.95              # or `thresholds = [0.42]` (one per tier boundary)
+//! quality_target = 0.95              # or `threshold = 0.42`, or `thresholds = [...]` (one per tier boundary)
 //! mode = "enforce"                   # or "shadow": decide and record, forward `default`
 //! default = "nova-pro"               # shadow mode's deployment (default: the heaviest tier)
 //! escalate = true                    # retry a failed light answer once on the next tier
@@ -45,6 +45,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub tiers: Vec<String>,
     pub quality_target: Option<f64>,
+    /// Two tiers: heavy iff score ≥ `threshold` (shorthand for `thresholds = [t]`).
+    pub threshold: Option<f64>,
     pub thresholds: Option<Vec<f64>>,
     pub mode: Option<String>,
     pub default: Option<String>,
@@ -194,10 +196,18 @@ pub fn validate(
                 }
             },
         };
-        let policy = match (r.quality_target, &r.thresholds) {
+        let thresholds = match (r.threshold, &r.thresholds) {
+            (Some(_), Some(_)) => {
+                errs.push(format!("{at}: set `threshold` or `thresholds`, not both"));
+                None
+            }
+            (Some(t), None) => Some(vec![t]),
+            (None, t) => t.clone(),
+        };
+        let policy = match (r.quality_target, &thresholds) {
             (Some(_), Some(_)) => {
                 errs.push(format!(
-                    "{at}: set `quality_target` or `thresholds`, not both"
+                    "{at}: set `quality_target` or `threshold(s)`, not both"
                 ));
                 None
             }
