@@ -791,3 +791,41 @@ async fn recorded_samples_keep_no_text_and_train_a_router() {
     let r = tollgate_domain::routing::Router::from_bytes(&bytes).unwrap();
     assert!((0.0..=1.0).contains(&r.score(EASY)));
 }
+
+/// Admission runs after the decision, so budgets reserve the chosen tier's worst case:
+/// with $0.01 left, 1,000 output tokens fit on the light tier ($5/M) but not on the heavy
+/// one ($15/M).
+#[tokio::test]
+async fn budgets_reserve_against_the_chosen_tiers_prices() {
+    let (_sim, gw) = setup(
+        "[[budgets.limits]]\nscope = \"team:team-a\"\nperiod = \"lifetime\"\nlimit_usd = \"0.01\"\n",
+    )
+    .await;
+    let call = |prompt: &'static str| {
+        let body = json!({"model": "plain-auto", "max_tokens": 1000,
+            "messages": [{"role": "user", "content": prompt}]});
+        post(&gw, "/v1/chat/completions", body, &[])
+    };
+    let light = call(EASY).await;
+    assert_eq!(light.status, 200, "{}", light.body);
+    assert_eq!(tier(&light), "0 light");
+    let heavy = call(HARD).await;
+    assert_eq!(heavy.status, 402, "{}", heavy.body);
+    assert_eq!(heavy.body["error"]["code"], "budget_exceeded");
+    let id = heavy.request_id();
+    let s = gw.stop().await;
+    let rows = rows(&s);
+    let r = row(&rows, &id);
+    // The refused request was decided (heavy) and recorded with its decision, at no cost.
+    assert_eq!(r.route.deployment, "heavy");
+    assert_eq!(r.routing.as_ref().unwrap().tier, 1);
+    assert_eq!(r.cost, Money::ZERO);
+    // A refused call consumed nothing: no routing saving or loss is counted for it.
+    let sv = s.savings_report(None, 0, i64::MAX).unwrap();
+    let routing = sv
+        .total
+        .iter()
+        .find(|m| m.mechanism == Mechanism::Routing)
+        .unwrap();
+    assert_eq!(routing.requests, 1);
+}
