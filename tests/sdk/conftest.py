@@ -4,7 +4,8 @@ Everything runs as real processes from the tollgate binary (``$TOLLGATE_BIN``, d
 ``target/debug/tollgate`` in the repo root), exactly as a user would run them:
 
 1. ``tollgate sim --listen 127.0.0.1:0``      (prints its base URL on the first line)
-2. a config file with four deployments on the simulator, ledger in a temp dir
+2. a config file with four deployments on the simulator and a route `auto`
+   (gpt-4o-mini → gpt-4o), ledger in a temp dir
 3. ``tollgate keys --db LEDGER create --team t --agent sdk-agent --json`` (``--db``
    belongs to ``keys``, not to ``create``)
 4. ``tollgate serve --config FILE`` with ``TOLLGATE_MASTER_KEY`` set, until /healthz is 200
@@ -31,6 +32,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MASTER_KEY = "tg-sdk-test-master"
 DEPLOYMENTS = ["gpt-4o-mini", "gpt-4o", "o3-mini", "text-embedding-3-small"]
+ROUTE_THRESHOLD = 0.6
 
 
 def _binary() -> Path:
@@ -84,6 +86,14 @@ def _config(sim_base: str, listen: str, db: Path) -> str:
     ]
     for name in DEPLOYMENTS:
         out += ["", "[[deployments]]", f'name = "{name}"', 'upstream = "sim"', f'model = "{name}"']
+    # A routed model name (test_openai_routing.py): light gpt-4o-mini, heavy gpt-4o.
+    out += [
+        "",
+        "[[routes]]",
+        'name = "auto"',
+        'tiers = ["gpt-4o-mini", "gpt-4o"]',
+        f"thresholds = [{ROUTE_THRESHOLD}]",
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -138,6 +138,7 @@ fn row(i: usize, t: Tasks) -> LedgerRow {
         error_code: None,
         stream: i.is_multiple_of(3),
         partial: false,
+        routing: None,
     }
 }
 

@@ -46,6 +46,71 @@ pub struct Route {
     pub upstream_model: String,
 }
 
+/// Whether a route's decision was applied or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteMode {
+    /// The request went to the tier the router chose.
+    Enforce,
+    /// The request went to the route's default (what the client would have got anyway);
+    /// the decision is recorded to show what routing would have saved.
+    Shadow,
+}
+
+impl RouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Enforce => "enforce",
+            RouteMode::Shadow => "shadow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RouteMode> {
+        match s {
+            "enforce" => Some(RouteMode::Enforce),
+            "shadow" => Some(RouteMode::Shadow),
+            _ => None,
+        }
+    }
+}
+
+/// What the router decided for a request asking for a routed model name (or carrying an
+/// `x-tollgate-route` header). Costs are for the row's own token counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    /// The routed model name (`auto`, `support-auto`).
+    pub name: String,
+    /// The tier the router chose (after stickiness), 0 = lightest.
+    pub tier: u32,
+    /// That tier's deployment (in shadow mode, not the one that served the request).
+    pub tier_deployment: String,
+    /// The router's score in millionths (0..=1_000_000), so the row stays `Eq`.
+    pub score_ppm: u32,
+    pub mode: RouteMode,
+    /// What the heaviest tier would have charged for these token counts.
+    pub heavy_cost: Money,
+    /// What the chosen tier would have charged for these token counts (its actual cost
+    /// in enforce mode; what it would have cost in shadow mode).
+    pub tier_cost: Money,
+    /// This call's answer failed the escalation check and was retried on the next tier
+    /// (its reason code: `empty`, `refusal`, `invalid_json`, `length`).
+    pub escalated: Option<String>,
+    /// The request's hashed feature vector, when `routing.record_samples` is on (written
+    /// to the `route_samples` table, not to the ledger row).
+    #[serde(default)]
+    pub sample: Option<RouteSample>,
+}
+
+/// A routed request's features for training (see `routing::sample`): no prompt text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSample {
+    /// Which router's feature space (`embedded` or the model file's hash).
+    pub model: String,
+    pub tokens: u32,
+    /// `routing::sample::Sample` as JSON.
+    pub features: String,
+}
+
 /// One metered request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerRow {
@@ -79,6 +144,9 @@ pub struct LedgerRow {
     pub stream: bool,
     /// The response was cut short (client disconnect, upstream cut, timeout mid-stream).
     pub partial: bool,
+    /// The routing decision, for requests that went through a route.
+    #[serde(default)]
+    pub routing: Option<RouteRecord>,
 }
 
 impl LedgerRow {

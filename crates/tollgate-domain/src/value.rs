@@ -267,21 +267,43 @@ pub enum Mechanism {
     /// Provider prompt caching: cache reads and writes priced at their own rates instead
     /// of the uncached input rate.
     PromptCache,
+    /// Tiered routing (enforce mode): the tier the router chose instead of the heaviest
+    /// tier of the route, for the same token counts.
+    Routing,
+    /// Tiered routing in shadow mode: what the tier the router would have chosen would
+    /// have cost, against what was actually paid. Nothing was saved: "would have saved".
+    RoutingShadow,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 1] = [Mechanism::PromptCache];
+    pub const ALL: [Mechanism; 3] = [
+        Mechanism::PromptCache,
+        Mechanism::Routing,
+        Mechanism::RoutingShadow,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Mechanism::PromptCache => "prompt_cache",
+            Mechanism::Routing => "routing",
+            Mechanism::RoutingShadow => "routing_shadow",
         }
+    }
+
+    /// Whether the figure is money actually saved (false: a counterfactual, "would have
+    /// saved", which totals must leave out).
+    pub fn realised(self) -> bool {
+        !matches!(self, Mechanism::RoutingShadow)
     }
 
     pub fn describe(self) -> &'static str {
         match self {
             Mechanism::PromptCache => {
                 "provider prompt caching (vs every prompt token at the input rate)"
+            }
+            Mechanism::Routing => "tiered routing (vs the route's heaviest tier)",
+            Mechanism::RoutingShadow => {
+                "tiered routing, shadow mode: would have saved (chosen tier vs what was paid)"
             }
         }
     }

@@ -162,6 +162,7 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 error_code: None,
                 stream: false,
                 partial: false,
+                routing: None,
             };
             row.cost = Money::from_nanos(600_000);
             admission::settle(gw, ticket, &row);

@@ -24,7 +24,9 @@ use tollgate_providers::translate::Format;
 use tollgate_store::Durability;
 
 pub mod limits;
+pub mod routes;
 pub use limits::LimitsConfig;
+pub use routes::{Route, RoutingSettings};
 
 // ---------------------------------------------------------------------------------------
 // Raw: what the file says.
@@ -54,6 +56,10 @@ pub struct RawConfig {
     pub outcomes: crate::outcomes::RawOutcomes,
     #[serde(default)]
     pub telemetry: crate::telemetry::RawTelemetry,
+    #[serde(default)]
+    pub routing: routes::RawRouting,
+    #[serde(default)]
+    pub routes: Vec<routes::RawRoute>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -308,6 +314,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub outcomes: crate::outcomes::OutcomeSettings,
     pub telemetry: crate::telemetry::TelemetrySettings,
+    pub routing: RoutingSettings,
+    /// Routed model names (`auto`) → their ladder and policy.
+    pub routes: BTreeMap<String, Arc<Route>>,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -769,6 +778,8 @@ impl RawConfig {
         );
         let outcomes = crate::outcomes::validate_config(&self.outcomes, &mut errs);
         let telemetry = crate::telemetry::validate(&self.telemetry, &mut errs);
+        let routing = routes::validate_settings(&self.routing, &mut errs);
+        let routes = routes::validate(&self.routes, &deployments, &mut errs);
 
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
@@ -776,6 +787,8 @@ impl RawConfig {
         Ok(Config {
             outcomes,
             telemetry,
+            routing,
+            routes,
             server: ServerSettings {
                 listen,
                 max_body_bytes: max_body as usize,
@@ -1100,6 +1113,151 @@ mod tests {
         ] {
             assert!(errs.contains(needle), "missing {needle} in:\n{errs}");
         }
+    }
+
+    const ROUTED: &str = r#"
+        [[upstreams]]
+        name = "u"
+        base_url = "http://127.0.0.1:1"
+        [[deployments]]
+        name = "light"
+        upstream = "u"
+        model = "gpt-4o-mini"
+        [[deployments]]
+        name = "mid"
+        upstream = "u"
+        model = "gpt-4.1-mini"
+        [[deployments]]
+        name = "heavy"
+        upstream = "u"
+        model = "gpt-4o"
+        [routing]
+        sticky_conversations = 500
+    "#;
+
+    #[test]
+    fn routes_resolve_their_policy() {
+        let e = env(&[]);
+        let text = format!(
+            "{ROUTED}
+            [[routes]]
+            name = \"auto\"
+            tiers = [\"light\", \"heavy\"]
+            quality_target = 0.95
+            [[routes]]
+            name = \"support-auto\"
+            tiers = [\"light\", \"mid\", \"heavy\"]
+            thresholds = [0.3, 0.7]
+            mode = \"shadow\"
+            default = \"mid\"
+            escalate = true
+            teams = [\"support\"]
+            [[routes]]
+            name = \"plain\"
+            tiers = [\"light\", \"heavy\"]
+            [[routes]]
+            name = \"one\"
+            tiers = [\"light\", \"heavy\"]
+            threshold = 0.4
+            "
+        );
+        let c = RawConfig::from_toml(&text, &e)
+            .unwrap()
+            .validate(&e)
+            .unwrap();
+        assert_eq!(c.routing.sticky_conversations, 500);
+        let auto = &c.routes["auto"];
+        assert_eq!(auto.tiers.len(), 2);
+        assert_eq!(auto.mode, tollgate_domain::ledger::RouteMode::Enforce);
+        assert_eq!(auto.default_tier, 1);
+        assert!(!auto.escalate && auto.sticky);
+        // The quality target resolves through the model's calibration.
+        let want = auto.router.policy_for_quality(0.95).unwrap();
+        assert_eq!(auto.policy, want);
+        assert!(auto.allows(None, None));
+        let s = &c.routes["support-auto"];
+        assert_eq!(s.policy.thresholds(), &[0.3, 0.7]);
+        assert_eq!(s.default_tier, 1);
+        assert!(s.allows(Some("support"), None));
+        assert!(!s.allows(Some("sales"), Some("bot")));
+        // No policy: the model's own calibrated threshold.
+        assert_eq!(
+            c.routes["plain"].policy,
+            c.routes["plain"].router.default_policy()
+        );
+    }
+
+    #[test]
+    fn bad_routes_are_reported_with_their_paths() {
+        let e = env(&[]);
+        let text = format!(
+            "{ROUTED}
+            [[routes]]
+            name = \"one\"
+            tiers = [\"light\"]
+            [[routes]]
+            name = \"ghost\"
+            tiers = [\"light\", \"nope\"]
+            [[routes]]
+            name = \"th\"
+            tiers = [\"light\", \"heavy\"]
+            thresholds = [1.5]
+            [[routes]]
+            name = \"order\"
+            tiers = [\"light\", \"mid\", \"heavy\"]
+            thresholds = [0.8, 0.2]
+            [[routes]]
+            name = \"count\"
+            tiers = [\"light\", \"mid\", \"heavy\"]
+            thresholds = [0.5]
+            [[routes]]
+            name = \"heavy\"
+            tiers = [\"light\", \"heavy\"]
+            mode = \"sometimes\"
+            [[routes]]
+            name = \"q\"
+            tiers = [\"light\", \"heavy\"]
+            quality_target = 1.5
+            [[routes]]
+            name = \"both\"
+            tiers = [\"light\", \"heavy\"]
+            quality_target = 0.9
+            thresholds = [0.5]
+            [[routes]]
+            name = \"file\"
+            tiers = [\"light\", \"heavy\"]
+            model = \"/nonexistent/router.bin\"
+            [[routes]]
+            name = \"dflt\"
+            tiers = [\"light\", \"heavy\"]
+            mode = \"shadow\"
+            default = \"mid\"
+            "
+        );
+        let errs = RawConfig::from_toml(&text, &e)
+            .unwrap()
+            .validate(&e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        for needle in [
+            "routes[0].tiers: a route needs at least two tiers",
+            "routes[1].tiers[1]: no deployment named \"nope\"",
+            "routes[2].thresholds: tier policy: thresholds must be within [0, 1]",
+            "routes[3].thresholds: tier policy: thresholds must be non-decreasing",
+            "routes[4].thresholds: 3 tiers need 2 threshold(s), got 1",
+            "routes[5].name: \"heavy\" is also a deployment name",
+            "routes[5].mode: \"sometimes\"",
+            "routes[6].quality_target: 1.5 is not within (0, 1]",
+            "routes[7]: set `quality_target` or `threshold(s)`, not both",
+            "routes[8].model (/nonexistent/router.bin)",
+            "routes[9].default: \"mid\" is not one of the route's tiers",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+        let unknown =
+            RawConfig::from_toml("[[routes]]\nname = \"a\"\nladder = []\n", &e).unwrap_err();
+        assert!(unknown.0[0].contains("routes"), "{unknown}");
     }
 
     #[test]

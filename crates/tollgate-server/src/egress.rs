@@ -178,6 +178,45 @@ pub fn json_text(upstream: Format, body: &[u8]) -> String {
     }
 }
 
+/// The escalation check on a successful non-streaming answer (see
+/// [`tollgate_domain::routing::check`]). An answer that does not parse is not judged
+/// here (metering reports it as malformed).
+pub fn answer_check(
+    upstream: Format,
+    body: &[u8],
+    json_requested: bool,
+) -> Option<tollgate_domain::routing::check::Failure> {
+    use tollgate_domain::routing::check::{Answer, check};
+    use translate::{Block, StopReason};
+    let r = match upstream {
+        Format::OpenAi => translate::openai::response_to_ir(body),
+        Format::Anthropic => translate::anthropic::response_to_ir(body),
+        Format::Bedrock => translate::bedrock::response_to_ir(body),
+    }
+    .ok()?;
+    let mut text = String::new();
+    let mut tool_call = false;
+    for b in &r.content {
+        match b {
+            Block::Text { text: t, .. } => text.push_str(t),
+            Block::ToolUse { .. } => tool_call = true,
+            _ => {}
+        }
+    }
+    let finish = match r.stop {
+        StopReason::MaxTokens => "length",
+        StopReason::ContentFilter => "refusal",
+        StopReason::ToolUse => "tool_use",
+        StopReason::EndTurn | StopReason::StopSequence => "stop",
+    };
+    check(&Answer {
+        text: &text,
+        tool_call,
+        finish: Some(finish),
+        json_requested,
+    })
+}
+
 /// Rewrite a successful answer from the upstream's format into the client's.
 pub fn translate_json(
     upstream: Format,

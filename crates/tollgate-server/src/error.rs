@@ -94,6 +94,10 @@ pub enum ApiError {
     },
     #[error("Forbidden: {0}")]
     Forbidden(String),
+    #[error(
+        "The routed model `{route}` is not available to {who}: its configuration lists the teams and agents that may use it."
+    )]
+    RouteNotAllowed { route: String, who: String },
 }
 
 impl ApiError {
@@ -101,7 +105,7 @@ impl ApiError {
         match self {
             ApiError::MissingKey | ApiError::InvalidKey => "invalid_api_key",
             ApiError::AdminDisabled(_) => "admin_disabled",
-            ApiError::ModelNotAllowed(_) => "model_not_allowed",
+            ApiError::ModelNotAllowed(_) | ApiError::RouteNotAllowed { .. } => "model_not_allowed",
             ApiError::BadRequest(_) | ApiError::InvalidParam { .. } => "invalid_request",
             ApiError::BodyTooLarge(_) => "request_too_large",
             ApiError::BodyRead(_) => "invalid_request",
@@ -155,6 +159,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::ModelNotAllowed(_)
+            | ApiError::RouteNotAllowed { .. }
             | ApiError::Forbidden(_)
             | ApiError::MissingSignature
             | ApiError::UnknownAccessKey
@@ -239,7 +244,9 @@ impl ApiError {
                 ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminDisabled(_) => {
                     "authentication_error"
                 }
-                ApiError::ModelNotAllowed(_) | ApiError::Forbidden(_) => "permission_error",
+                ApiError::ModelNotAllowed(_)
+                | ApiError::RouteNotAllowed { .. }
+                | ApiError::Forbidden(_) => "permission_error",
                 ApiError::MissingSignature
                 | ApiError::UnknownAccessKey
                 | ApiError::SigV4Unavailable(_)
@@ -258,7 +265,9 @@ impl ApiError {
             ApiError::BadRequest(e) => e.param().map(str::to_string),
             ApiError::Untranslatable(e) => e.param().map(str::to_string),
             ApiError::InvalidParam { param, .. } => Some(param.clone()),
-            ApiError::ModelNotFound(_) | ApiError::ModelNotAllowed(_) => Some("model".into()),
+            ApiError::ModelNotFound(_)
+            | ApiError::ModelNotAllowed(_)
+            | ApiError::RouteNotAllowed { .. } => Some("model".into()),
             _ => None,
         }
     }

@@ -11,6 +11,20 @@ pub const TAGS: &str = "x-tollgate-tags";
 pub const BUDGET_REMAINING_USD: &str = "x-tollgate-budget-remaining-usd";
 /// Set when `max_tokens` was lowered to what the budget can pay.
 pub const MAX_TOKENS_CLAMPED: &str = "x-tollgate-max-tokens-clamped";
+/// Request: shadow-decide under this route while forwarding the concrete model asked
+/// for. Response: the route that decided the request.
+pub const ROUTE: &str = "x-tollgate-route";
+/// Response: the index of the tier chosen in the route's ladder (0 = lightest).
+pub const ROUTE_TIER: &str = "x-tollgate-route-tier";
+/// Response: the chosen tier's deployment (in shadow mode, not the one that served).
+pub const ROUTE_DEPLOYMENT: &str = "x-tollgate-route-deployment";
+/// Response: the router's score, in [0, 1].
+pub const ROUTE_SCORE: &str = "x-tollgate-route-score";
+/// Response: `enforce` or `shadow`.
+pub const ROUTE_MODE: &str = "x-tollgate-route-mode";
+/// Response: the light tier's answer failed this check and the request was retried on
+/// the next tier (`empty`, `refusal`, `invalid_json`, `length`).
+pub const ROUTE_ESCALATED: &str = "x-tollgate-route-escalated";
 /// What tollgate's own rate limits have left (`-requests`, `-tokens`, `-usd`).
 pub const RATELIMIT_REMAINING_PREFIX: &str = "x-tollgate-ratelimit-remaining-";
 

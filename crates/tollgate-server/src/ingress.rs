@@ -54,7 +54,7 @@ impl Ingress {
 
 /// A parsed request, tagged with its format. Bodies are kept whole so a same-format
 /// upstream gets them as the client wrote them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum IngressRequest {
     Chat(ChatRequest),
     Embeddings(EmbeddingsRequest),
@@ -131,6 +131,20 @@ pub fn strip_tollgate_metadata(body: &mut Map<String, Value>, field: &str) {
 }
 
 impl IngressRequest {
+    /// The client asked for a JSON answer (OpenAI `response_format` `json_object` or
+    /// `json_schema`); escalation then checks that the answer parses.
+    pub fn json_requested(&self) -> bool {
+        match self {
+            IngressRequest::Chat(r) => r
+                .body
+                .get("response_format")
+                .and_then(|f| f.get("type"))
+                .and_then(Value::as_str)
+                .is_some_and(|t| t == "json_object" || t == "json_schema"),
+            _ => false,
+        }
+    }
+
     pub fn parse(ingress: &Ingress, bytes: &[u8]) -> Result<IngressRequest, ApiError> {
         Ok(match ingress {
             Ingress::ChatCompletions => IngressRequest::Chat(ChatRequest::parse(bytes)?),

@@ -9,10 +9,11 @@
 //!    owner's attribution (401/403 stops here, unmetered)
 //! 3. body: read with a size cap (413), parse into a format-tagged request (400)
 //! 4. attribution: key owner, then `x-tollgate-*` headers, then body metadata
-//! 5. deployment (404/403)
+//! 5. deployment (404/403); a routed model name (`auto`) is scored here and resolved
+//!    to a tier's deployment ([`routing::decide`]), so admission prices the tier served
 //! 6. admission ([`admission::admit`]): task guard (409), worst-case reservation across
 //!    every budget and rate limit (402/429), maybe a clamped `max_tokens`; the meter
-//!    settles it on every path (routing goes here too)
+//!    settles it on every path
 //! 7. upstream call: same format → the body with the model id replaced (`include_usage`
 //!    injected for OpenAI streams); another format → translated (400 naming a feature
 //!    that cannot be); SigV4-signed for Bedrock
@@ -31,6 +32,7 @@
 //! - [`ingress`]: the APIs served and their format-tagged requests.
 //! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
 //! - [`meter`]: the always-runs metering step.
+//! - [`routing`]: routed model names on the hot path (decision, stickiness, escalation).
 //! - [`admin`]: the admin API.
 //! - [`admission`]: budgets, rate limits and the task guard before the upstream call;
 //!   settlement after it.
@@ -59,6 +61,7 @@ pub mod metrics;
 pub mod otel;
 pub mod outcomes;
 pub mod proxy;
+pub mod routing;
 pub mod state;
 pub mod telemetry;
 pub mod token_count;
@@ -127,7 +130,9 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         .and_then(|k| SecretSealer::new(secrecy::ExposeSecret::expose_secret(k)))
         .map(Arc::new);
     let telemetry = telemetry::Telemetry::new(&config.telemetry);
+    let routing = routing::RoutingState::new(config.routing.sticky_conversations);
     let gw = Arc::new(Gateway {
+        routing,
         telemetry,
         config: ArcSwap::from_pointee(config),
         keys,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::cost::{cost, cost_without_prompt_cache};
-use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
+use tollgate_domain::ledger::{Endpoint, LedgerRow, Route, RouteRecord};
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
 use tollgate_providers::stream::StreamTap;
@@ -87,6 +87,8 @@ pub struct Meter {
     pub limit_headers: http::HeaderMap,
     /// Where the request sits in a trace (OTLP traces on only).
     pub trace: Option<crate::otel::TraceContext>,
+    /// The routing decision, when the request went through a route.
+    pub routed: Option<crate::routing::Routed>,
 }
 
 impl Meter {
@@ -117,6 +119,7 @@ impl Meter {
                 error_code: None,
                 stream: false,
                 partial: false,
+                routing: None,
             },
             started,
             deployment: None,
@@ -128,7 +131,23 @@ impl Meter {
             admission: None,
             limit_headers: http::HeaderMap::new(),
             trace: None,
+            routed: None,
         }
+    }
+
+    /// A new meter for a second call made on behalf of the same request (escalation):
+    /// same endpoint, attribution, requested model and stream flag, its own request id.
+    pub fn follow_up(&self, request_id: String, started: Instant) -> Meter {
+        let mut m = Meter::new(
+            self.gw.clone(),
+            request_id,
+            self.row.endpoint,
+            started,
+            self.row.attribution.clone(),
+        );
+        m.row.route.requested_model = self.row.route.requested_model.clone();
+        m.row.stream = self.row.stream;
+        m
     }
 
     pub fn attribution(&self) -> &Attribution {
@@ -236,12 +255,55 @@ impl Meter {
         row.status = outcome.status;
         row.error_code = outcome.error_code.map(str::to_string);
         row.partial = outcome.partial;
+        if let Some(r) = &self.routed {
+            row.routing = Some(self.route_record(r, &usage, outcome.service_tier.as_deref()));
+            if let Some(id) = r.conversation
+                && row.is_success()
+                && r.escalated.is_none()
+            {
+                self.gw.routing.remember(
+                    id,
+                    tollgate_domain::routing::sticky::Stuck {
+                        tier: r.tier,
+                        prompt_tokens: usage.prompt_total(),
+                        output_tokens: usage.output,
+                    },
+                );
+            }
+        }
         if let Some(ticket) = self.admission.take() {
             crate::admission::settle(&self.gw, ticket, &row);
         }
         // Metrics and trace spans, where the row is settled (commit and drop alike).
         self.gw.telemetry.observe(&row, self.trace.as_ref());
         row
+    }
+
+    /// The routing columns: the decision, and what the heaviest and the chosen tiers would
+    /// have charged for these token counts (each priced exactly, like the row itself).
+    fn route_record(
+        &self,
+        r: &crate::routing::Routed,
+        usage: &Usage,
+        service_tier: Option<&str>,
+    ) -> RouteRecord {
+        let price = |d: &Deployment| {
+            d.price
+                .as_ref()
+                .and_then(|p| cost(usage, p, service_tier))
+                .map_or(Money::ZERO, |c| c.charged)
+        };
+        RouteRecord {
+            name: r.route.name.clone(),
+            tier: u32::try_from(r.tier).unwrap_or(u32::MAX),
+            tier_deployment: r.tier_deployment().name.clone(),
+            score_ppm: (r.score.clamp(0.0, 1.0) * 1e6).round() as u32,
+            mode: r.mode,
+            heavy_cost: price(r.heavy_deployment()),
+            tier_cost: price(r.tier_deployment()),
+            escalated: r.escalated.map(|f| f.code().to_string()),
+            sample: r.sample.clone(),
+        }
     }
 
     /// Settle and record. Returns the row (its cost goes in the response headers).

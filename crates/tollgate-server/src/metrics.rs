@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tollgate_domain::ledger::LedgerRow;
+use tollgate_domain::ledger::{LedgerRow, RouteMode};
 use tollgate_domain::outcome::OutcomeStatus;
 
 /// Distinct values kept per label before new ones become `other`.
@@ -68,6 +68,17 @@ struct Series {
     cache_saved_nanos: AtomicI64,
     /// What the calls would have cost without prompt caching.
     cache_baseline_nanos: AtomicI64,
+    /// Routed calls (enforce, shadow).
+    routed: [AtomicU64; 2],
+    /// Enforced routing: the heaviest tier's cost of the same calls (zero for a call
+    /// that was escalated: without routing it would not have been made), and that minus
+    /// what was charged.
+    routing_baseline_nanos: AtomicI64,
+    routing_saved_nanos: AtomicI64,
+    /// Shadow routing: what was charged, and that minus the chosen tier's cost (would
+    /// have saved).
+    shadow_baseline_nanos: AtomicI64,
+    shadow_saved_nanos: AtomicI64,
 }
 
 const TOKEN_KINDS: [&str; 5] = ["input", "cache_read", "cache_write", "output", "reasoning"];
@@ -187,6 +198,30 @@ impl Metrics {
                 s.cache_baseline_nanos.fetch_add(base, Ordering::Relaxed);
                 s.cache_saved_nanos
                     .fetch_add(base - row.cost.nanos(), Ordering::Relaxed);
+            }
+            if let Some(r) = &row.routing
+                && u.prompt_total() + u.output > 0
+            {
+                match r.mode {
+                    RouteMode::Enforce => {
+                        let base = if r.escalated.is_some() {
+                            0
+                        } else {
+                            r.heavy_cost.nanos()
+                        };
+                        s.routed[0].fetch_add(1, Ordering::Relaxed);
+                        s.routing_baseline_nanos.fetch_add(base, Ordering::Relaxed);
+                        s.routing_saved_nanos
+                            .fetch_add(base - row.cost.nanos(), Ordering::Relaxed);
+                    }
+                    RouteMode::Shadow => {
+                        s.routed[1].fetch_add(1, Ordering::Relaxed);
+                        s.shadow_baseline_nanos
+                            .fetch_add(row.cost.nanos(), Ordering::Relaxed);
+                        s.shadow_saved_nanos
+                            .fetch_add(row.cost.nanos() - r.tier_cost.nanos(), Ordering::Relaxed);
+                    }
+                }
             }
         }
         if let Some(c) = entry(&self.by_status, (deployment.clone(), status_class(row))) {
@@ -319,12 +354,28 @@ impl Metrics {
                 labels(w),
                 usd(s.cache_baseline_nanos.load(Ordering::Relaxed))
             );
+            for (i, (mech, v)) in [
+                ("routing", &s.routing_baseline_nanos),
+                ("routing_shadow", &s.shadow_baseline_nanos),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if s.routed[i].load(Ordering::Relaxed) > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_cost_baseline_usd_total{{{},mechanism=\"{mech}\"}} {}",
+                        labels(w),
+                        usd(v.load(Ordering::Relaxed))
+                    );
+                }
+            }
         }
         header(
             &mut out,
             "tollgate_savings_usd",
             "gauge",
-            "Net USD saved by each mechanism since start (baseline minus charged; negative when cache writes cost more than reads saved).",
+            "Net USD saved by each mechanism since start (baseline minus charged; negative when cache writes cost more than reads saved; routing_shadow is what shadow routing would have saved, not money saved).",
         );
         for (w, s) in &who {
             let _ = writeln!(
@@ -333,6 +384,40 @@ impl Metrics {
                 labels(w),
                 usd(s.cache_saved_nanos.load(Ordering::Relaxed))
             );
+            for (i, (mech, v)) in [
+                ("routing", &s.routing_saved_nanos),
+                ("routing_shadow", &s.shadow_saved_nanos),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if s.routed[i].load(Ordering::Relaxed) > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_savings_usd{{{},mechanism=\"{mech}\"}} {}",
+                        labels(w),
+                        usd(v.load(Ordering::Relaxed))
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "tollgate_routed_requests_total",
+            "counter",
+            "Routed requests that consumed tokens, by mode (enforce: served by the chosen tier; shadow: decided and recorded only).",
+        );
+        for (w, s) in &who {
+            for (i, mode) in ["enforce", "shadow"].into_iter().enumerate() {
+                let n = s.routed[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_routed_requests_total{{{},mode=\"{mode}\"}} {n}",
+                        labels(w)
+                    );
+                }
+            }
         }
         render_histograms(
             &mut out,

@@ -363,6 +363,20 @@ pub fn spans(
             common.push(s(k, v));
         }
     }
+    if let Some(r) = &row.routing {
+        common.push(s("tollgate.route.name", &r.name));
+        common.push(i("tollgate.route.tier", i64::from(r.tier)));
+        common.push(s("tollgate.route.deployment", &r.tier_deployment));
+        common.push(d("tollgate.route.score", f64::from(r.score_ppm) / 1e6));
+        common.push(s("tollgate.route.mode", r.mode.as_str()));
+        common.push(d(
+            "tollgate.route.heavy_cost.usd",
+            r.heavy_cost.as_usd_f64(),
+        ));
+        if let Some(e) = &r.escalated {
+            common.push(s("tollgate.route.escalated", e));
+        }
+    }
     if let Some(e) = &row.error_code {
         common.push(s("error.type", e));
     }

@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::headers;
 use crate::ingress::{Ingress, IngressRequest};
 use crate::meter::{Consumed, Meter, Outcome, stream_consumed};
+use crate::routing::{self, Routed};
 use crate::state::{Gateway, now_ms};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -28,6 +29,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::{self, Attribution, Labels};
+use tollgate_domain::ledger::RouteMode;
 use tollgate_providers::client;
 use tollgate_providers::sigv4::Received;
 use tollgate_providers::stream::{ClientStream, StreamTap};
@@ -105,8 +107,55 @@ fn header_labels(h: &HeaderMap) -> Result<Labels, ApiError> {
     })
 }
 
-fn resolve(gw: &Gateway, key: &VirtualKey, model: &str) -> Result<Arc<Deployment>, ApiError> {
+/// Step 5: the deployment that serves the request. A routed model name (`auto`) is
+/// decided here, so admission reserves against the chosen tier's prices; a concrete model
+/// with an `x-tollgate-route` header is shadow-decided under that route and served as
+/// asked.
+fn resolve(
+    gw: &Gateway,
+    key: &VirtualKey,
+    attr: &Attribution,
+    req: &IngressRequest,
+    headers: &HeaderMap,
+) -> Result<(Arc<Deployment>, Option<Routed>), ApiError> {
     let cfg = gw.config.load();
+    let model = req.model();
+    let route_allowed = |route: &crate::config::Route| -> Result<(), ApiError> {
+        if route.allows(attr.team.as_deref(), attr.agent.as_deref()) {
+            return Ok(());
+        }
+        let who = match (&attr.team, &attr.agent) {
+            (Some(t), Some(a)) => format!("team `{t}` / agent `{a}`"),
+            (Some(t), None) => format!("team `{t}`"),
+            (None, Some(a)) => format!("agent `{a}`"),
+            (None, None) => "callers without a team or agent".to_string(),
+        };
+        Err(ApiError::RouteNotAllowed {
+            route: route.name.clone(),
+            who,
+        })
+    };
+    if let Some(route) = cfg.routes.get(model) {
+        if !key.allows_model(model) {
+            return Err(ApiError::ModelNotAllowed(model.to_string()));
+        }
+        if matches!(req, IngressRequest::Embeddings(_)) {
+            return Err(invalid(
+                "model",
+                format!("`{model}` is a routed name; routes serve chat requests, not embeddings"),
+            ));
+        }
+        route_allowed(route)?;
+        let r = routing::decide(
+            &gw.routing,
+            route,
+            req,
+            attr.task.as_deref(),
+            None,
+            cfg.routing.record_samples,
+        );
+        return Ok((r.served.clone(), Some(r)));
+    }
     let d = cfg
         .deployments
         .get(model)
@@ -115,7 +164,50 @@ fn resolve(gw: &Gateway, key: &VirtualKey, model: &str) -> Result<Arc<Deployment
     if !key.allows_model(model) {
         return Err(ApiError::ModelNotAllowed(model.to_string()));
     }
-    Ok(d)
+    let Some(name) = headers.get(headers::ROUTE) else {
+        return Ok((d, None));
+    };
+    let name = name
+        .to_str()
+        .map_err(|_| invalid(headers::ROUTE, "header is not visible ASCII"))?;
+    let route = cfg.routes.get(name).ok_or_else(|| {
+        invalid(
+            headers::ROUTE,
+            format!("no route named {name:?} (see GET /v1/models)"),
+        )
+    })?;
+    route_allowed(route)?;
+    let r = routing::decide(
+        &gw.routing,
+        route,
+        req,
+        attr.task.as_deref(),
+        Some(d.clone()),
+        cfg.routing.record_samples,
+    );
+    Ok((d, Some(r)))
+}
+
+/// `x-tollgate-route`, `-route-tier`, `-route-deployment`, `-route-score`, `-route-mode`
+/// on a routed answer.
+fn route_headers(r: &Routed, h: &mut HeaderMap) {
+    let mut set = |name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    set(headers::ROUTE, &r.route.name);
+    set(headers::ROUTE_TIER, &r.tier.to_string());
+    set(headers::ROUTE_DEPLOYMENT, &r.tier_deployment().name);
+    set(headers::ROUTE_SCORE, &format!("{:.4}", r.score));
+    set(headers::ROUTE_MODE, r.mode.as_str());
+}
+
+/// A copy of a routed request kept for one retry on the next tier (escalation).
+struct Escalation {
+    req: IngressRequest,
+    headers: HeaderMap,
+    json_requested: bool,
 }
 
 fn request_id_header(resp: &mut Response, id: &str) {
@@ -294,7 +386,6 @@ pub async fn pipeline(
     // 1. request id
     let started = Instant::now();
     let request_id = gw.ids.next();
-    let format = ingress.format();
 
     // 2. auth, 3a. body (bounded)
     let (mut meter, key, bytes) = match authenticate_and_read(
@@ -310,7 +401,7 @@ pub async fn pipeline(
     }
 
     // 3b. parse into a format-tagged request
-    let mut req = match IngressRequest::parse(&ingress, &bytes) {
+    let req = match IngressRequest::parse(&ingress, &bytes) {
         Ok(r) => r,
         Err(e) => return meter.reject(e).await,
     };
@@ -327,18 +418,48 @@ pub async fn pipeline(
     meter.attribution_mut().fill_from(h);
     meter.attribution_mut().fill_from(b);
 
-    // 5. deployment
-    let deployment = match resolve(&gw, &key, req.model()) {
+    // 5. deployment (a routed name is decided here)
+    let (deployment, routed) = match resolve(&gw, &key, meter.attribution(), &req, &headers) {
         Ok(d) => d,
         Err(e) => return meter.reject(e).await,
     };
     meter.set_deployment(&deployment, gw.config.load().prices.hash());
+    // Escalation applies to enforced, non-streaming requests below the heaviest tier:
+    // a streamed answer has reached the client before it could be judged.
+    let escalation = routed
+        .as_ref()
+        .filter(|r| {
+            r.route.escalate
+                && r.mode == RouteMode::Enforce
+                && r.tier < r.route.heaviest()
+                && !req.stream()
+        })
+        .map(|_| Escalation {
+            req: req.clone(),
+            headers: headers.clone(),
+            json_requested: req.json_requested(),
+        });
+    meter.routed = routed;
+    forward(gw, meter, req, deployment, &headers, started, escalation).await
+}
 
+/// Steps 6 to 9 for a resolved request (and again for an escalated one).
+async fn forward(
+    gw: Arc<Gateway>,
+    mut meter: Meter,
+    mut req: IngressRequest,
+    deployment: Arc<Deployment>,
+    headers: &HeaderMap,
+    started: Instant,
+    escalation: Option<Escalation>,
+) -> Response {
+    let format = req.format();
     // ── Admission ─────────────────────────────────────────────────────────────────
     // Steps that decide whether, and where, this request may go belong here: after
-    // the deployment is known, before anything is sent upstream (budget reserve, task
-    // guard, routing). A refusal is `return meter.reject(err).await`; settlement
-    // happens in the Meter whatever the outcome.
+    // the deployment is known (routing has picked the tier), before anything is sent
+    // upstream (budget reserve, task guard). A refusal is
+    // `return meter.reject(err).await`; settlement happens in the Meter whatever the
+    // outcome.
     // ──────────────────────────────────────────────────────────────────────────────
     if let Err(e) = crate::admission::admit_request(&gw, &mut meter, &mut req).await {
         return meter.reject(e).await;
@@ -355,7 +476,7 @@ pub async fn pipeline(
     };
     let chat = !matches!(req, IngressRequest::Embeddings(_));
     let timeout = gw.config.load().server.upstream_timeout;
-    let call = match egress::prepare(&deployment, &mut req, &headers, timeout, now_ms() / 1000) {
+    let call = match egress::prepare(&deployment, &mut req, headers, timeout, now_ms() / 1000) {
         Ok(c) => c,
         Err(e) => return meter.reject(e).await,
     };
@@ -399,8 +520,54 @@ pub async fn pipeline(
         chat,
         model: client.model,
         started,
+        escalation,
     };
-    json_response(&gw, meter, resp, answer).await
+    json_response(gw, meter, resp, answer).await
+}
+
+/// The light tier's answer failed its check: record this call as escalated and send the
+/// request once more, on the next tier, as a call of its own (own request id, own
+/// admission, own ledger row). The client gets the second answer.
+///
+/// Boxed (and `Send` by signature): `forward` → `json_response` → `escalate` → `forward`
+/// is a cycle the compiler cannot size or prove `Send` through without it.
+#[allow(clippy::too_many_arguments)]
+fn escalate(
+    gw: Arc<Gateway>,
+    mut meter: Meter,
+    mut next: Routed,
+    consumed: Consumed,
+    service_tier: Option<String>,
+    failure: tollgate_domain::routing::check::Failure,
+    e: Escalation,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
+    Box::pin(async move {
+        if let Some(r) = meter.routed.as_mut() {
+            r.escalated = Some(failure);
+        }
+        meter.commit(Outcome::ok(consumed, service_tier)).await;
+        let started = Instant::now();
+        let mut second = meter.follow_up(gw.ids.next(), started);
+        drop(meter);
+        next.tier = (next.tier + 1).min(next.route.heaviest());
+        next.served = next.route.tiers[next.tier].clone();
+        next.escalated = None;
+        // The sample belongs to the first call's row (same prompt).
+        next.sample = None;
+        let Escalation {
+            req,
+            headers: client_headers,
+            ..
+        } = e;
+        second.set_deployment(&next.served, gw.config.load().prices.hash());
+        let deployment = next.served.clone();
+        second.routed = Some(next);
+        let mut resp = forward(gw, second, req, deployment, &client_headers, started, None).await;
+        if let Ok(v) = HeaderValue::from_str(failure.code()) {
+            resp.headers_mut().insert(headers::ROUTE_ESCALATED, v);
+        }
+        resp
+    })
 }
 
 /// How to give a non-streaming answer back.
@@ -412,15 +579,17 @@ struct Answer {
     chat: bool,
     model: String,
     started: Instant,
+    /// Set when a failed answer may be retried on the next tier.
+    escalation: Option<Escalation>,
 }
 
 /// A non-streaming upstream answer: read it whole, meter it, pass it through (or
 /// translate it).
 async fn json_response(
-    gw: &Gateway,
+    gw: Arc<Gateway>,
     mut meter: Meter,
     resp: reqwest::Response,
-    a: Answer,
+    mut a: Answer,
 ) -> Response {
     let (max, timeout) = {
         let cfg = gw.config.load();
@@ -486,6 +655,12 @@ async fn json_response(
         None if a.chat => Consumed::Estimate(egress::json_text(a.upstream, &body)),
         None => Consumed::Estimate(String::new()),
     };
+    if let Some(e) = a.escalation.take()
+        && let Some(next) = meter.routed.clone()
+        && let Some(failure) = egress::answer_check(a.upstream, &body, e.json_requested)
+    {
+        return escalate(gw, meter, next, consumed, metered.service_tier, failure, e).await;
+    }
     let row = meter
         .commit(Outcome::ok(consumed, metered.service_tier))
         .await;
@@ -506,6 +681,9 @@ async fn json_response(
     }
     out.headers_mut()
         .extend(std::mem::take(&mut meter.limit_headers));
+    if let Some(r) = &meter.routed {
+        route_headers(r, out.headers_mut());
+    }
     request_id_header(&mut out, &row.request_id);
     if let Ok(v) = HeaderValue::from_str(&row.cost.to_string()) {
         out.headers_mut().insert(headers::COST_USD, v);
@@ -537,6 +715,9 @@ fn stream_response(
         copy_headers(resp.headers(), &mut head);
     }
     head.extend(std::mem::take(&mut meter.limit_headers));
+    if let Some(r) = &meter.routed {
+        route_headers(r, &mut head);
+    }
     let request_id = meter.request_id().to_string();
     let body = async_stream::stream! {
         let mut meter = meter;
@@ -629,7 +810,7 @@ pub async fn list_models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> 
         Err(e) => return e.into_response(None),
     };
     let cfg = gw.config.load();
-    let data: Vec<Value> = cfg
+    let mut data: Vec<Value> = cfg
         .deployments
         .values()
         .filter(|d| key.allows_model(&d.name))
@@ -642,6 +823,23 @@ pub async fn list_models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> 
             })
         })
         .collect();
+    // Routed names this key's owner may use, with their ladders.
+    data.extend(
+        cfg.routes
+            .values()
+            .filter(|r| key.allows_model(&r.name))
+            .filter(|r| r.allows(key.team.as_deref(), key.agent.as_deref()))
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tollgate-router",
+                    "tiers": r.tiers.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+                    "mode": r.mode.as_str(),
+                })
+            }),
+    );
     axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 

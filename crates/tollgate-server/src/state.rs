@@ -30,6 +30,8 @@ pub struct Gateway {
     pub limits: crate::admission::Limits,
     /// Metrics and trace spans fed by every settled request.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Tiered routing's per-conversation tiers (stickiness).
+    pub routing: crate::routing::RoutingState,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique across restarts and

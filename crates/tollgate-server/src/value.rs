@@ -119,6 +119,7 @@ fn savings_line(s: &Savings) -> Value {
         "saved_usd": s.saved().to_string(),
         "saved_nanos": s.saved().nanos(),
         "saved_pct": pct(s.saved_share()),
+        "realised": s.mechanism.realised(),
     })
 }
 
@@ -375,7 +376,7 @@ pub async fn dashboard(
                     "value_usd": roi.total.value.to_string(),
                     "roi_pct": pct(roi.total.roi()),
                     "cost_per_successful_task_usd": money_opt(roi.total.cost_per_successful_task()),
-                    "saved_usd": savings.total.iter().map(|s| s.saved()).sum::<Money>().to_string(),
+                    "saved_usd": savings.total.iter().filter(|s| s.mechanism.realised()).map(|s| s.saved()).sum::<Money>().to_string(),
                 },
                 "spend": spend_json(g, bucket, chart_since, w.until, &series),
                 "roi": roi_json(&roi),

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
+use tollgate_domain::ledger::{Endpoint, LedgerRow, Route, RouteMode, RouteRecord};
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
 
@@ -305,9 +305,16 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
-    cost_without_cache_nanos)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+    cost_without_cache_nanos,
+    route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
+    route_tier_cost_nanos, route_escalated)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
+    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)
     ON CONFLICT (request_id) DO NOTHING";
+
+const INSERT_SAMPLE: &str =
+    "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (request_id) DO NOTHING";
 
 /// Insert rows in one transaction. A row whose request id is already present is skipped
 /// (a retried batch never double-counts).
@@ -318,8 +325,10 @@ pub fn insert_batch<'a>(
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
+        let mut samples = tx.prepare_cached(INSERT_SAMPLE)?;
         for r in rows {
             let a = &r.attribution;
+            let rt = r.routing.as_ref();
             let tags = if a.tags.is_empty() {
                 None
             } else {
@@ -356,7 +365,28 @@ pub fn insert_batch<'a>(
                 r.stream,
                 r.partial,
                 r.cost_without_cache.nanos(),
+                rt.map(|x| x.name.as_str()),
+                rt.map(|x| i64::from(x.tier)),
+                rt.map(|x| x.tier_deployment.as_str()),
+                rt.map(|x| f64::from(x.score_ppm) / 1e6),
+                rt.map(|x| x.mode.as_str()),
+                rt.map(|x| x.heavy_cost.nanos()),
+                rt.map(|x| x.tier_cost.nanos()),
+                rt.and_then(|x| x.escalated.as_deref()),
             ])?;
+            if let Some(rt) = rt
+                && let Some(smp) = &rt.sample
+            {
+                samples.execute(params![
+                    r.request_id,
+                    r.ts_ms,
+                    rt.name,
+                    a.task,
+                    smp.model,
+                    i64::from(smp.tokens),
+                    smp.features,
+                ])?;
+            }
         }
     }
     tx.commit()?;
@@ -371,7 +401,9 @@ const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, ag
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
-    COALESCE(cost_without_cache_nanos, cost_nanos)
+    COALESCE(cost_without_cache_nanos, cost_nanos),
+    route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
+    route_tier_cost_nanos, route_escalated
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -418,10 +450,77 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         error_code: r.get(26)?,
         stream: r.get(27)?,
         partial: r.get(28)?,
+        routing: route_from_sql(r)?,
     })
 }
 
+fn route_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<RouteRecord>> {
+    let Some(name) = r.get::<_, Option<String>>(30)? else {
+        return Ok(None);
+    };
+    let mode: Option<String> = r.get(34)?;
+    let score: f64 = r.get::<_, Option<f64>>(33)?.unwrap_or(0.0);
+    Ok(Some(RouteRecord {
+        name,
+        tier: u32::try_from(r.get::<_, Option<i64>>(31)?.unwrap_or(0)).unwrap_or(0),
+        tier_deployment: r.get::<_, Option<String>>(32)?.unwrap_or_default(),
+        score_ppm: (score.clamp(0.0, 1.0) * 1e6).round() as u32,
+        mode: mode
+            .as_deref()
+            .and_then(RouteMode::parse)
+            .unwrap_or(RouteMode::Enforce),
+        heavy_cost: Money::from_nanos(r.get::<_, Option<i64>>(35)?.unwrap_or(0)),
+        tier_cost: Money::from_nanos(r.get::<_, Option<i64>>(36)?.unwrap_or(0)),
+        escalated: r.get(37)?,
+        sample: None,
+    }))
+}
+
+/// A recorded routing sample joined with its ledger row and its task's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    pub request_id: String,
+    pub route_name: String,
+    pub task: Option<String>,
+    pub model: String,
+    pub features: String,
+    /// The deployment that served the call.
+    pub deployment: String,
+    pub escalated: bool,
+    /// The task's current outcome status (`success`, `failure`, `abandoned`), if any.
+    pub outcome: Option<String>,
+}
+
 impl SqliteStore {
+    /// Every recorded routing sample with what was observed of it (oldest first).
+    pub fn route_samples(&self) -> Result<Vec<StoredSample>, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let mut stmt = conn.prepare(
+            "SELECT s.request_id, s.route_name, s.task, s.model_hash, s.features,
+                    l.deployment, l.route_escalated IS NOT NULL, o.status
+             FROM route_samples s
+             JOIN ledger l ON l.request_id = s.request_id
+             LEFT JOIN task_outcomes o ON o.task = s.task
+             WHERE l.status >= 200 AND l.status < 300
+             ORDER BY s.ts_ms, s.request_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StoredSample {
+                    request_id: r.get(0)?,
+                    route_name: r.get(1)?,
+                    task: r.get(2)?,
+                    model: r.get(3)?,
+                    features: r.get(4)?,
+                    deployment: r.get(5)?,
+                    escalated: r.get(6)?,
+                    outcome: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// One row by request id.
     pub fn ledger_row(&self, request_id: &str) -> Result<Option<LedgerRow>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
@@ -520,6 +619,25 @@ pub(crate) mod tests {
             error_code: None,
             stream: i.is_multiple_of(2),
             partial: false,
+            // Every seventh row went through a route (round-tripped in full below).
+            routing: i.is_multiple_of(7).then(|| RouteRecord {
+                name: "auto".into(),
+                tier: 1,
+                tier_deployment: "gpt-4o".into(),
+                score_ppm: 734_125,
+                mode: if i.is_multiple_of(2) {
+                    RouteMode::Enforce
+                } else {
+                    RouteMode::Shadow
+                },
+                heavy_cost: Money::from_nanos(99_999),
+                // Enforce: the chosen tier is what was paid; shadow: a cheaper tier.
+                tier_cost: Money::from_nanos(
+                    if i.is_multiple_of(2) { 1234 } else { 1000 } + i as i64,
+                ),
+                escalated: (i == 7).then(|| "empty".to_string()),
+                sample: None,
+            }),
         }
     }
 
@@ -563,7 +681,52 @@ pub(crate) mod tests {
             assert_eq!(store.ledger_count().unwrap(), 800, "{durability:?}");
             let back = store.ledger_row("req-7").unwrap().unwrap();
             assert_eq!(back, row(7));
+            let plain = store.ledger_row("req-8").unwrap().unwrap();
+            assert_eq!((plain, row(8).routing), (row(8), None));
         }
+    }
+
+    #[test]
+    fn route_samples_join_their_row_and_outcome() {
+        use tollgate_domain::ledger::RouteSample;
+        use tollgate_domain::outcome::{OutcomeStatus, TaskOutcome, ValueBasis};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let mut with = row(14);
+        if let Some(rt) = with.routing.as_mut() {
+            rt.sample = Some(RouteSample {
+                model: "embedded".into(),
+                tokens: 5,
+                features: "{\"b\": [1, 2]}".into(),
+            });
+        }
+        let mut c = store.connect(Sync::Normal).unwrap();
+        insert_batch(&mut c, [with.clone(), row(21), with].iter()).unwrap();
+        assert!(store.route_samples().unwrap()[0].outcome.is_none());
+        store
+            .record_outcome(
+                &TaskOutcome {
+                    task: "task-4".into(),
+                    status: OutcomeStatus::Success,
+                    basis: ValueBasis::Usd {
+                        value: Money::from_nanos(1),
+                    },
+                    labels: Default::default(),
+                },
+                "test",
+                1,
+            )
+            .unwrap();
+        let s = store.route_samples().unwrap();
+        assert_eq!(s.len(), 1, "one sample, written once");
+        assert_eq!(s[0].request_id, "req-14");
+        assert_eq!(s[0].task.as_deref(), Some("task-4"));
+        assert_eq!(s[0].outcome.as_deref(), Some("success"));
+        assert_eq!(
+            (s[0].deployment.as_str(), s[0].escalated),
+            ("gpt-4o", false)
+        );
+        assert_eq!(s[0].features, "{\"b\": [1, 2]}");
     }
 
     #[test]

@@ -145,6 +145,31 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_subject ON alerts (subject);
     "#,
+    // 5: tiered routing (issue 5): per row, the routed name, the tier chosen, its
+    //    deployment, the router's score, the mode, what the heaviest tier and the chosen
+    //    tier would have cost for the row's token counts, and the escalation reason (NULL
+    //    for rows that did not go through a route); opt-in feature samples for training
+    //    on the gateway's own traffic (hashed feature vectors, never prompt text).
+    r#"
+    ALTER TABLE ledger ADD COLUMN route_name TEXT;
+    ALTER TABLE ledger ADD COLUMN route_tier INTEGER;
+    ALTER TABLE ledger ADD COLUMN route_deployment TEXT;
+    ALTER TABLE ledger ADD COLUMN route_score REAL;
+    ALTER TABLE ledger ADD COLUMN route_mode TEXT;
+    ALTER TABLE ledger ADD COLUMN route_heavy_cost_nanos INTEGER;
+    ALTER TABLE ledger ADD COLUMN route_tier_cost_nanos INTEGER;
+    ALTER TABLE ledger ADD COLUMN route_escalated TEXT;
+    CREATE TABLE route_samples (
+        request_id TEXT PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        route_name TEXT NOT NULL,
+        task TEXT,
+        model_hash TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        features TEXT NOT NULL
+    );
+    CREATE INDEX route_samples_task ON route_samples (task);
+    "#,
 ];
 
 /// A SQLite database file holding the ledger, keys and price-table registry.

@@ -13,14 +13,34 @@ use tollgate_domain::value::{
     Mechanism, OutcomeFigure, RoiReport, Savings, SavingsReport, TaskSlice, TaskSummary, roi_groups,
 };
 
-/// How a mechanism shows in the ledger: which rows it touched, and what those rows would
-/// have cost without it. A new mechanism (routing, pruning) adds one arm here and its
-/// column in a migration.
-fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str) {
+/// How a mechanism shows in the ledger: which rows it touched, what they cost with it
+/// and what they would have cost without it. A new mechanism (pruning) adds one arm here
+/// and its column in a migration.
+///
+/// Routing: an enforce row is measured against the route's heaviest tier for the same
+/// token counts, except a call whose answer failed the check and was escalated: without
+/// routing it would not have been made at all, so its baseline is zero (a loss). A shadow
+/// row paid what it paid; the tier the router chose is what it would have cost. Routed
+/// rows that consumed no tokens (refused by a budget, an upstream error) are not counted.
+fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'static str) {
     match m {
         Mechanism::PromptCache => (
             "(cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens) > 0",
+            "cost_nanos",
             "COALESCE(cost_without_cache_nanos, cost_nanos)",
+        ),
+        Mechanism::Routing => (
+            "route_mode = 'enforce' AND (input_tokens + cache_read_tokens + cache_write_5m_tokens
+             + cache_write_1h_tokens + output_tokens) > 0",
+            "cost_nanos",
+            "CASE WHEN route_escalated IS NOT NULL THEN 0
+             ELSE COALESCE(route_heavy_cost_nanos, cost_nanos) END",
+        ),
+        Mechanism::RoutingShadow => (
+            "route_mode = 'shadow' AND (input_tokens + cache_read_tokens + cache_write_5m_tokens
+             + cache_write_1h_tokens + output_tokens) > 0",
+            "COALESCE(route_tier_cost_nanos, cost_nanos)",
+            "cost_nanos",
         ),
     }
 }
@@ -233,10 +253,10 @@ impl SqliteStore {
         let mut total = Vec::new();
         let mut groups: BTreeMap<Option<String>, Vec<Savings>> = BTreeMap::new();
         for m in Mechanism::ALL {
-            let (touched, baseline) = mechanism_sql(m);
+            let (touched, actual, baseline) = mechanism_sql(m);
             let sums = format!(
                 "SUM(CASE WHEN {touched} THEN 1 ELSE 0 END),
-                 SUM(CASE WHEN {touched} THEN cost_nanos ELSE 0 END),
+                 SUM(CASE WHEN {touched} THEN {actual} ELSE 0 END),
                  SUM(CASE WHEN {touched} THEN {baseline} ELSE 0 END)"
             );
             let line = |r: &rusqlite::Row<'_>, at: usize| -> rusqlite::Result<Savings> {
@@ -269,7 +289,12 @@ impl SqliteStore {
             }
         }
         let mut groups: Vec<_> = groups.into_iter().collect();
-        let saved = |v: &Vec<Savings>| -> i64 { v.iter().map(|s| s.saved().nanos()).sum() };
+        let saved = |v: &Vec<Savings>| -> i64 {
+            v.iter()
+                .filter(|s| s.mechanism.realised())
+                .map(|s| s.saved().nanos())
+                .sum()
+        };
         groups.sort_by(|a, b| saved(&b.1).cmp(&saved(&a.1)).then_with(|| a.0.cmp(&b.0)));
         Ok(SavingsReport {
             group_by,
@@ -474,7 +499,21 @@ mod tests {
     fn savings_are_baseline_minus_actual() {
         let (_d, s) = store();
         let r = s.savings_report(Some(GroupBy::Agent), 0, i64::MAX).unwrap();
-        assert_eq!(r.total.len(), 1);
+        assert_eq!(r.total.len(), 3);
+        // Rows 0, 14, 28 were routed (enforce) against a heavy tier of 99 999 nanos.
+        let routing = r.total[1];
+        assert_eq!(routing.mechanism, Mechanism::Routing);
+        assert_eq!(routing.requests, 3);
+        assert_eq!(
+            routing.saved(),
+            Money::from_nanos((99_999 - 1234) * 3 - 14 - 28)
+        );
+        // Rows 7 and 21 were shadowed: paid 1234 + i, the chosen tier costs 1000 + i. Row 7
+        // is marked escalated, which only matters in enforce mode.
+        let shadow = r.total[2];
+        assert_eq!(shadow.mechanism, Mechanism::RoutingShadow);
+        assert_eq!(shadow.requests, 2);
+        assert_eq!(shadow.saved(), Money::from_nanos(234 * 2));
         let pc = r.total[0];
         assert_eq!(pc.mechanism, Mechanism::PromptCache);
         assert_eq!(pc.requests, 30);
@@ -482,6 +521,8 @@ mod tests {
         assert_eq!(pc.saved(), Money::from_nanos(66 * 30));
         let by_group: i64 = r.groups.iter().map(|g| g.1[0].saved().nanos()).sum();
         assert_eq!(by_group, 66 * 30);
+        let by_group: i64 = r.groups.iter().map(|g| g.1[1].saved().nanos()).sum();
+        assert_eq!(by_group, routing.saved().nanos());
         assert!(s.optional_table("no_such_panel", 10).unwrap().is_none());
         assert!(s.optional_table("budgets", 10).unwrap().is_some());
         assert_eq!(

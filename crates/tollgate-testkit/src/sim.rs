@@ -8,6 +8,11 @@
 //! tests are reproducible. Faults are asked for inside the last message's text:
 //! `[[sim:error=429]]`, `[[sim:error=500]]`, `[[sim:malformed]]`, `[[sim:no-usage]]`,
 //! `[[sim:cut]]` (stream stops half way without `[DONE]`), `[[sim:delay-ms=N]]`.
+//! Poor answers (OpenAI chat, non-streaming), to exercise routing's escalation:
+//! `[[sim:empty]]` (no content), `[[sim:refusal]]` (a stock refusal), `[[sim:length]]`
+//! (`finish_reason` `length`), `[[sim:not-json]]` (text that is not JSON); each may name
+//! the one model it applies to (`[[sim:empty=gpt-4o-mini]]`), so a retry on another
+//! model answers normally.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -268,6 +273,13 @@ fn fault_of(text: &str) -> Fault {
     }
 }
 
+/// A poor answer asked for (for `model`): `empty`, `refusal`, `length` or `not-json`.
+fn poor_answer(text: &str, model: &str) -> Option<&'static str> {
+    ["empty", "refusal", "length", "not-json"]
+        .into_iter()
+        .find(|k| directive(text, k).is_some_and(|m| m.is_empty() || m == model))
+}
+
 fn error_response(status: u16) -> Response {
     let (kind, code, msg) = match status {
         429 => (
@@ -357,10 +369,28 @@ async fn chat(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         if let Fault::Malformed = fault {
             return (http::StatusCode::OK, "<html>upstream proxy error</html>").into_response();
         }
+        let poor = poor_answer(&last, &model);
+        let content = match poor {
+            Some("empty") => String::new(),
+            Some("refusal") => "I'm sorry, but I can't help with that.".to_string(),
+            Some("not-json") => format!("Sure! {}", words.concat()),
+            _ => words.concat(),
+        };
+        let json_asked = req["response_format"]["type"].as_str() == Some("json_object");
+        let content = if json_asked && poor.is_none() {
+            json!({"answer": words.concat().trim()}).to_string()
+        } else {
+            content
+        };
+        let finish = if n as u64 == max || poor == Some("length") {
+            "length"
+        } else {
+            "stop"
+        };
         let mut body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat(), "refusal": null, "annotations": []},
-                         "logprobs": null, "finish_reason": if n as u64 == max { "length" } else { "stop" }}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null, "annotations": []},
+                         "logprobs": null, "finish_reason": finish}],
             "usage": usage, "service_tier": "default", "system_fingerprint": "fp_sim"
         });
         if let Fault::NoUsage = fault

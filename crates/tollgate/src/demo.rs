@@ -5,7 +5,8 @@
 //! their own keys run tasks through the real HTTP path (streaming and not, cached
 //! prompts, reasoning tokens, embeddings, an upstream rate limit and a stream cut
 //! short, an OpenAI-format agent served by Nova 2 Lite on Bedrock, an Anthropic-format
-//! client); then the spend report is printed and the gateway keeps serving.
+//! client, a helpdesk agent asking for the routed model `auto`); then the spend, ROI and
+//! savings reports are printed and the gateway keeps serving.
 
 use crate::cli::DemoArgs;
 use crate::report::render_table;
@@ -369,6 +370,44 @@ async fn copywriter(w: &Workload, a: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// Helpdesk: asks for the routed model `auto` (gpt-4o-mini → gpt-4o, routed to keep 95 %
+/// of the heavy model's quality on the router's calibration set). Questions the router
+/// judges routine go to the light tier, the others to the heavy tier; the ledger records what the heavy tier
+/// would have cost, and the savings report shows the difference. Its calls carry no task
+/// id (one-off questions).
+async fn helpdesk(w: &Workload, a: &Agent) -> Result<()> {
+    // Every 134th question of the router's dev set (`data/router/dev.jsonl`, MMLU and
+    // GSM8K): the kind of prompt the built-in router was trained and calibrated on.
+    let prompts = [
+        "Find all zeros in the indicated finite field of the given polynomial with coefficients in that field. x^3 + 2x + 2 in Z_7\nA. 1\nB. 2\nC. 2,3\nD. 6\nAnswer:",
+        "Why would a ping sweep be used?\nA. To identify live systems\nB. To locate live systems\nC. To identify open ports\nD. To locate firewalls\nAnswer:",
+        "Which is correct about the calcium atom?\nA. It contains 20 protons and neutrons\nB. It contains 20 protons and 20 electrons\nC. It contains 20 protons, neutrons, and electrons\nD. All atoms of calcium have a mass of 40.078 u\nAnswer:",
+        "The market demand curve for labor will shift to the right when\nA. the number of firms increases\nB. the price of output decreases\nC. the labor supply curve shifts to the right\nD. the labor supply curve shifts to the left\nAnswer:",
+        "Which of the following appears to lower bad cholesterol?\nA. Vitamin D\nB. Niacin\nC. Thiamine\nD. Riboflavin\nAnswer:",
+        "Which of the following is an example of a concurrent power?\nA. The printing and coining of money\nB. The power to declare war\nC. The process of naturalization\nD. The levying of taxes\nAnswer:",
+        "For which of these two scenarios does the main character (who uses I/me/my) do something clearly morally wrong, according to ordinary moral standards in the US as of 2020? Scenario 1 | The excitement of the car race made me cheer. Scenario 2 | I drove through the intersection before the stoplight turned green.\nA. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong\nD. Not wrong, Not wrong\nAnswer:",
+        "A company whose stock is trading at $10 per share has 1,000 shares of $1 par common stock outstanding when the board of directors declares a 30% common stock dividend. Which of the following adjustments should be made when recording the stock dividend?\nA. Treasury stock is debited for $300.\nB. Additional paid-in capital is credited for $2,700.\nC. Retained earnings is debited for $300.\nD. Common stock is debited for $3,000.\nAnswer:",
+        "Defendant was on trial for robbery. Defendant's direct examination continued until late in the day when it finally concluded. At this time, the trial court judge adjourned the proceedings for the evening. The judge then instructed Defendant not to speak with anyone during the night and scheduled cross- examination to begin in the morning. The judge's instruction to Defendant was\nA. proper, because a judge has broad discretion to instruct witnesses in such a manner.\nB. proper, because it would have the same effect as permitting cross-examination to continue after direct was concluded.\nC. improper, because it violates the defendant's Sixth Amendment right to counsel.\nD. improper, because it violates the attorney-client privilege.\nAnswer:",
+        "In their study of depression, Brown & Harris (1978) found that:\nA. women's susceptibility to stress depended on their levels of social support\nB. self-reported depression is highest amongst men and the relatively affluent\nC. men and women have fairly similar levels of diagnosed depression\nD. men are more vulnerable to depression because of conventional gender roles\nAnswer:",
+        "Matthew has a collection of 12 unique toy soldiers. He wants to sell them for a fair price. He found a buyer who is willing to pay for half his collection $5 per toy, and for the other half $7 per toy. If Matthew would agree to that offer, how much money would he earn?",
+    ];
+    for p in prompts {
+        w.sent.fetch_add(1, Ordering::Relaxed);
+        let resp = w
+            .http
+            .post(format!("{}/v1/chat/completions", w.base))
+            .bearer_auth(&a.key)
+            .header("x-tollgate-tags", "env:demo")
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": p}]}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("routed call: {}", resp.text().await?);
+        }
+    }
+    Ok(())
+}
+
 /// What the agents' owners report when each task ends: value in USD or minutes of work
 /// saved (priced at the `[outcomes]` hourly rates), or a failure.
 async fn record_outcomes(w: &Workload, agents: &[Agent]) -> Result<()> {
@@ -503,6 +542,13 @@ name = "nova-2-lite"
 upstream = "sim-bedrock"
 model = "us.amazon.nova-2-lite-v1:0"
 
+# Tiered routing: clients ask for `auto`; the built-in router sends each request to the
+# light or the heavy deployment, keeping 95 % of the heavy model's quality (calibrated).
+[[routes]]
+name = "auto"
+tiers = ["gpt-4o-mini", "gpt-4o"]
+quality_target = 0.95
+
 # What an hour of the work an agent saves is worth (for outcomes given in minutes saved).
 [outcomes]
 hourly_rate_usd = "60"
@@ -560,6 +606,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         ("triage-agent", "operations", "dave"),
         ("writer-assistant", "marketing", "erin"),
         ("ops-agent", "platform", "frank"),
+        ("helpdesk-router", "customer-support", "grace"),
     ] {
         let (_, key) = store.create_key(
             &NewKey {
@@ -625,6 +672,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         Box::pin(review(&w, &agents[2])),
         Box::pin(triage(&w, &agents[3])),
         Box::pin(copywriter(&w, &agents[4])),
+        Box::pin(helpdesk(&w, &agents[6])),
     ])
     .await;
     for r in results {
@@ -650,6 +698,8 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
     }
     let roi = store.roi_report(GroupBy::Agent, since, now_ms() + 1)?;
     println!("{}", crate::views::roi_table(&roi));
+    let savings = store.savings_report(Some(GroupBy::Agent), since, now_ms() + 1)?;
+    println!("{}", crate::views::savings_table(&savings));
     println!("Runaway-agent guard:\n  {halted}");
     let alerts = hook.wait_for(1, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

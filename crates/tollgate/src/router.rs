@@ -46,13 +46,22 @@ pub enum RouterAction {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Training data, JSONL or JSONL.gz.
+    /// Training data, JSONL or JSONL.gz (optional with `--from-ledger`, which it then
+    /// adds to).
+    #[arg(long, required_unless_present = "from_ledger")]
+    pub data: Option<PathBuf>,
+    /// The gateway's ledger (SQLite file): train on the routing samples it recorded
+    /// (`routing.record_samples = true`) labelled by escalations and task outcomes.
+    /// `--light`/`--heavy` are then deployment names.
     #[arg(long)]
-    pub data: PathBuf,
-    /// The light model's name in `outcomes`.
+    pub from_ledger: Option<PathBuf>,
+    /// With `--from-ledger`: only samples of this route.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// The light model's name in `outcomes` (a deployment name with `--from-ledger`).
     #[arg(long)]
     pub light: String,
-    /// The heavy model's name in `outcomes`.
+    /// The heavy model's name in `outcomes` (a deployment name with `--from-ledger`).
     #[arg(long)]
     pub heavy: String,
     /// Dev data to calibrate the threshold on and report metrics for (else: the training
@@ -301,8 +310,91 @@ fn metrics_line(e: &Evaluation) -> String {
 
 // ------------------------------------------------------------------------------ train
 
+/// Labelled examples and their features from the ledger's routing samples (see
+/// `tollgate_domain::routing::sample` for how labels are derived, and what they cannot
+/// say: only the served tier's outcome is observed).
+fn ledger_examples(
+    a: &TrainArgs,
+    spec: &FeatureSpec,
+) -> Result<(Vec<Example>, Featurised, Vec<u32>, LedgerCounts)> {
+    use tollgate_domain::routing::sample::{Observed, Sample, label};
+    let Some(db) = &a.from_ledger else {
+        return Ok(Default::default());
+    };
+    if !db.exists() {
+        bail!("{}: no such ledger", db.display());
+    }
+    let store = tollgate_store::SqliteStore::open(db)?;
+    let mut ex = Vec::new();
+    let mut set = Featurised::default();
+    let mut tokens = Vec::new();
+    let mut n = LedgerCounts::default();
+    for s in store.route_samples()? {
+        if a.route.as_deref().is_some_and(|r| r != s.route_name) {
+            continue;
+        }
+        n.samples += 1;
+        let served_light = s.deployment == a.light;
+        if !served_light && s.deployment != a.heavy {
+            n.other_deployment += 1;
+            continue;
+        }
+        let sample = match Sample::from_json(&s.features) {
+            Ok(x) => x,
+            Err(_) => {
+                n.bad += 1;
+                continue;
+            }
+        };
+        if sample.spec() != *spec {
+            n.other_spec += 1;
+            continue;
+        }
+        let obs = Observed {
+            served_light,
+            escalated: s.escalated,
+            task_succeeded: match s.outcome.as_deref() {
+                Some("success") => Some(true),
+                Some("failure") => Some(false),
+                _ => None,
+            },
+        };
+        let Some((light, heavy)) = label(&obs) else {
+            n.unlabelled += 1;
+            continue;
+        };
+        n.labelled += 1;
+        ex.push(Example {
+            text: String::new(),
+            light,
+            heavy,
+            source: Some(format!("ledger/{}", s.route_name)),
+        });
+        set.dense.push(sample.dense_array());
+        tokens.push(sample.tokens);
+        set.buckets.push(sample.buckets);
+    }
+    Ok((ex, set, tokens, n))
+}
+
+#[derive(Debug, Default)]
+struct LedgerCounts {
+    samples: usize,
+    labelled: usize,
+    unlabelled: usize,
+    other_deployment: usize,
+    other_spec: usize,
+    bad: usize,
+}
+
 fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
-    let data = read_labelled(&a.data, &a.light, &a.heavy)?;
+    if a.from_ledger.is_some() {
+        return ledger_train_cmd(a);
+    }
+    let Some(data_path) = a.data.clone() else {
+        bail!("--data or --from-ledger is required");
+    };
+    let data = read_labelled(&data_path, &a.light, &a.heavy)?;
     let opts = TrainOptions {
         c: a.c,
         smoothing: a.smoothing,
@@ -321,7 +413,7 @@ fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
     println!(
         "trained on {} rows of {} (light {}, heavy {}): C={} smoothing={} bits={} dense={}",
         ex.len(),
-        a.data.display(),
+        data_path.display(),
         a.light,
         a.heavy,
         a.c,
@@ -408,6 +500,127 @@ fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
         bytes.len(),
         nonzero,
         router.model().weights.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `router train --from-ledger`: fit on the gateway's own routed traffic (plus `--data`
+/// rows if given), calibrate on `--dev` (else in-sample on what was trained on).
+fn ledger_train_cmd(a: TrainArgs) -> Result<ExitCode> {
+    let opts = TrainOptions {
+        c: a.c,
+        smoothing: a.smoothing,
+        spec: FeatureSpec {
+            bits: a.bits,
+            ..FeatureSpec::default()
+        },
+        dense: a.dense,
+        ..TrainOptions::default()
+    };
+    let (mut ex, mut set, tokens, n) = ledger_examples(&a, &opts.spec)?;
+    let from_ledger = ex.len();
+    println!(
+        "ledger {}: {} routing sample(s){}; {} labelled (light call escalated, or in a task with a success/failure outcome), {} unlabelled (served heavy, or no outcome: the light tier's result is unknown), {} served by other deployments, {} of another feature spec, {} unreadable",
+        a.from_ledger
+            .as_deref()
+            .map(Path::display)
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        n.samples,
+        a.route
+            .as_deref()
+            .map(|r| format!(" of route {r}"))
+            .unwrap_or_default(),
+        n.labelled,
+        n.unlabelled,
+        n.other_deployment,
+        n.other_spec,
+        n.bad
+    );
+    if let Some(p) = &a.data {
+        let data = read_labelled(p, &a.light, &a.heavy)?;
+        let extra = Featurised::new(&opts.spec, data.examples.iter().map(|e| e.text.as_str()));
+        set.buckets.extend(extra.buckets);
+        set.dense.extend(extra.dense);
+        println!(
+            "plus {} labelled row(s) of {}",
+            data.examples.len(),
+            p.display()
+        );
+        ex.extend(data.examples);
+    }
+    if ex.is_empty() {
+        bail!(
+            "nothing to train on: no labelled sample (record samples with `[routing] record_samples = true`, and record task outcomes)"
+        );
+    }
+    let all: Vec<usize> = (0..ex.len()).collect();
+    let (model, rep) = train::train_featurised(&ex, &set, &all, &a.light, &a.heavy, &opts)?;
+    println!(
+        "trained on {} rows ({from_ledger} from the ledger): {} Newton steps, {}",
+        ex.len(),
+        rep.newton_iterations,
+        if rep.converged {
+            "converged"
+        } else {
+            "NOT converged"
+        }
+    );
+    let mut router = Router::new(model);
+    let (cal_name, scores, lc, hc) = match &a.dev {
+        Some(p) => {
+            let cal = read_labelled(p, &a.light, &a.heavy)?.examples;
+            let (lc, hc) = outcomes(&cal);
+            let scores: Vec<f64> = cal.iter().map(|e| router.score(&e.text)).collect();
+            (format!("dev {}", p.display()), scores, lc, hc)
+        }
+        None => {
+            eprintln!("no --dev: calibrating on the training rows (in-sample, optimistic)");
+            let (lc, hc) = outcomes(&ex);
+            let model = router.model().clone();
+            // Ledger rows are scored from their features, `--data` rows from their text.
+            let scores: Vec<f64> = (0..ex.len())
+                .map(|i| match tokens.get(i) {
+                    Some(&t) => {
+                        let s = tollgate_domain::routing::sample::Sample {
+                            bits: opts.spec.bits,
+                            head_bytes: opts.spec.head_bytes,
+                            tail_bytes: opts.spec.tail_bytes,
+                            tokens: t,
+                            buckets: set.buckets[i].clone(),
+                            dense: set.dense[i].to_vec(),
+                        };
+                        model.score_sample(&s).unwrap_or(0.0)
+                    }
+                    None => router.score(&ex[i].text),
+                })
+                .collect();
+            ("train (in-sample)".to_string(), scores, lc, hc)
+        }
+    };
+    let scores = router.calibrate_scores(scores, &lc, &hc, a.quality_target)?;
+    let ev = Evaluation::new(&scores, &lc, &hc)?;
+    println!("{cal_name} ({} rows): {}", scores.len(), metrics_line(&ev));
+    let mut meta: serde_json::Map<String, Value> =
+        serde_json::from_str(&router.model().meta).unwrap_or_default();
+    meta.insert("trained_from_ledger_rows".into(), Value::from(from_ledger));
+    meta.insert(
+        "labels".into(),
+        Value::from("ledger: light call escalated → (0, 1); light call in a successful task → (1, 1); in a failed task → (0, 1); heavy calls and tasks without an outcome unlabelled (bandit feedback)"),
+    );
+    meta.insert("calibrated_on".into(), Value::from(cal_name));
+    router.set_meta(Value::Object(meta).to_string());
+    let bytes = router.to_bytes();
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    std::fs::write(&a.out, &bytes).with_context(|| format!("{}", a.out.display()))?;
+    println!(
+        "wrote {} ({} bytes); threshold {:.6} for {} of heavy quality",
+        a.out.display(),
+        bytes.len(),
+        router.calibration().threshold,
+        a.quality_target
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -91,6 +91,24 @@ pub fn validate_config(args: ConfigArgs) -> Result<ExitCode> {
                     d.price_key.as_deref().unwrap_or("nothing: unpriced")
                 );
             }
+            for r in cfg.routes.values() {
+                let tiers: Vec<&str> = r.tiers.iter().map(|d| d.name.as_str()).collect();
+                let who = if r.teams.is_empty() && r.agents.is_empty() {
+                    "everyone".to_string()
+                } else {
+                    format!("teams {:?}, agents {:?}", r.teams, r.agents)
+                };
+                println!(
+                    "  route {}: {} ({}, thresholds {:?}, router {}{}{}; {who})",
+                    r.name,
+                    tiers.join(" → "),
+                    r.mode.as_str(),
+                    r.policy.thresholds(),
+                    r.model_id,
+                    if r.escalate { ", escalates" } else { "" },
+                    if r.sticky { ", sticky" } else { "" },
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

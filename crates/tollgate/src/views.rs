@@ -98,6 +98,17 @@ pub fn table(
     left: usize,
     total: bool,
 ) -> String {
+    table_with_totals(title, headers, rows, left, usize::from(total))
+}
+
+/// [`table`] whose last `totals` rows are totals (one rule above them).
+pub fn table_with_totals(
+    title: &str,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    left: usize,
+    totals: usize,
+) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -132,7 +143,7 @@ pub fn table(
         &headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
     ));
     for (i, r) in rows.iter().enumerate() {
-        if total && i + 1 == rows.len() {
+        if totals > 0 && i + totals == rows.len() {
             let w: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
             out.push_str(&"-".repeat(w));
             out.push('\n');
@@ -372,7 +383,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         "mechanism",
         "calls",
         "without_usd",
-        "charged_usd",
+        "with_usd",
         "saved_usd",
         "saved",
     ];
@@ -397,7 +408,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
     for s in &r.total {
         rows.push(cells("TOTAL", s));
     }
-    let mut out = table(
+    let mut out = table_with_totals(
         &format!(
             "savings by mechanism and {by}, {} → {} ({} calls, {} USD charged in all)",
             iso(r.since_ms),
@@ -408,7 +419,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         &headers,
         &rows,
         2,
-        true,
+        r.total.len(),
     );
     for s in &r.total {
         out.push_str(&format!(
@@ -418,7 +429,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         ));
     }
     out.push_str(
-        "routing and pruning: not part of this build; they get a line here when they are.\n",
+        "routing_shadow is what routing would have saved (shadow mode forwards the route's default); it is not in any total of money saved.\npruning: not part of this build; it gets a line here when it is.\n",
     );
     out
 }
@@ -500,6 +511,7 @@ pub(crate) mod tests {
             error_code: None,
             stream: false,
             partial: false,
+            routing: None,
         }
     }
 
@@ -634,5 +646,124 @@ pub(crate) mod tests {
         let sv = s.savings_report(Some(GroupBy::Agent), T0, UNTIL).unwrap();
         insta::assert_snapshot!("savings_table", savings_table(&sv));
         insta::assert_snapshot!("savings_csv", savings_csv(&sv));
+    }
+
+    /// Routed rows: a helpdesk agent whose `auto` calls went light (saving against the
+    /// heavy tier), one light call escalated (a loss), one heavy call (no saving); a
+    /// shadow route on the support agent (would have saved).
+    #[test]
+    fn savings_view_with_routing() {
+        use tollgate_domain::ledger::{RouteMode, RouteRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("routed.db")).unwrap();
+        let u = |input, output| Usage {
+            input,
+            output,
+            ..Usage::default()
+        };
+        let routed = |mut r: LedgerRow, tier: u32, mode, heavy: i64, chosen: i64, esc: bool| {
+            r.routing = Some(RouteRecord {
+                name: "auto".into(),
+                tier,
+                tier_deployment: if tier == 0 { "gpt-4o-mini" } else { "gpt-4o" }.into(),
+                score_ppm: 400_000 + 300_000 * tier,
+                mode,
+                heavy_cost: Money::from_nanos(heavy),
+                tier_cost: Money::from_nanos(chosen),
+                escalated: esc.then(|| "empty".to_string()),
+                sample: None,
+            });
+            r
+        };
+        // gpt-4o-mini at $0.15/$0.60, gpt-4o at $2.50/$10 per million tokens.
+        let rows = [
+            routed(
+                row(
+                    0,
+                    "helpdesk",
+                    None,
+                    "gpt-4o-mini",
+                    u(1000, 200),
+                    270_000,
+                    270_000,
+                ),
+                0,
+                RouteMode::Enforce,
+                4_500_000,
+                270_000,
+                false,
+            ),
+            routed(
+                row(
+                    1,
+                    "helpdesk",
+                    None,
+                    "gpt-4o-mini",
+                    u(500, 100),
+                    135_000,
+                    135_000,
+                ),
+                0,
+                RouteMode::Enforce,
+                2_250_000,
+                135_000,
+                false,
+            ),
+            routed(
+                row(
+                    2,
+                    "helpdesk",
+                    None,
+                    "gpt-4o-mini",
+                    u(400, 0),
+                    60_000,
+                    60_000,
+                ),
+                0,
+                RouteMode::Enforce,
+                1_000_000,
+                60_000,
+                true,
+            ),
+            routed(
+                row(
+                    3,
+                    "helpdesk",
+                    None,
+                    "gpt-4o",
+                    u(400, 150),
+                    2_500_000,
+                    2_500_000,
+                ),
+                1,
+                RouteMode::Enforce,
+                2_500_000,
+                2_500_000,
+                false,
+            ),
+            routed(
+                row(
+                    4,
+                    "support",
+                    None,
+                    "gpt-4o",
+                    u(800, 100),
+                    3_000_000,
+                    3_000_000,
+                ),
+                0,
+                RouteMode::Shadow,
+                3_000_000,
+                180_000,
+                false,
+            ),
+        ];
+        let mut c = s.connect(tollgate_store::sqlite::Sync::Normal).unwrap();
+        tollgate_store::ledger::insert_batch(&mut c, rows.iter()).unwrap();
+        let sv = s.savings_report(Some(GroupBy::Agent), T0, UNTIL).unwrap();
+        let routing = sv.total[1];
+        // (4.5 − 0.27) + (2.25 − 0.135) + (0 − 0.06) + 0 = 6.285 mUSD.
+        assert_eq!(routing.saved(), Money::from_nanos(6_285_000));
+        insta::assert_snapshot!("savings_table_routed", savings_table(&sv));
     }
 }

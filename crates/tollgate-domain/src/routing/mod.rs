@@ -19,6 +19,10 @@
 //! # Layout
 //! - [`features`]: normalisation, windowing, tokens, hashed buckets (and dense statistics).
 //! - [`model`]: the quantised linear model, its calibration and its binary file format.
+//! - [`sample`]: hashed feature vectors of routed requests and their labels (training on
+//!   the gateway's own traffic).
+//! - [`sticky`]: keep a conversation on its tier unless switching beats its warm cache.
+//! - [`check`]: the cheap answer check that decides an escalation to the next tier.
 //! - [`train`]: soft-label L2 logistic regression, solved by Newton-CG; cross-validation folds.
 //! - [`metrics`]: PGR, APGR (both definitions), CPT, thresholds for a quality target, savings.
 //! - this module: [`Router`] (score, decide, calibrate), [`TierPolicy`], [`prompt_text`].
@@ -29,9 +33,12 @@
 //! greetings and empty prompts go to the lightest tier (an unfitted bias would otherwise
 //! make them look average-to-hard). A [`TierPolicy`] maps a score to a tier index.
 
+pub mod check;
 pub mod features;
 pub mod metrics;
 pub mod model;
+pub mod sample;
+pub mod sticky;
 pub mod train;
 
 use features::{FeatureSpec, Scratch, featurize};
@@ -227,6 +234,17 @@ impl Router {
         target: f64,
     ) -> Result<Vec<f64>, RoutingError> {
         let scores: Vec<f64> = texts.iter().map(|t| self.score(t)).collect();
+        self.calibrate_scores(scores, light, heavy, target)
+    }
+
+    /// [`Router::calibrate`] on scores already computed (from [`sample::Sample`]s).
+    pub fn calibrate_scores(
+        &mut self,
+        scores: Vec<f64>,
+        light: &[f64],
+        heavy: &[f64],
+        target: f64,
+    ) -> Result<Vec<f64>, RoutingError> {
         let best = metrics::threshold_for_quality(&scores, light, heavy, target)?;
         let pts = metrics::threshold_points(&scores, light, heavy)?;
         let zero = metrics::at_threshold(&scores, light, heavy, 1.0)?;

@@ -217,12 +217,12 @@
         return el("div", { class: "row" }, el("span", { class: "k", text: k }), b, el("span", { class: "v", text: usd(val) }));
       };
       box.append(el("div", { class: "mech", "data-mechanism": m.mechanism },
-        el("div", {}, el("strong", { text: m.mechanism.replace("_", " ") }), " ",
-          el("span", { class: "sub", text: m.requests + " calls · saved " })
+        el("div", {}, el("strong", { text: m.mechanism.replaceAll("_", " ") }), " ",
+          el("span", { class: "sub", text: m.requests + (m.realised === false ? " calls · would have saved " : " calls · saved ") })
           , el("strong", { class: Number(m.saved_usd) >= 0 ? "pos saved" : "neg saved", text: usd(m.saved_usd) }),
           el("span", { class: "sub", text: m.saved_pct ? " (" + m.saved_pct + ")" : "" })),
-        m.requests > 0 ? row("without", base, "fill-base", m.without_usd) : null,
-        m.requests > 0 ? row("charged", act, "fill-act", m.actual_usd) : null));
+        m.requests > 0 ? row(m.realised === false ? "charged" : "without", base, "fill-base", m.without_usd) : null,
+        m.requests > 0 ? row(m.realised === false ? "if routed" : "charged", act, "fill-act", m.actual_usd) : null));
     }
     if (s.mechanisms.every((m) => m.requests === 0)) {
       box.append(el("p", { class: "empty", text: "No call in this window used a saving mechanism yet." }));
