@@ -172,7 +172,11 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
   // Budgets and the runaway-agent guard: the demo's research budget, and the ops task
   // the guard halted.
   assert.match(await page.textContent("#budgets"), /team:research/);
+  assert.match(await page.textContent("#budgets"), /\$[0-9.]+ of \$0\.0120/);
+  assert.ok((await page.$$("#budgets .bar .tick")).length > 0, "budget thresholds are marked");
   assert.match(await page.textContent("#halted"), /deploy-watch-7/);
+  assert.match(await page.textContent("#halted table"), /loop detected/);
+  assert.match(await page.textContent("#alerts table"), /budget threshold/);
 
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, "dashboard.png"), fullPage: true });

@@ -344,7 +344,23 @@ pub async fn dashboard(
                     store.savings_report(None, w.since, w.until)?,
                     store.task_summaries(w.since, w.until, 10)?,
                     Some(budget_rows(&store, &rules, &tz)?),
-                    store.optional_table("halted_tasks", 100)?,
+                    Some(
+                        store
+                            .guarded_tasks(50)?
+                            .into_iter()
+                            .map(|t| {
+                                let mut m = serde_json::Map::new();
+                                m.insert("task".into(), Value::from(t.task));
+                                m.insert("agent".into(), Value::from(t.agent));
+                                m.insert("status".into(), Value::from(t.status));
+                                m.insert("kind".into(), Value::from(t.kind));
+                                m.insert("reason".into(), Value::from(t.reason));
+                                m.insert("at".into(), Value::from(iso(t.halted_ms)));
+                                m.insert("released_at".into(), Value::from(t.released_ms.map(iso)));
+                                m
+                            })
+                            .collect(),
+                    ),
                     Some(
                         store
                             .alerts(None, 50)?
@@ -352,6 +368,7 @@ pub async fn dashboard(
                             .map(|a| {
                                 let mut m = serde_json::Map::new();
                                 m.insert("at".into(), Value::from(iso(a.ts_ms)));
+                                m.insert("kind".into(), Value::from(a.kind));
                                 m.insert("text".into(), Value::from(a.text));
                                 m.insert("delivery".into(), Value::from(format!("{} ({} attempt(s))", a.status, a.attempts)));
                                 m
@@ -416,6 +433,10 @@ fn budget_rows(
             m.insert("spent_usd".into(), c["spent_usd"].clone());
             m.insert("remaining_usd".into(), c["remaining_usd"].clone());
             m.insert("hard".into(), Value::from(r.hard));
+            m.insert(
+                "alert_at_pct".into(),
+                Value::from(r.alert_at.iter().map(|p| u64::from(*p)).collect::<Vec<_>>()),
+            );
             out.push(m);
         }
     }

@@ -98,8 +98,19 @@
     renderSavings(d.savings);
     renderTasks(d.top_tasks);
     renderBudgets(d.budgets);
-    renderRows($("halted"), d.halted_tasks, "No halted tasks.");
-    renderRows($("alerts"), d.alerts, "No alerts.");
+    renderTable($("halted"), d.halted_tasks, "No task has been halted.", [
+      ["task", (r) => r.task],
+      ["agent", (r) => r.agent || "(none)"],
+      ["status", (r) => el("span", { class: "status " + (r.status === "halted" ? "failure" : "success"), text: r.status })],
+      ["why", (r) => r.reason, "wrap"],
+      ["when", (r) => shortTime(r.at)],
+    ]);
+    renderTable($("alerts"), d.alerts, "No alerts.", [
+      ["when", (r) => shortTime(r.at)],
+      ["kind", (r) => (r.kind || "").replace(/_/g, " ")],
+      ["alert", (r) => r.text, "wrap"],
+      ["delivery", (r) => r.delivery],
+    ]);
   }
 
   function setKpi(name, text, title, cls) {
@@ -250,37 +261,62 @@
     }
   }
 
-  // Budgets come from the budgets table when this build has one. Without knowing its
-  // columns in advance, show every row, with a burn-down bar when limit/spent columns exist.
+  // Budget burn-down: this period's spend against each budget's limit, with its alert
+  // thresholds marked on the bar.
   function renderBudgets(b) {
     const box = $("budgets");
     box.textContent = "";
     if (!b.available) { box.append(el("p", { class: "empty", text: "No budgets: " + b.note + "." })); return; }
     if (b.rows.length === 0) { box.append(el("p", { class: "empty", text: "No budgets configured." })); return; }
     for (const r of b.rows) {
-      const keys = Object.keys(r);
-      const lim = keys.find((k) => /limit/.test(k));
-      const spent = keys.find((k) => /spent|used|consumed/.test(k));
-      const name = keys.filter((k) => /name|scope|period/.test(k)).map((k) => r[k]).join(" · ") || JSON.stringify(r);
-      const line = el("div", { class: "mech" }, el("div", { text: name }));
-      if (lim && spent && Number(r[lim]) > 0) {
-        const bar = el("div", { class: "bar" });
-        const f = el("span", { class: Number(r[spent]) > Number(r[lim]) ? "fill-neg" : "fill-act" });
-        f.style.left = "0"; f.style.width = Math.min(100, Number(r[spent]) / Number(r[lim]) * 100) + "%";
-        bar.append(f);
-        line.append(bar);
-      }
+      const limit = Number(r.limit_usd), spent = Number(r.spent_usd);
+      const share = limit > 0 ? spent / limit : 0;
+      const line = el("div", { class: "mech budget" },
+        el("div", { class: "budget-head" },
+          el("b", { text: r.scope }),
+          el("span", { class: "note", text: " · " + r.period + (r.hard ? " · hard limit" : " · soft (alerts only)") })),
+        el("div", { class: "row" },
+          el("span", { class: "k", text: (share * 100).toFixed(1) + "%" }),
+          (() => {
+            const bar = el("div", { class: "bar", title: "alerts at " + (r.alert_at_pct || []).join("%, ") + "%" });
+            const f = el("span", { class: share >= 1 ? "fill-neg" : share >= 0.8 ? "fill-warn" : "fill-act" });
+            f.style.left = "0"; f.style.width = Math.min(100, share * 100) + "%";
+            bar.append(f);
+            for (const t of r.alert_at_pct || []) {
+              const tick = el("i", { class: "tick", title: t + "% alert" });
+              tick.style.left = Math.min(100, t) + "%";
+              bar.append(tick);
+            }
+            return bar;
+          })(),
+          el("span", { class: "v", text: usd(r.spent_usd) + " of " + usd(r.limit_usd) })),
+        el("div", { class: "note", text: "remaining " + usd(r.remaining_usd) }));
       box.append(line);
     }
   }
 
-  function renderRows(box, p, none) {
+  function shortTime(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return isNaN(d) ? iso : d.toLocaleString("en-GB", { day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  // A panel of rows as a table: cols are [header, cell(row) -> text or node, class].
+  function renderTable(box, p, none, cols) {
     box.textContent = "";
     if (!p.available) { box.append(el("p", { class: "empty", text: "None: " + p.note + "." })); return; }
     if (p.rows.length === 0) { box.append(el("p", { class: "empty", text: none })); return; }
-    const ul = el("ul");
-    for (const r of p.rows) ul.append(el("li", { text: Object.entries(r).map(([k, v]) => k + ": " + v).join(", ") }));
-    box.append(ul);
+    const head = el("tr", {}, ...cols.map(([h]) => el("th", { text: h })));
+    const body = el("tbody");
+    for (const r of p.rows) {
+      body.append(el("tr", {}, ...cols.map(([, f, cls]) => {
+        const v = f(r);
+        return typeof v === "string" || typeof v === "number" || v == null
+          ? el("td", { class: cls || "", text: v == null ? "" : String(v) })
+          : el("td", { class: cls || "" }, v);
+      })));
+    }
+    box.append(el("table", { class: "data" }, el("thead", {}, head), body));
   }
 
   $("login-form").addEventListener("submit", (e) => {
