@@ -442,9 +442,11 @@ pub async fn admit(
     let attr = meter.attribution().clone();
     let mut ticket = Ticket::default();
 
-    // 1. The task guard.
+    // 1. The task guard (an escalation retry is part of the call it retries: the guard
+    //    admitted that one moments ago and does not count it twice).
     if let Some(task) = &attr.task
         && lc.guard.enabled
+        && meter.retry_of.is_none()
     {
         let (limits, dry_run) = lc.guard.for_agent(attr.agent.as_deref());
         let fp = match body.get("messages") {

@@ -145,6 +145,26 @@ impl IngressRequest {
         }
     }
 
+    /// The output cap the request carries (`max_completion_tokens` / `max_tokens`, or
+    /// Bedrock's `inferenceConfig.maxTokens`), as sent upstream after any clamping.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        let body = match self {
+            IngressRequest::Chat(r) => &r.body,
+            IngressRequest::Messages(r) => &r.body,
+            IngressRequest::Converse(r) => {
+                return r
+                    .body
+                    .get("inferenceConfig")
+                    .and_then(|c| c.get("maxTokens"))
+                    .and_then(Value::as_u64);
+            }
+            IngressRequest::Embeddings(_) => return None,
+        };
+        body.get("max_completion_tokens")
+            .and_then(Value::as_u64)
+            .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+    }
+
     pub fn parse(ingress: &Ingress, bytes: &[u8]) -> Result<IngressRequest, ApiError> {
         Ok(match ingress {
             Ingress::ChatCompletions => IngressRequest::Chat(ChatRequest::parse(bytes)?),

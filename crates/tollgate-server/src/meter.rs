@@ -87,6 +87,9 @@ pub struct Meter {
     pub limit_headers: http::HeaderMap,
     /// Where the request sits in a trace (OTLP traces on only).
     pub trace: Option<crate::otel::TraceContext>,
+    /// Set on an escalation retry: the request id of the call it retries. The runaway
+    /// guard does not count a retry as another iteration of the task.
+    pub retry_of: Option<String>,
     /// The routing decision, when the request went through a route.
     pub routed: Option<crate::routing::Routed>,
 }
@@ -131,6 +134,7 @@ impl Meter {
             admission: None,
             limit_headers: http::HeaderMap::new(),
             trace: None,
+            retry_of: None,
             routed: None,
         }
     }
@@ -147,6 +151,11 @@ impl Meter {
         );
         m.row.route.requested_model = self.row.route.requested_model.clone();
         m.row.stream = self.row.stream;
+        m.trace = self
+            .trace
+            .as_ref()
+            .map(crate::otel::TraceContext::follow_up);
+        m.retry_of = Some(self.row.request_id.clone());
         m
     }
 

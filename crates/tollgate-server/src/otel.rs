@@ -116,6 +116,19 @@ impl TraceContext {
         }
     }
 
+    /// A call made on behalf of this one (an escalation retry): the same trace, a child
+    /// of this request's server span, with span ids of its own.
+    pub fn follow_up(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id.clone(),
+            parent_span_id: Some(self.server_span_id.clone()),
+            server_span_id: random_hex(8),
+            client_span_id: random_hex(8),
+            sampled: self.sampled,
+            tracestate: self.tracestate.clone(),
+        }
+    }
+
     /// A new trace, sampled.
     pub fn root() -> TraceContext {
         TraceContext {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::{self, Attribution, Labels};
 use tollgate_domain::ledger::RouteMode;
+use tollgate_domain::routing::check::Failure;
 use tollgate_providers::client;
 use tollgate_providers::sigv4::Received;
 use tollgate_providers::stream::{ClientStream, StreamTap};
@@ -164,7 +165,12 @@ fn resolve(
     if !key.allows_model(model) {
         return Err(ApiError::ModelNotAllowed(model.to_string()));
     }
-    let Some(name) = headers.get(headers::ROUTE) else {
+    // Routes judge chat prompts: an embeddings request is served as asked, with no
+    // shadow decision (its cost on a chat tier would be a made-up saving).
+    let Some(name) = headers
+        .get(headers::ROUTE)
+        .filter(|_| !matches!(req, IngressRequest::Embeddings(_)))
+    else {
         return Ok((d, None));
     };
     let name = name
@@ -465,6 +471,10 @@ async fn forward(
         return meter.reject(e).await;
     }
 
+    // The output cap as sent (after any clamping): an answer cut off at it is what the
+    // client asked for, not a reason to escalate.
+    let output_cap = req.max_output_tokens();
+
     // 6. upstream call: the same format forwards the body with the model replaced;
     //    another format goes through the canonical representation.
     req.strip_tollgate_metadata();
@@ -521,31 +531,28 @@ async fn forward(
         model: client.model,
         started,
         escalation,
+        output_cap,
     };
     json_response(gw, meter, resp, answer).await
 }
 
-/// The light tier's answer failed its check: record this call as escalated and send the
-/// request once more, on the next tier, as a call of its own (own request id, own
-/// admission, own ledger row). The client gets the second answer.
+/// The light tier's answer failed its check: its row is committed (marked escalated) and
+/// its answer built; the request goes once more to the next tier, as a call of its own
+/// (own request id, own admission, own ledger row). The client gets the second answer,
+/// or, if the retry fails (refused by a budget, an upstream error, ...), the first one,
+/// which was paid for, with `x-tollgate-route-escalated: <check>; retry failed (<status>)`.
 ///
 /// Boxed (and `Send` by signature): `forward` → `json_response` → `escalate` → `forward`
 /// is a cycle the compiler cannot size or prove `Send` through without it.
-#[allow(clippy::too_many_arguments)]
 fn escalate(
     gw: Arc<Gateway>,
-    mut meter: Meter,
+    meter: Meter,
     mut next: Routed,
-    consumed: Consumed,
-    service_tier: Option<String>,
     failure: tollgate_domain::routing::check::Failure,
     e: Escalation,
+    mut first: Response,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
     Box::pin(async move {
-        if let Some(r) = meter.routed.as_mut() {
-            r.escalated = Some(failure);
-        }
-        meter.commit(Outcome::ok(consumed, service_tier)).await;
         let started = Instant::now();
         let mut second = meter.follow_up(gw.ids.next(), started);
         drop(meter);
@@ -563,10 +570,21 @@ fn escalate(
         let deployment = next.served.clone();
         second.routed = Some(next);
         let mut resp = forward(gw, second, req, deployment, &client_headers, started, None).await;
-        if let Ok(v) = HeaderValue::from_str(failure.code()) {
-            resp.headers_mut().insert(headers::ROUTE_ESCALATED, v);
+        if resp.status().is_success() {
+            if let Ok(v) = HeaderValue::from_str(failure.code()) {
+                resp.headers_mut().insert(headers::ROUTE_ESCALATED, v);
+            }
+            return resp;
         }
-        resp
+        let note = format!(
+            "{}; retry failed ({})",
+            failure.code(),
+            resp.status().as_u16()
+        );
+        if let Ok(v) = HeaderValue::from_str(&note) {
+            first.headers_mut().insert(headers::ROUTE_ESCALATED, v);
+        }
+        first
     })
 }
 
@@ -581,6 +599,8 @@ struct Answer {
     started: Instant,
     /// Set when a failed answer may be retried on the next tier.
     escalation: Option<Escalation>,
+    /// The request's output cap as sent upstream.
+    output_cap: Option<u64>,
 }
 
 /// A non-streaming upstream answer: read it whole, meter it, pass it through (or
@@ -655,11 +675,27 @@ async fn json_response(
         None if a.chat => Consumed::Estimate(egress::json_text(a.upstream, &body)),
         None => Consumed::Estimate(String::new()),
     };
-    if let Some(e) = a.escalation.take()
-        && let Some(next) = meter.routed.clone()
-        && let Some(failure) = egress::answer_check(a.upstream, &body, e.json_requested)
+    let output = match &consumed {
+        Consumed::Reported(u) => Some(u.output),
+        _ => None,
+    };
+    let escalation = a.escalation.take().and_then(|e| {
+        let next = meter.routed.clone()?;
+        let failure = egress::answer_check(a.upstream, &body, e.json_requested)?;
+        // Cut off at the client's own cap: the next tier would stop at the same place
+        // (unknown output counts as reaching it).
+        if failure == Failure::Length
+            && let Some(cap) = a.output_cap
+            && output.is_none_or(|n| n >= cap)
+        {
+            return None;
+        }
+        Some((e, next, failure))
+    });
+    if let Some((_, _, failure)) = &escalation
+        && let Some(r) = meter.routed.as_mut()
     {
-        return escalate(gw, meter, next, consumed, metered.service_tier, failure, e).await;
+        r.escalated = Some(*failure);
     }
     let row = meter
         .commit(Outcome::ok(consumed, metered.service_tier))
@@ -687,6 +723,9 @@ async fn json_response(
     request_id_header(&mut out, &row.request_id);
     if let Ok(v) = HeaderValue::from_str(&row.cost.to_string()) {
         out.headers_mut().insert(headers::COST_USD, v);
+    }
+    if let Some((e, next, failure)) = escalation {
+        return escalate(gw, meter, next, failure, e, out).await;
     }
     out
 }

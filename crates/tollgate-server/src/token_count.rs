@@ -46,9 +46,16 @@ async fn count(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<u64
     let req = CountTokensRequest::parse(&bytes)?;
     let encoding = {
         let cfg = gw.config.load();
+        // A routed name counts with its heaviest tier's tokenizer (the tier a long
+        // conversation is most likely to end up on).
         let d = cfg
             .deployments
             .get(&req.model)
+            .or_else(|| {
+                cfg.routes
+                    .get(&req.model)
+                    .and_then(|r| r.tiers.get(r.heaviest()))
+            })
             .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?;
         if !key.allows_model(&req.model) {
             return Err(ApiError::ModelNotAllowed(req.model.clone()));

@@ -829,3 +829,91 @@ async fn budgets_reserve_against_the_chosen_tiers_prices() {
         .unwrap();
     assert_eq!(routing.requests, 1);
 }
+
+/// An answer cut off at the client's own `max_tokens` is what it asked for: the next tier
+/// would stop at the same place, so it is not escalated. A light model that stops short
+/// of the cap (its own limit) is. And when the retry is refused, the client keeps the
+/// first answer it paid for, told why.
+#[tokio::test]
+async fn escalation_respects_the_clients_cap_and_keeps_a_paid_answer_if_the_retry_fails() {
+    let (_sim, gw) = setup(
+        "[[budgets.limits]]\nscope = \"team:team-a\"\nperiod = \"lifetime\"\nlimit_usd = \"100\"\n",
+    )
+    .await;
+    let capped = json!({"model": "auto", "max_tokens": 3,
+        "messages": [{"role": "user", "content": EASY}]});
+    let a = post(&gw, "/v1/chat/completions", capped, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["choices"][0]["finish_reason"], "length");
+    assert_eq!(a.body["usage"]["completion_tokens"], 3);
+    assert_eq!(a.header("x-tollgate-route-escalated"), None);
+    assert_eq!(tier(&a), "0 light");
+
+    // Anthropic clients count tokens before sending: a routed name answers too.
+    let n = post(
+        &gw,
+        "/v1/messages/count_tokens",
+        json!({"model": "auto", "messages": [{"role": "user", "content": EASY}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(n.status, 200, "{}", n.body);
+    assert!(n.body["input_tokens"].as_u64().unwrap() > 10, "{}", n.body);
+
+    let short = json!({"model": "auto", "max_tokens": 4000,
+        "messages": [{"role": "user", "content": format!("{EASY} [[sim:length=gpt-4o-mini]]")}]});
+    let b = post(&gw, "/v1/chat/completions", short, &[]).await;
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(b.header("x-tollgate-route-escalated"), Some("length"));
+    assert_eq!(tier(&b), "1 heavy");
+    let s = gw.stop().await;
+    assert_eq!(
+        rows(&s).len(),
+        3,
+        "one row for the capped call, two for the escalation"
+    );
+
+    // $0.01 left: the light call's worst case (1,000 tokens at $5/M) fits, the heavy
+    // retry's ($15/M) does not.
+    let (_sim, gw) = setup(
+        "[[budgets.limits]]\nscope = \"team:team-a\"\nperiod = \"lifetime\"\nlimit_usd = \"0.01\"\n",
+    )
+    .await;
+    let body = json!({"model": "auto", "max_tokens": 1000,
+        "messages": [{"role": "user", "content": format!("{EASY} [[sim:empty=gpt-4o-mini]]")}]});
+    let c = post(&gw, "/v1/chat/completions", body, &[]).await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(
+        c.header("x-tollgate-route-escalated"),
+        Some("empty; retry failed (402)")
+    );
+    assert_eq!(tier(&c), "0 light");
+    assert_eq!(c.body["choices"][0]["message"]["content"], "");
+    let first = c.request_id();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let budgets: Value = http()
+        .get(gw.url("/admin/budgets"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let live = budgets["budgets"][0]["current"][0]["live"].clone();
+    assert_eq!(live["reserved_usd"], "0.000000000", "{budgets}");
+    let s = gw.stop().await;
+    let rows = rows(&s);
+    assert_eq!(rows.len(), 2, "the paid light call and the refused retry");
+    let light = row(&rows, &first);
+    assert_eq!(light.status, 200);
+    assert!(light.cost > Money::ZERO);
+    assert_eq!(
+        light.routing.as_ref().unwrap().escalated.as_deref(),
+        Some("empty")
+    );
+    let retry = rows.iter().find(|r| r.request_id != first).unwrap();
+    assert_eq!(retry.status, 402);
+    assert_eq!(retry.route.deployment, "heavy");
+    assert_eq!(retry.cost, Money::ZERO);
+}
