@@ -598,7 +598,7 @@ pub async fn release_task(
         Ok(mut released) => {
             if let tollgate_store::counters::Counters::Redis(r) = &gw.limits.counters {
                 // Every replica: they ask Redis on each call.
-                match r.task_release(&task, now_ms()).await {
+                match r.task_release(&task).await {
                     Ok(shared) => released |= shared,
                     Err(e) => return ApiError::CountersUnavailable(e.0).into_response(None),
                 }

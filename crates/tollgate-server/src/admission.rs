@@ -47,7 +47,7 @@ use tollgate_domain::ratelimit::{MINUTE_MS, RateKind};
 use tollgate_providers::tokenizer::Encoding;
 use tollgate_store::counters::{
     CounterError, Counters, HaltClaim, KnownHalt, RateLine, RedisCounters, Refusal, Reservation,
-    ReserveError, ReserveRequest, Reserved, Seed, TaskAdmit,
+    ReserveError, ReserveRequest, Reserved, Seed, TaskAdmit, TaskRun,
 };
 use tollgate_store::{SqliteStore, StoreError};
 
@@ -343,6 +343,8 @@ struct LineInfo {
 #[derive(Debug, Default)]
 pub struct Ticket {
     task: Option<String>,
+    /// With Redis: the run of the task the call was counted in (its cost goes there).
+    task_run: Option<TaskRun>,
     reservation: Option<Reservation>,
     lines: Vec<LineInfo>,
     rate_kinds: Vec<RateKind>,
@@ -453,14 +455,17 @@ pub async fn admit(
             Some(Value::Array(m)) => Some(Fingerprint::of_chat(m)),
             _ => None,
         };
-        let verdict = match &gw.limits.counters {
+        let (verdict, run, halted_ms) = match &gw.limits.counters {
             Counters::Redis(r) => {
                 shared_verdict(gw, r, task, fp.as_ref(), now, limits, dry_run).await?
             }
-            Counters::Memory(_) => gw
-                .limits
-                .guard
-                .observe(task, fp.as_ref(), now, limits, dry_run),
+            Counters::Memory(_) => (
+                gw.limits
+                    .guard
+                    .observe(task, fp.as_ref(), now, limits, dry_run),
+                None,
+                None,
+            ),
         };
         match verdict {
             Verdict::Continue => {}
@@ -475,10 +480,20 @@ pub async fn admit(
                 });
             }
             Verdict::Trip(halt) => {
-                trip(gw, &attr, task, halt, dry_run, meter.request_id()).await?;
+                trip(
+                    gw,
+                    &attr,
+                    task,
+                    halt,
+                    dry_run,
+                    meter.request_id(),
+                    halted_ms,
+                )
+                .await?;
             }
         }
         ticket.task = Some(task.clone());
+        ticket.task_run = run;
     }
 
     // 2. Which budgets and rate limits apply.
@@ -729,7 +744,8 @@ async fn reserve(
 /// those shared totals and loops on this replica's history. A halt is written to Redis
 /// before this call's 409 goes out, so from then on every replica refuses the task; the
 /// replica that wrote it first records the incident and alerts (once, however many
-/// replicas tripped at the same time).
+/// replicas tripped at the same time), with the halt's time as Redis gave it. Also
+/// returns the run of the task the call was counted in, for its cost.
 async fn shared_verdict(
     gw: &Arc<Gateway>,
     redis: &RedisCounters,
@@ -738,14 +754,15 @@ async fn shared_verdict(
     now: i64,
     limits: &GuardLimits,
     dry_run: bool,
-) -> Result<Verdict, ApiError> {
+) -> Result<(Verdict, Option<TaskRun>, Option<i64>), ApiError> {
     let velocity = limits.max_cost_per_minute.is_some();
-    let totals = match redis.task_admit(task, now, velocity).await {
-        Ok(TaskAdmit::Halted(reason)) => return Ok(Verdict::Halted(reason)),
-        Ok(TaskAdmit::Counted(t)) => t,
+    let (totals, run) = match redis.task_admit(task, now, velocity).await {
+        Ok(TaskAdmit::Halted(reason)) => return Ok((Verdict::Halted(reason), None, None)),
+        Ok(TaskAdmit::Counted(t, run)) => (t, run),
         Err(e) if gw.config.load().limits.fail_open => {
             tracing::error!(task, error = %e, "task guard: Redis unreachable; guarding with this replica's state only");
-            return Ok(gw.limits.guard.observe(task, fp, now, limits, dry_run));
+            let verdict = gw.limits.guard.observe(task, fp, now, limits, dry_run);
+            return Ok((verdict, None, None));
         }
         Err(e) => return Err(ApiError::CountersUnavailable(e.0)),
     };
@@ -754,19 +771,22 @@ async fn shared_verdict(
         .guard
         .observe_counted(task, &totals, fp, now, limits, dry_run)
     else {
-        return Ok(Verdict::Continue);
+        return Ok((Verdict::Continue, Some(run), None));
     };
-    match redis
-        .task_halt(task, &halt.reason, halt.kind.as_str(), now, dry_run)
+    let (verdict, halted_ms) = match redis
+        .task_halt(task, run, &halt.reason, halt.kind.as_str(), dry_run)
         .await
     {
-        Ok(HaltClaim::Already(_)) if dry_run => Ok(Verdict::Continue),
-        Ok(HaltClaim::Already(reason)) => Ok(Verdict::Halted(reason)),
-        Ok(HaltClaim::First) => {
+        Ok(HaltClaim::Already(_)) if dry_run => (Verdict::Continue, None),
+        Ok(HaltClaim::Already(reason)) => (Verdict::Halted(reason), None),
+        // Released (on some replica) since this call was counted: the halt was decided
+        // on a run that is over, and the call is let through.
+        Ok(HaltClaim::Stale) => (Verdict::Continue, None),
+        Ok(HaltClaim::First { halted_ms }) => {
             if !dry_run {
                 gw.limits.guard.mark_halted(task, &halt.reason);
             }
-            Ok(Verdict::Trip(halt))
+            (Verdict::Trip(halt), Some(halted_ms))
         }
         Err(e) => {
             // Halted here and in this replica's store; the next refresh writes it to
@@ -775,9 +795,10 @@ async fn shared_verdict(
             if !dry_run {
                 gw.limits.guard.mark_halted(task, &halt.reason);
             }
-            Ok(Verdict::Trip(halt))
+            (Verdict::Trip(halt), None)
         }
-    }
+    };
+    Ok((verdict, Some(run), halted_ms))
 }
 
 /// With Redis: make this replica's store and Redis agree on halted tasks. Halts
@@ -834,6 +855,7 @@ async fn reconcile_halts(
 
 /// The guard tripped on this call: record the incident (the halt is persisted before
 /// the 409 goes out, so a restart keeps it), alert, and refuse, unless in dry run.
+/// `halted_ms`: the halt's time as Redis recorded it (else this replica's clock).
 async fn trip(
     gw: &Arc<Gateway>,
     attr: &Attribution,
@@ -841,6 +863,7 @@ async fn trip(
     halt: Halt,
     dry_run: bool,
     request_id: &str,
+    halted_ms: Option<i64>,
 ) -> Result<(), ApiError> {
     gw.limits.stats.halts.fetch_add(1, Ordering::Relaxed);
     let mut evidence = halt.evidence.clone();
@@ -868,7 +891,7 @@ async fn trip(
                 dry_run,
                 request_id: Some(&rid),
             },
-            now_ms(),
+            halted_ms.unwrap_or_else(now_ms),
         )
     })
     .await;
@@ -963,8 +986,9 @@ pub fn settle(gw: &Arc<Gateway>, ticket: Ticket, row: &LedgerRow) {
         gw.limits.guard.record_cost(task, row.cost, now);
         if let Counters::Redis(r) = &gw.limits.counters
             && row.cost > Money::ZERO
+            && let Some(run) = ticket.task_run
         {
-            share_task_cost(gw, r, task, row);
+            share_task_cost(gw, r, task, run, row);
         }
     }
     let Some(res) = ticket.reservation else {
@@ -1008,8 +1032,15 @@ pub fn settle(gw: &Arc<Gateway>, ticket: Ticket, row: &LedgerRow) {
     }
 }
 
-/// Add a settled call's cost to its task's shared totals, from a tracked task.
-fn share_task_cost(gw: &Arc<Gateway>, redis: &RedisCounters, task: &str, row: &LedgerRow) {
+/// Add a settled call's cost to the shared totals of the run of its task it was counted
+/// in, from a tracked task.
+fn share_task_cost(
+    gw: &Arc<Gateway>,
+    redis: &RedisCounters,
+    task: &str,
+    run: TaskRun,
+    row: &LedgerRow,
+) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         tracing::error!(request_id = %row.request_id, "task cost outside a runtime; not shared");
         return;
@@ -1022,7 +1053,7 @@ fn share_task_cost(gw: &Arc<Gateway>, redis: &RedisCounters, task: &str, row: &L
     );
     gw.tasks.spawn_on(
         async move {
-            if let Err(e) = redis.task_cost(&task, cost, now_ms(), &id).await {
+            if let Err(e) = redis.task_cost(&task, run, cost, now_ms(), &id).await {
                 tracing::error!(task, request_id = id, error = %e, "could not add the call's cost to the task's shared totals");
             }
         },

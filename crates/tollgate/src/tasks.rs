@@ -209,7 +209,7 @@ async fn release_shared(config: Option<std::path::PathBuf>, task: &str) -> Resul
         prefix,
     )
     .await?;
-    Ok(Some(redis.task_release(task, now_ms()).await?))
+    Ok(Some(redis.task_release(task).await?))
 }
 
 /// What the runaway-agent guard did to a task.

@@ -417,39 +417,37 @@ async fn redis_refuses_until_seeded_and_reclaims_dead_reservations() {
 /// replica's store reconciled with Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_task_state_is_shared_halted_once_and_released_everywhere() {
-    use super::{HaltClaim, KnownHalt, TaskAdmit};
+    use super::{HaltClaim, TaskAdmit};
     let Some(url) = redis_url() else { return };
     let prefix = unique("tasks");
     let a = redis(&url, &prefix).await;
     let b = RedisCounters::connect(&url, &prefix).await.unwrap();
-    let counted = |x: TaskAdmit| match x {
-        TaskAdmit::Counted(t) => t,
-        TaskAdmit::Halted(r) => panic!("halted: {r}"),
-    };
     // Calls through either replica count on one total; the first call starts the task.
-    let t1 = counted(a.task_admit("t", T0, true).await.unwrap());
+    let (t1, run) = counted(a.task_admit("t", T0, true).await.unwrap());
     assert_eq!((t1.iterations, t1.started_ms), (1, T0));
-    a.task_cost("t", Money::from_nanos(700), T0 + 10, "r1")
+    a.task_cost("t", run, Money::from_nanos(700), T0 + 10, "r1")
         .await
         .unwrap();
-    b.task_cost("t", Money::from_nanos(300), T0 + 70_000, "r2")
+    b.task_cost("t", run, Money::from_nanos(300), T0 + 70_000, "r2")
         .await
         .unwrap();
-    let t2 = counted(b.task_admit("t", T0 + 70_001, true).await.unwrap());
+    let (t2, run2) = counted(b.task_admit("t", T0 + 70_001, true).await.unwrap());
+    assert_eq!(run2, run, "one run until released");
     assert_eq!(t2.iterations, 2);
     assert_eq!(t2.started_ms, T0);
     assert_eq!(t2.cost, Money::from_nanos(1000));
     // Only the second cost is within the last minute.
     assert_eq!(t2.spend_last_minute, Money::from_nanos(300));
     // Two replicas trip at once: one records it, the other learns the reason.
+    let HaltClaim::First { halted_ms } = b
+        .task_halt("t", run, "loop detected", "loop", false)
+        .await
+        .unwrap()
+    else {
+        panic!("the first halt is claimed");
+    };
     assert_eq!(
-        b.task_halt("t", "loop detected", "loop", T0 + 70_002, false)
-            .await
-            .unwrap(),
-        HaltClaim::First
-    );
-    assert_eq!(
-        a.task_halt("t", "too many calls", "iterations", T0 + 70_003, false)
+        a.task_halt("t", run, "too many calls", "iterations", false)
             .await
             .unwrap(),
         HaltClaim::Already("loop detected".into())
@@ -463,16 +461,10 @@ async fn redis_task_state_is_shared_halted_once_and_released_everywhere() {
     }
     // A replica whose store still says "halted" is told of the release; a halt Redis
     // lost (never released) is written back.
-    let known = |task: &str, ms| KnownHalt {
-        task: task.into(),
-        halted_ms: ms,
-        reason: "loop detected".into(),
-        kind: "loop".into(),
-    };
-    assert!(a.task_release("t", T0 + 80_000).await.unwrap());
-    assert!(!a.task_release("t", T0 + 80_001).await.unwrap());
+    assert!(a.task_release("t").await.unwrap());
+    assert!(!a.task_release("t").await.unwrap());
     let released = a
-        .task_reconcile(&[known("t", T0 + 70_002), known("lost", T0)])
+        .task_reconcile(&[known("t", halted_ms), known("lost", T0)])
         .await
         .unwrap();
     assert_eq!(released, ["t"]);
@@ -481,22 +473,229 @@ async fn redis_task_state_is_shared_halted_once_and_released_everywhere() {
         TaskAdmit::Halted("loop detected".into())
     );
     // Released: a fresh start, totals forgotten (a late cost of the old run is dropped).
-    b.task_cost("t", Money::from_nanos(5), T0 + 80_003, "r3")
+    b.task_cost("t", run, Money::from_nanos(5), T0 + 80_003, "r3")
         .await
         .unwrap();
-    let t3 = counted(b.task_admit("t", T0 + 90_000, true).await.unwrap());
+    let (t3, run3) = counted(b.task_admit("t", T0 + 90_000, true).await.unwrap());
+    assert_ne!(run3, run);
     assert_eq!(
         (t3.iterations, t3.started_ms, t3.cost),
         (1, T0 + 90_000, Money::ZERO)
     );
     // Dry-run flags are claimed once too.
+    let (_, d) = counted(a.task_admit("d", T0, false).await.unwrap());
+    assert!(matches!(
+        a.task_halt("d", d, "x", "loop", true).await.unwrap(),
+        HaltClaim::First { .. }
+    ));
     assert_eq!(
-        a.task_halt("d", "x", "loop", T0, true).await.unwrap(),
-        HaltClaim::First
+        b.task_halt("d", d, "x", "loop", true).await.unwrap(),
+        HaltClaim::Already(String::new())
+    );
+    a.clear().await.unwrap();
+}
+
+fn counted(x: super::TaskAdmit) -> (tollgate_domain::loopguard::TaskTotals, super::TaskRun) {
+    match x {
+        super::TaskAdmit::Counted(t, run) => (t, run),
+        super::TaskAdmit::Halted(r) => panic!("halted: {r}"),
+    }
+}
+
+fn known(task: &str, halted_ms: i64) -> super::KnownHalt {
+    super::KnownHalt {
+        task: task.into(),
+        halted_ms,
+        reason: "loop detected".into(),
+        kind: "loop".into(),
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A call admitted before an operator's release, whose halt or cost lands after it,
+/// belongs to a run that is over: it neither halts the task again nor charges the run
+/// that starts after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_release_is_not_undone_by_calls_admitted_before_it() {
+    use super::{HaltClaim, TaskAdmit};
+    let Some(url) = redis_url() else { return };
+    let prefix = unique("release-race");
+    let a = redis(&url, &prefix).await;
+    let b = RedisCounters::connect(&url, &prefix).await.unwrap();
+
+    // Replica A admits a call and decides to halt; meanwhile B releases the task.
+    let (_, old) = counted(a.task_admit("h", T0, false).await.unwrap());
+    b.task_release("h").await.unwrap();
+    assert_eq!(
+        a.task_halt("h", old, "too many calls", "iterations", false)
+            .await
+            .unwrap(),
+        HaltClaim::Stale
+    );
+    // Not halted afterwards: the next call is the first of a new run.
+    let (t, new) = counted(b.task_admit("h", T0 + 1, false).await.unwrap());
+    assert_eq!(t.iterations, 1);
+    assert_ne!(new, old);
+    // Still stale once the new run exists (dry-run flags alike).
+    assert_eq!(
+        a.task_halt("h", old, "too many calls", "iterations", false)
+            .await
+            .unwrap(),
+        HaltClaim::Stale
     );
     assert_eq!(
-        b.task_halt("d", "x", "loop", T0, true).await.unwrap(),
-        HaltClaim::Already(String::new())
+        a.task_halt("h", old, "too many calls", "iterations", true)
+            .await
+            .unwrap(),
+        HaltClaim::Stale
+    );
+    assert!(matches!(
+        b.task_admit("h", T0 + 2, false).await.unwrap(),
+        TaskAdmit::Counted(ref t, run) if t.iterations == 2 && run == new
+    ));
+    // A halt of the new run is recorded.
+    assert!(matches!(
+        b.task_halt("h", new, "loop detected", "loop", false)
+            .await
+            .unwrap(),
+        HaltClaim::First { .. }
+    ));
+
+    // An in-flight call's cost settles after the release and after the next run began.
+    let (_, old) = counted(a.task_admit("c", T0, true).await.unwrap());
+    a.task_cost("c", old, Money::from_nanos(400), T0 + 5, "c1")
+        .await
+        .unwrap();
+    b.task_release("c").await.unwrap();
+    let (t, new) = counted(b.task_admit("c", T0 + 10, true).await.unwrap());
+    assert_eq!((t.cost, t.spend_last_minute), (Money::ZERO, Money::ZERO));
+    a.task_cost("c", old, Money::from_nanos(900), T0 + 20, "c2")
+        .await
+        .unwrap();
+    b.task_cost("c", new, Money::from_nanos(7), T0 + 30, "c3")
+        .await
+        .unwrap();
+    let (t, run) = counted(b.task_admit("c", T0 + 40, true).await.unwrap());
+    assert_eq!(run, new);
+    assert_eq!(t.iterations, 2);
+    assert_eq!(
+        t.cost,
+        Money::from_nanos(7),
+        "the old run's cost is not charged"
+    );
+    assert_eq!(t.spend_last_minute, Money::from_nanos(7));
+    a.clear().await.unwrap();
+}
+
+/// Whether a halt was released is never decided by comparing two hosts' clocks: halts
+/// and releases are timed by Redis, so a replica whose clock is far ahead, or a release
+/// right after the halt from a host whose clock is behind, leaves the task released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reconcile_keeps_a_release_whatever_the_clocks_say() {
+    use super::{HaltClaim, TaskAdmit};
+    let Some(url) = redis_url() else { return };
+    let prefix = unique("release-clock");
+    let a = redis(&url, &prefix).await;
+    let b = RedisCounters::connect(&url, &prefix).await.unwrap();
+
+    // Replica A's clock is far ahead. Its halt is timed by Redis, and A stores that
+    // time; the release lands before A's own store has even recorded the halt.
+    let (_, run) = counted(a.task_admit("s", FAR_FUTURE, false).await.unwrap());
+    let HaltClaim::First { halted_ms } = a
+        .task_halt("s", run, "loop detected", "loop", false)
+        .await
+        .unwrap()
+    else {
+        panic!("the halt is claimed");
+    };
+    assert!(
+        (halted_ms - wall_ms()).abs() < 600_000,
+        "the halt is timed by Redis, not by the replica: {halted_ms}"
+    );
+    assert!(b.task_release("s").await.unwrap());
+    for _ in 0..2 {
+        assert_eq!(
+            a.task_reconcile(&[known("s", halted_ms)]).await.unwrap(),
+            ["s"]
+        );
+    }
+    assert!(matches!(
+        b.task_admit("s", T0, false).await.unwrap(),
+        TaskAdmit::Counted(ref t, _) if t.iterations == 1
+    ));
+
+    // A halt a replica stored on its own clock, far in the future (recorded while Redis
+    // was unreachable): written back to Redis, then released; it stays released.
+    assert!(
+        a.task_reconcile(&[known("f", FAR_FUTURE)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.task_admit("f", T0, false).await.unwrap(),
+        TaskAdmit::Halted("loop detected".into())
+    );
+    assert!(b.task_release("f").await.unwrap());
+    assert_eq!(
+        a.task_reconcile(&[known("f", FAR_FUTURE)]).await.unwrap(),
+        ["f"]
+    );
+    assert!(matches!(
+        b.task_admit("f", T0, false).await.unwrap(),
+        TaskAdmit::Counted(..)
+    ));
+
+    // The other way round: a halt after a release is timed later than it even if Redis's
+    // clock stepped back meanwhile, so a Redis that lost that halt gets it back rather
+    // than taking it as released.
+    let (_, run) = counted(a.task_admit("n", T0, false).await.unwrap());
+    b.task_release("n").await.unwrap();
+    let stepped_back = wall_ms() + 600_000;
+    let mut conn = a.conn().await.unwrap();
+    let () = ::redis::cmd("SET")
+        .arg(a.k("tr:n"))
+        .arg(stepped_back)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (_, run2) = counted(a.task_admit("n", T0, false).await.unwrap());
+    assert_ne!(run, run2);
+    let HaltClaim::First { halted_ms } = a
+        .task_halt("n", run2, "loop detected", "loop", false)
+        .await
+        .unwrap()
+    else {
+        panic!("the halt of the new run is claimed");
+    };
+    assert!(halted_ms > stepped_back);
+    let deleted: i64 = ::redis::cmd("DEL")
+        .arg(a.k("th:n"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(
+        a.task_reconcile(&[known("n", halted_ms)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.task_admit("n", T0, false).await.unwrap(),
+        TaskAdmit::Halted("loop detected".into())
+    );
+    // And its release is no earlier than it: released, and stays so.
+    assert!(b.task_release("n").await.unwrap());
+    assert_eq!(
+        a.task_reconcile(&[known("n", halted_ms)]).await.unwrap(),
+        ["n"]
     );
     a.clear().await.unwrap();
 }

@@ -5,18 +5,33 @@
 //! - `th:<t>`: the halt, a hash `{reason, kind, ms}`. No expiry: a halted task stays
 //!   halted until released.
 //! - `tf:<t>`: a dry-run flag (the task was reported once; it keeps running).
-//! - `tc:<t>`: the task's totals, a hash `{started, iter, cost}` (cost in nano-USD),
-//!   expiring after [`TASK_IDLE_MS`] without a call.
+//! - `tc:<t>`: the task's totals, a hash `{gen, started, iter, cost}` (cost in nano-USD),
+//!   expiring after [`TASK_IDLE_MS`] without a call. `gen` names this run of the task
+//!   (unique, from the `tgen` counter): a release or expiry deletes the totals, and the
+//!   next call starts a run with a new `gen`.
 //! - `tv:<t>`: settled costs of the last minute, a sorted set of `<nanos>:<request id>`
 //!   by time (spend velocity).
 //! - `tr:<t>`: when the task was last released (ms), kept [`RELEASED_KEEP_MS`]: how a
 //!   replica whose own store still says "halted" learns that someone released it
 //!   elsewhere (and tells a release from a Redis that lost its data).
+//! - `tgen`: the last run generation handed out.
 //!
 //! Admission is one script run ([`RedisCounters::task_admit`]): refuse if halted,
-//! otherwise count the call and return the totals, atomically. The call count is
-//! therefore exact across replicas: with `max_iterations = N`, exactly N calls pass
-//! however they are spread and raced.
+//! otherwise count the call and return the totals and the run's generation, atomically.
+//! The call count is therefore exact across replicas: with `max_iterations = N`, exactly
+//! N calls pass however they are spread and raced.
+//!
+//! A halt and a settled cost name the run their call was admitted in, and change nothing
+//! if the task was released since (an operator's release is never undone by a call that
+//! was in flight when it happened, nor charged to the task's next run).
+//!
+//! Whether a halt was released is decided on one clock, Redis's: the halt's time (`ms`,
+//! which [`RedisCounters::task_halt`] returns and the replica stores as the halt's time)
+//! and the release's time are both taken from Redis (`TIME`) inside the scripts, and
+//! ordered: a halt is stamped after the task's last release, a release no earlier than
+//! the halt it clears. So a release is recognised whichever hosts halted and released
+//! and however their clocks disagree; [`RedisCounters::task_reconcile`] compares a
+//! stored halt's time with the last release's.
 
 use super::{CounterError, RedisCounters};
 use redis::Script;
@@ -31,10 +46,15 @@ pub const RELEASED_KEEP_MS: i64 = 30 * 86_400_000;
 const VELOCITY_ENTRIES: i64 = 4096;
 
 const ADMIT: &str = r#"
--- KEYS: th:<t>, tc:<t>, tv:<t>;  ARGV: now, idle_ms, velocity (1/0)
+-- KEYS: th:<t>, tc:<t>, tv:<t>, tgen;  ARGV: now, idle_ms, velocity (1/0)
 local r = redis.call('HGET', KEYS[1], 'reason')
 if r then return {0, r} end
 local n = redis.call('HINCRBY', KEYS[2], 'iter', 1)
+local g = redis.call('HGET', KEYS[2], 'gen')
+if not g then
+  g = redis.call('INCR', KEYS[4])
+  redis.call('HSET', KEYS[2], 'gen', g)
+end
 redis.call('HSETNX', KEYS[2], 'started', ARGV[1])
 local v = redis.call('HMGET', KEYS[2], 'started', 'cost')
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -45,13 +65,14 @@ if ARGV[3] == '1' then
     spend = spend + tonumber(string.match(m, '^(%d+)') or '0')
   end
 end
-return {1, n, tonumber(v[1]) or tonumber(ARGV[1]), tonumber(v[2] or '0') or 0, spend}
+return {1, n, tonumber(v[1]) or tonumber(ARGV[1]), tonumber(v[2] or '0') or 0, spend, tonumber(g)}
 "#;
 
 const COST: &str = r#"
--- KEYS: tc:<t>, tv:<t>;  ARGV: nanos, now, request id, most entries kept
--- A task released (or forgotten) since the call was admitted starts afresh: no charge.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- KEYS: tc:<t>, tv:<t>;  ARGV: nanos, now, request id, most entries kept, generation
+-- A call admitted in a run that was released (or forgotten) since: no charge, neither to
+-- the totals nor to the velocity of the task's next run.
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[5] then return 0 end
 if tonumber(ARGV[1]) <= 0 then return 1 end
 redis.call('HINCRBY', KEYS[1], 'cost', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1] .. ':' .. ARGV[3])
@@ -61,23 +82,49 @@ redis.call('PEXPIRE', KEYS[2], 120000)
 return 1
 "#;
 
-const HALT: &str = r#"
--- KEYS: th:<t> (or tf:<t> in dry run);  ARGV: reason, kind, ms, dry (1/0), idle_ms
-if ARGV[4] == '1' then
-  if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[5]) then return {1} end
-  return {0, ''}
+/// Redis's clock in ms, as Lua (shared by the scripts that stamp halts and releases).
+const REDIS_NOW: &str = r#"
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local r = redis.call('HGET', KEYS[1], 'reason')
-if r then return {0, r} end
-redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'kind', ARGV[2], 'ms', ARGV[3])
-return {1}
+"#;
+
+const HALT: &str = r#"
+-- KEYS: th:<t> (or tf:<t> in dry run), tc:<t>, tr:<t>
+-- ARGV: reason, kind, dry (1/0), idle_ms, generation
+-- {1, ms}: recorded at ms (Redis's clock, after the task's last release); {0, reason}:
+-- halted (flagged) already; {2}: the call's run was released since it was admitted.
+if ARGV[3] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ''} end
+else
+  local r = redis.call('HGET', KEYS[1], 'reason')
+  if r then return {0, r} end
+end
+if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[5] then return {2} end
+local ms = redis_now()
+local rel = tonumber(redis.call('GET', KEYS[3]) or '')
+if rel and ms <= rel then ms = rel + 1 end
+local at = string.format('%.0f', ms)
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'kind', ARGV[2], 'ms', at)
+end
+return {1, ms}
 "#;
 
 const RELEASE: &str = r#"
--- KEYS: th, tf, tc, tv, tr (of one task);  ARGV: now, keep_ms
+-- KEYS: th, tf, tc, tv, tr (of one task);  ARGV: keep_ms
+-- Stamped on Redis's clock, no earlier than the halt it clears or the last release.
 local was = redis.call('EXISTS', KEYS[1])
+local ms = redis_now()
+local h = tonumber(redis.call('HGET', KEYS[1], 'ms') or '')
+if h and h > ms then ms = h end
+local prev = tonumber(redis.call('GET', KEYS[5]) or '')
+if prev and prev > ms then ms = prev end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[5], string.format('%.0f', ms), 'PX', ARGV[1])
 return was
 "#;
 
@@ -113,35 +160,48 @@ impl TaskScripts {
         TaskScripts {
             admit: Script::new(ADMIT),
             cost: Script::new(COST),
-            halt: Script::new(HALT),
-            release: Script::new(RELEASE),
+            halt: Script::new(&format!("{REDIS_NOW}{HALT}")),
+            release: Script::new(&format!("{REDIS_NOW}{RELEASE}")),
             reconcile: Script::new(RECONCILE),
         }
     }
 }
+
+/// One run of a task in the shared state: from its first call to its release (or until
+/// its totals were forgotten for idleness). A halt or cost offered for a run that is
+/// over changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRun(pub i64);
 
 /// What the shared state says about a call about to be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskAdmit {
     /// Halted (by any replica), for this reason. The call was not counted.
     Halted(String),
-    /// Counted: the task's totals with this call included.
-    Counted(TaskTotals),
+    /// Counted in this run of the task: its totals with this call included.
+    Counted(TaskTotals, TaskRun),
 }
 
 /// A halt (or dry-run flag) offered to the shared state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HaltClaim {
-    /// This replica recorded it first: it records the incident and alerts.
-    First,
+    /// This replica recorded it first: it records the incident and alerts, and stores
+    /// `halted_ms` (Redis's clock) as the halt's time, the one
+    /// [`RedisCounters::task_reconcile`] compares with a release.
+    First { halted_ms: i64 },
     /// Another replica got there first; its reason (empty for a dry-run flag).
     Already(String),
+    /// The run the call was counted in was released (or forgotten) since: nothing was
+    /// recorded, the call was decided on totals that no longer exist.
+    Stale,
 }
 
 /// A halted task as a replica's own store records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownHalt {
     pub task: String,
+    /// The halt's time as [`HaltClaim::First`] gave it (a halt recorded while Redis was
+    /// unreachable has the replica's own clock here).
     pub halted_ms: i64,
     pub reason: String,
     pub kind: String,
@@ -164,9 +224,9 @@ impl RedisCounters {
         self.k(&format!("{kind}:{task}"))
     }
 
-    /// Refuse a halted task, or count a call and return the task's totals.
-    /// `velocity`: also sum the last minute's settled cost (skipped when no velocity
-    /// limit applies).
+    /// Refuse a halted task, or count a call and return the task's totals and the run
+    /// they belong to. `velocity`: also sum the last minute's settled cost (skipped when
+    /// no velocity limit applies).
     pub async fn task_admit(
         &self,
         task: &str,
@@ -177,6 +237,7 @@ impl RedisCounters {
         inv.key(self.task_key("th", task))
             .key(self.task_key("tc", task))
             .key(self.task_key("tv", task))
+            .key(self.k("tgen"))
             .arg(now_ms)
             .arg(TASK_IDLE_MS)
             .arg(if velocity { "1" } else { "0" });
@@ -187,21 +248,26 @@ impl RedisCounters {
             0 => Ok(TaskAdmit::Halted(text(out.get(1).ok_or_else(bad)?)?)),
             1 => {
                 let at = |i: usize| out.get(i).ok_or_else(bad).and_then(int);
-                Ok(TaskAdmit::Counted(TaskTotals {
-                    iterations: at(1)?.max(0) as u64,
-                    started_ms: at(2)?,
-                    cost: Money::from_nanos(at(3)?),
-                    spend_last_minute: Money::from_nanos(at(4)?),
-                }))
+                Ok(TaskAdmit::Counted(
+                    TaskTotals {
+                        iterations: at(1)?.max(0) as u64,
+                        started_ms: at(2)?,
+                        cost: Money::from_nanos(at(3)?),
+                        spend_last_minute: Money::from_nanos(at(4)?),
+                    },
+                    TaskRun(at(5)?),
+                ))
             }
             _ => Err(bad()),
         }
     }
 
-    /// Add a settled call's cost to the task's totals (and the velocity window).
+    /// Add a settled call's cost to the totals (and the velocity window) of the run it
+    /// was admitted in; nothing if that run is over (the task was released since).
     pub async fn task_cost(
         &self,
         task: &str,
+        run: TaskRun,
         cost: Money,
         now_ms: i64,
         request_id: &str,
@@ -212,57 +278,65 @@ impl RedisCounters {
             .arg(cost.nanos().max(0))
             .arg(now_ms)
             .arg(request_id)
-            .arg(VELOCITY_ENTRIES);
+            .arg(VELOCITY_ENTRIES)
+            .arg(run.0);
         let mut conn = self.conn().await?;
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(())
     }
 
-    /// Record a halt (or, `dry_run`, a flag) unless one is there already. Every replica
-    /// refuses the task from the moment this returns.
+    /// Record a halt (or, `dry_run`, a flag) decided on a call counted in `run`, unless
+    /// one is there already or that run is over. Every replica refuses the task from
+    /// the moment this returns [`HaltClaim::First`].
     pub async fn task_halt(
         &self,
         task: &str,
+        run: TaskRun,
         reason: &str,
         kind: &str,
-        now_ms: i64,
         dry_run: bool,
     ) -> Result<HaltClaim, CounterError> {
         let mut inv = self.tasks.halt.prepare_invoke();
         inv.key(self.task_key(if dry_run { "tf" } else { "th" }, task))
+            .key(self.task_key("tc", task))
+            .key(self.task_key("tr", task))
             .arg(reason)
             .arg(kind)
-            .arg(now_ms)
             .arg(if dry_run { "1" } else { "0" })
-            .arg(TASK_IDLE_MS);
+            .arg(TASK_IDLE_MS)
+            .arg(run.0);
         let mut conn = self.conn().await?;
         let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
-        match out.first().map(int).transpose()? {
-            Some(1) => Ok(HaltClaim::First),
-            Some(0) => Ok(HaltClaim::Already(
+        let bad = || CounterError(format!("task halt script answered {out:?}"));
+        match out.first().map(int).transpose()?.ok_or_else(bad)? {
+            1 => Ok(HaltClaim::First {
+                halted_ms: out.get(1).ok_or_else(bad).and_then(int)?,
+            }),
+            0 => Ok(HaltClaim::Already(
                 out.get(1).map(text).transpose()?.unwrap_or_default(),
             )),
-            _ => Err(CounterError(format!("task halt script answered {out:?}"))),
+            2 => Ok(HaltClaim::Stale),
+            _ => Err(bad()),
         }
     }
 
-    /// Release a task everywhere: no longer halted, totals and history forgotten.
-    /// `true` if it was halted.
-    pub async fn task_release(&self, task: &str, now_ms: i64) -> Result<bool, CounterError> {
+    /// Release a task everywhere: no longer halted, totals and history forgotten (the
+    /// run is over). The release is timed on Redis's clock. `true` if it was halted.
+    pub async fn task_release(&self, task: &str) -> Result<bool, CounterError> {
         let mut inv = self.tasks.release.prepare_invoke();
         for kind in ["th", "tf", "tc", "tv", "tr"] {
             inv.key(self.task_key(kind, task));
         }
-        inv.arg(now_ms).arg(RELEASED_KEEP_MS);
+        inv.arg(RELEASED_KEEP_MS);
         let mut conn = self.conn().await?;
         let was: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(was == 1)
     }
 
     /// Compare the halts a replica's own store holds with the shared state: a halt
-    /// missing from Redis because it was released since is returned (the replica then
-    /// releases it in its store); one missing because Redis lost its data is written
-    /// back.
+    /// missing from Redis because it was released since (the last release is no earlier
+    /// than its time, both on Redis's clock) is returned, and the replica then releases
+    /// it in its store; one missing because Redis lost its data is written back.
     pub async fn task_reconcile(&self, known: &[KnownHalt]) -> Result<Vec<String>, CounterError> {
         let mut released = Vec::new();
         for chunk in known.chunks(128) {
