@@ -31,7 +31,7 @@ use crate::state::{Gateway, now_ms};
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tollgate_domain::attribution::Attribution;
@@ -46,13 +46,16 @@ use tollgate_domain::pricing::EffectiveRates;
 use tollgate_domain::ratelimit::{MINUTE_MS, RateKind};
 use tollgate_providers::tokenizer::Encoding;
 use tollgate_store::counters::{
-    CounterError, Counters, HaltClaim, KnownHalt, RateLine, RedisCounters, Refusal, Reservation,
-    ReserveError, ReserveRequest, Reserved, Seed, TaskAdmit, TaskRun,
+    CounterError, Counters, HaltClaim, HaltCursor, KnownHalt, RateLine, RedisCounters, Refusal,
+    Reservation, ReserveError, ReserveRequest, Reserved, Seed, TaskAdmit, TaskRun,
 };
 use tollgate_store::{SqliteStore, StoreError};
 
 /// How long a finished period's counters are kept (for `budgets show`).
 const PERIOD_GRACE_MS: i64 = 35 * 86_400_000;
+/// Most halts recorded by other replicas copied into this replica's store per refresh
+/// (a replica starting next to many halts catches up over a few refreshes).
+const SHARED_HALTS_PER_REFRESH: usize = 500;
 
 /// Counters of what admission did, for `/healthz` and the benchmark.
 #[derive(Debug, Default)]
@@ -165,6 +168,9 @@ pub struct Limits {
     /// When the counters were last fully seeded (requests that waited for a reseed
     /// running in parallel do not run it again).
     seeded_at_ms: AtomicI64,
+    /// With Redis: how far this replica has read the index of halts (`import_halts`).
+    /// Held only to copy or replace it, never across an `.await`.
+    halt_cursor: std::sync::Mutex<HaltCursor>,
     pub tokens: TokenCache,
     pub stats: LimitStats,
 }
@@ -243,6 +249,7 @@ impl Limits {
             rules: ArcSwap::from_pointee(rules),
             seed_lock: tokio::sync::Mutex::new(()),
             seeded_at_ms: AtomicI64::new(i64::MIN),
+            halt_cursor: std::sync::Mutex::new(HaltCursor::default()),
             tokens: TokenCache::default(),
             stats: LimitStats::default(),
         })
@@ -256,7 +263,9 @@ impl Limits {
 
 /// Re-read run-time budgets and halted tasks from the store (every few seconds, and
 /// right after an admin change). New budgets are seeded from the ledger before they
-/// take effect, so a budget set mid-period counts what was already spent.
+/// take effect, so a budget set mid-period counts what was already spent. With Redis,
+/// the store's halts are reconciled with the shared state first, and halts recorded by
+/// other replicas are copied into it.
 pub async fn refresh(gw: &Arc<Gateway>) -> Result<(), ApiError> {
     let store = gw.store.clone();
     let (db_rules, halted) = tokio::task::spawn_blocking(move || {
@@ -266,7 +275,10 @@ pub async fn refresh(gw: &Arc<Gateway>) -> Result<(), ApiError> {
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let halted = match &gw.limits.counters {
-        Counters::Redis(r) => reconcile_halts(gw, r, halted).await,
+        Counters::Redis(r) => {
+            let halted = reconcile_halts(gw, r, halted).await;
+            import_halts(gw, r, halted).await
+        }
         Counters::Memory(_) => halted,
     };
     gw.limits.guard.sync_halted(&halted);
@@ -457,7 +469,8 @@ pub async fn admit(
         };
         let (verdict, run, halted_ms) = match &gw.limits.counters {
             Counters::Redis(r) => {
-                shared_verdict(gw, r, task, fp.as_ref(), now, limits, dry_run).await?
+                let who = (task.as_str(), attr.agent.as_deref());
+                shared_verdict(gw, r, who, fp.as_ref(), now, limits, dry_run).await?
             }
             Counters::Memory(_) => (
                 gw.limits
@@ -745,11 +758,12 @@ async fn reserve(
 /// before this call's 409 goes out, so from then on every replica refuses the task; the
 /// replica that wrote it first records the incident and alerts (once, however many
 /// replicas tripped at the same time), with the halt's time as Redis gave it. Also
-/// returns the run of the task the call was counted in, for its cost.
+/// returns the run of the task the call was counted in, for its cost. `who`: the task
+/// and its agent.
 async fn shared_verdict(
     gw: &Arc<Gateway>,
     redis: &RedisCounters,
-    task: &str,
+    (task, agent): (&str, Option<&str>),
     fp: Option<&Fingerprint>,
     now: i64,
     limits: &GuardLimits,
@@ -774,7 +788,7 @@ async fn shared_verdict(
         return Ok((Verdict::Continue, Some(run), None));
     };
     let (verdict, halted_ms) = match redis
-        .task_halt(task, run, &halt.reason, halt.kind.as_str(), dry_run)
+        .task_halt(task, agent, run, &halt.reason, halt.kind.as_str(), dry_run)
         .await
     {
         Ok(HaltClaim::Already(_)) if dry_run => (Verdict::Continue, None),
@@ -820,6 +834,7 @@ async fn reconcile_halts(
             halted_ms: r.halted_ms,
             reason: r.reason.clone(),
             kind: r.kind.clone(),
+            agent: r.agent.clone(),
         })
         .collect();
     let released = match redis.task_reconcile(&known).await {
@@ -851,6 +866,92 @@ async fn reconcile_halts(
         .into_iter()
         .filter(|r| !released.contains(&r.task))
         .collect()
+}
+
+/// With Redis: copy into this replica's store the halts other replicas recorded that it
+/// lacks (so its `tollgate tasks`, `/admin/guard` and dashboard list every halt in
+/// force), marked as recorded elsewhere and timed as Redis timed them, which is what
+/// lets `reconcile_halts` release them when they are released anywhere (a release
+/// landing between reading a halt here and storing it is caught by the next refresh's
+/// reconcile the same way). Reads the index of halts from where the last refresh
+/// stopped, at most [`SHARED_HALTS_PER_REFRESH`] tasks; the cursor moves on only once
+/// they are stored. Runs on the refresh task, never on a request. Returns `halted`
+/// with the copied halts added.
+async fn import_halts(
+    gw: &Arc<Gateway>,
+    redis: &RedisCounters,
+    mut halted: Vec<tollgate_store::tasks::TaskRecord>,
+) -> Vec<tollgate_store::tasks::TaskRecord> {
+    let cursor = gw
+        .limits
+        .halt_cursor
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let (tasks, next) = match redis
+        .task_halts_since(&cursor, SHARED_HALTS_PER_REFRESH)
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the halts other replicas recorded");
+            return halted;
+        }
+    };
+    let known: HashSet<&str> = halted.iter().map(|r| r.task.as_str()).collect();
+    let missing: Vec<String> = tasks
+        .into_iter()
+        .filter(|t| !known.contains(t.as_str()))
+        .collect();
+    let halts = match redis.task_halts(&missing).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the halts other replicas recorded");
+            return halted;
+        }
+    };
+    if halts.is_empty() {
+        advance_halt_cursor(gw, next);
+        return halted;
+    }
+    let store = gw.store.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for h in &halts {
+            if store.record_shared_halt(h)? {
+                tracing::info!(task = %h.task, reason = %h.reason, "task halted on another replica");
+            }
+            out.extend(store.task_record(&h.task)?.filter(|r| r.is_halted()));
+        }
+        Ok::<_, StoreError>(out)
+    })
+    .await;
+    match stored {
+        Ok(Ok(records)) => {
+            advance_halt_cursor(gw, next);
+            halted.extend(records);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not record halts made on another replica");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record halts made on another replica");
+        }
+    }
+    halted
+}
+
+/// Two refreshes can read the index at once (the periodic one and one after an admin
+/// change): the cursor never moves back within one index.
+fn advance_halt_cursor(gw: &Gateway, next: HaltCursor) {
+    let mut c = gw
+        .limits
+        .halt_cursor
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if next.is_past(&c) {
+        *c = next;
+    }
 }
 
 /// The guard tripped on this call: record the incident (the halt is persisted before

@@ -307,6 +307,7 @@ mod tests {
             incident_id: None,
             halted_ms: 0,
             released_ms: None,
+            recorded_elsewhere: false,
         };
         g.sync_halted(&[rec("a", "halted"), rec("b", "halted")]);
         assert_eq!(g.halted_count(), 2);

@@ -357,6 +357,7 @@ pub async fn dashboard(
                                 m.insert("reason".into(), Value::from(t.reason));
                                 m.insert("at".into(), Value::from(iso(t.halted_ms)));
                                 m.insert("released_at".into(), Value::from(t.released_ms.map(iso)));
+                                m.insert("recorded_elsewhere".into(), Value::from(t.recorded_elsewhere));
                                 m
                             })
                             .collect(),

@@ -1,7 +1,12 @@
 //! The runaway-agent guard's records: halted tasks (a halt survives restarts until
 //! someone releases it), incidents with their evidence, and alert deliveries.
+//!
+//! With replicas sharing Redis, the halted tasks include halts another replica recorded
+//! ([`SqliteStore::record_shared_halt`]): no incident here (`incident_id` is NULL; the
+//! incident, its evidence and the alert are in that replica's database).
 
 use crate::StoreError;
+use crate::counters::KnownHalt;
 use crate::sqlite::{SqliteStore, Sync};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -18,9 +23,15 @@ pub struct TaskRecord {
     /// What tripped: `loop`, `no_progress`, `cost`, `velocity`, `iterations`, `duration`.
     pub kind: String,
     pub reason: String,
+    /// This replica's incident; none for a halt another replica recorded.
     pub incident_id: Option<i64>,
     pub halted_ms: i64,
     pub released_ms: Option<i64>,
+    /// Recorded by another replica sharing Redis: its incident and alert are in that
+    /// replica's database (read from the row: a halt recorded here always has its
+    /// incident).
+    #[serde(default)]
+    pub recorded_elsewhere: bool,
 }
 
 impl TaskRecord {
@@ -83,6 +94,7 @@ fn task_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         incident_id: r.get(5)?,
         halted_ms: r.get(6)?,
         released_ms: r.get(7)?,
+        recorded_elsewhere: r.get::<_, Option<i64>>(5)?.is_none(),
     })
 }
 
@@ -135,6 +147,24 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(id)
+    }
+
+    /// Record a halt another replica recorded (learnt from the shared state), with its
+    /// time as Redis gave it, unless this store has the task halted already (its own
+    /// halt, with its incident, stays). Replaces a released or flagged record of the
+    /// task. No incident: that is in the database of the replica that recorded it.
+    /// `true` if recorded.
+    pub fn record_shared_halt(&self, h: &KnownHalt) -> Result<bool, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let n = conn.execute(
+            "INSERT INTO halted_tasks (task, agent, status, kind, reason, incident_id, halted_ms, released_ms)
+             VALUES (?1, ?2, 'halted', ?3, ?4, NULL, ?5, NULL)
+             ON CONFLICT (task) DO UPDATE SET agent = ?2, status = 'halted', kind = ?3,
+                 reason = ?4, incident_id = NULL, halted_ms = ?5, released_ms = NULL
+             WHERE halted_tasks.status <> 'halted'",
+            params![h.task, h.agent, h.kind, h.reason, h.halted_ms],
+        )?;
+        Ok(n > 0)
     }
 
     /// Release a halted (or flagged) task. `false` if it was not halted.
@@ -342,5 +372,57 @@ mod tests {
             .unwrap();
         let al = s.alerts(Some("t1"), 10).unwrap();
         assert_eq!((al[0].status.as_str(), al[0].attempts), ("delivered", 2));
+    }
+
+    #[test]
+    fn halts_recorded_elsewhere_are_listed_and_never_replace_one_recorded_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("t.db")).unwrap();
+        let shared = |task: &str, ms: i64| KnownHalt {
+            task: task.into(),
+            halted_ms: ms,
+            reason: "loop detected".into(),
+            kind: "loop".into(),
+            agent: Some("bot".into()),
+        };
+        // A halt only another replica saw: halted here too, marked as recorded there.
+        assert!(s.record_shared_halt(&shared("t1", 10)).unwrap());
+        assert!(!s.record_shared_halt(&shared("t1", 11)).unwrap());
+        let r = s.task_record("t1").unwrap().unwrap();
+        assert!(r.is_halted() && r.recorded_elsewhere);
+        assert_eq!((r.halted_ms, r.incident_id), (10, None));
+        assert_eq!(r.agent.as_deref(), Some("bot"));
+        assert_eq!(s.halted_tasks().unwrap(), std::slice::from_ref(&r));
+        assert_eq!(s.guarded_tasks(10).unwrap(), [r]);
+        // Released (as a reconcile does), then halted again elsewhere: halted again.
+        assert!(s.release_task("t1", 20).unwrap());
+        assert!(!s.task_record("t1").unwrap().unwrap().is_halted());
+        assert!(s.record_shared_halt(&shared("t1", 30)).unwrap());
+        let r = s.task_record("t1").unwrap().unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.halted_ms, r.released_ms),
+            ("halted", 30, None)
+        );
+        // A halt recorded here keeps its incident.
+        let ev = serde_json::json!({"calls": 3});
+        let id = s
+            .record_incident(
+                &NewIncident {
+                    task: "t2",
+                    agent: None,
+                    kind: "iterations",
+                    reason: "too many calls",
+                    evidence: &ev,
+                    dry_run: false,
+                    request_id: None,
+                },
+                40,
+            )
+            .unwrap();
+        assert!(!s.record_shared_halt(&shared("t2", 41)).unwrap());
+        let r = s.task_record("t2").unwrap().unwrap();
+        assert_eq!((r.incident_id, r.halted_ms), (Some(id), 40));
+        assert!(!r.recorded_elsewhere);
+        assert_eq!(r.reason, "too many calls");
     }
 }

@@ -222,11 +222,16 @@ fn print_guard(
     use tollgate_server::admin::iso;
     match record {
         Some(r) => println!(
-            "  guard: {} ({}) since {}: {}",
+            "  guard: {} ({}) since {}: {}{}",
             r.status,
             r.kind,
             iso(r.halted_ms),
-            r.reason
+            r.reason,
+            if r.recorded_elsewhere {
+                "\n  recorded by another replica sharing Redis (its incident and alert are in that replica's database)"
+            } else {
+                ""
+            }
         ),
         None => println!("  guard: running (never halted)"),
     }
@@ -285,13 +290,18 @@ fn list(store: &SqliteStore, since: &str, json: bool) -> Result<()> {
     );
     for t in &guarded {
         println!(
-            "{:<28} {:<18} {:<9} {:<12} {:<24} {}",
+            "{:<28} {:<18} {:<9} {:<12} {:<24} {}{}",
             t.task,
             t.agent.as_deref().unwrap_or("-"),
             t.status,
             t.kind,
             iso(t.halted_ms),
-            t.reason
+            t.reason,
+            if t.recorded_elsewhere {
+                " (recorded by another replica)"
+            } else {
+                ""
+            }
         );
     }
     if guarded.is_empty() {

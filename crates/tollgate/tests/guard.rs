@@ -328,6 +328,28 @@ fn redis_section(url: &str, prefix: &str, guard: &str) -> String {
     )
 }
 
+/// A task's guard status as a replica's admin API lists it (`GET /admin/guard`).
+async fn status_of(gw: &TestGateway, task: &str) -> Option<String> {
+    let listed = admin(gw, reqwest::Method::GET, "/admin/guard").await;
+    listed["guarded"]
+        .as_array()?
+        .iter()
+        .find(|t| t["task"] == task)
+        .and_then(|t| t["status"].as_str())
+        .map(str::to_string)
+}
+
+/// Whether `cond` holds within 6 s (three refreshes), polling every 100 ms.
+async fn eventually(mut cond: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..60 {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn clear_redis(url: &str, prefix: &str) {
     tollgate_store::counters::RedisCounters::connect(url, prefix)
         .await
@@ -339,7 +361,9 @@ async fn clear_redis(url: &str, prefix: &str) {
 
 /// Two replicas, one Redis: a halt decided on replica A is refused by replica B on its
 /// very next call for the task (A writes the halt to Redis before its own 409 goes out,
-/// and every admission asks Redis); `tollgate tasks release` clears it on both.
+/// and every admission asks Redis), and listed by B's own views within a refresh;
+/// `tollgate tasks release` (or either replica's admin API) clears it on both, and both
+/// list it released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
     let Some(url) = redis_url() else { return };
@@ -393,6 +417,78 @@ async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
     assert_eq!(hook.received().len(), 1, "{:?}", hook.received());
     assert_eq!(a.store.incidents(Some("ticket-88"), 10).unwrap().len(), 1);
     assert!(b.store.incidents(Some("ticket-88"), 10).unwrap().is_empty());
+    // B's views list A's halt within a refresh (2 s): its store, its admin API, its
+    // dashboard, with A's reason, agent and halt time, marked as recorded elsewhere.
+    let on_a = a.store.task_record("ticket-88").unwrap().unwrap();
+    assert!(on_a.is_halted() && !on_a.recorded_elsewhere);
+    assert!(
+        eventually(async || status_of(&b, "ticket-88").await.as_deref() == Some("halted")).await,
+        "B's /admin/guard lists the halt A recorded"
+    );
+    let on_b = b.store.task_record("ticket-88").unwrap().unwrap();
+    assert!(on_b.is_halted() && on_b.recorded_elsewhere);
+    assert_eq!(
+        (&on_b.reason, &on_b.kind, on_b.halted_ms, &on_b.agent),
+        (&on_a.reason, &on_a.kind, on_a.halted_ms, &on_a.agent)
+    );
+    assert_eq!(on_b.agent.as_deref(), Some("agent-a"));
+    assert_eq!(on_b.incident_id, None);
+    assert!(
+        b.store
+            .guarded_tasks(50)
+            .unwrap()
+            .iter()
+            .any(|t| t.task == "ticket-88" && t.is_halted())
+    );
+    let listed = admin(&b, reqwest::Method::GET, "/admin/guard").await;
+    let row = listed["guarded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == "ticket-88")
+        .unwrap()
+        .clone();
+    assert_eq!(row["recorded_elsewhere"], true);
+    assert!(row["reason"].as_str().unwrap().contains("loop detected"));
+    let shown = admin(&b, reqwest::Method::GET, "/admin/guard/ticket-88").await;
+    assert_eq!(shown["record"]["status"], "halted");
+    assert!(shown["incidents"].as_array().unwrap().is_empty());
+    let dash = admin(&b, reqwest::Method::GET, "/admin/dashboard").await;
+    assert!(
+        dash["halted_tasks"]["rows"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|t| t["task"] == "ticket-88"
+                && t["status"] == "halted"
+                && t["recorded_elsewhere"] == true)),
+        "{}",
+        dash["halted_tasks"]
+    );
+    // And `tollgate tasks list|show` on B's database.
+    let cli_on_b = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["tasks", "--db"])
+            .arg(&db_b)
+            .args(args)
+            .env_remove("TOLLGATE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = cli_on_b(&["list"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("ticket-88 "))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("halted") && line.contains("(recorded by another replica)"),
+        "{line}"
+    );
+    let show = cli_on_b(&["show", "ticket-88"]);
+    assert!(
+        show.contains("guard: halted (loop)") && show.contains("recorded by another replica"),
+        "{show}"
+    );
 
     // Release from the CLI against A's database and the shared config: both replicas
     // let the task through on the next call, with a fresh history.
@@ -418,6 +514,16 @@ async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
         let r = call(gw, "ticket-88", agents::conversation(&goal, &steps, 1)).await;
         assert_eq!(r.status(), 200);
     }
+    // Released in A's database at once, and in B's copy within a refresh: both list it
+    // released.
+    assert_eq!(
+        status_of(&a, "ticket-88").await.as_deref(),
+        Some("released")
+    );
+    assert!(
+        eventually(async || status_of(&b, "ticket-88").await.as_deref() == Some("released")).await,
+        "B's copy of the halt is released within a refresh"
+    );
     // A task polling the same thing, its calls alternating replicas: each replica
     // judges loops on the calls it saw: A's calls 0, 2, 4, 6 are the first and three
     // repeats (the limit), call 8 its fourth repeat: halted; B refuses call 9 and after.
@@ -437,25 +543,34 @@ async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
             .unwrap()
             .is_some_and(|r| r.is_halted())
     };
-    assert!(halted_in(&a) && !halted_in(&b));
-    // Released through B's admin API (B's store never had it): every replica lets it
-    // through at once, and A's store records the release within a refresh.
+    assert!(halted_in(&a));
+    assert_eq!(a.store.incidents(Some("ticket-89"), 10).unwrap().len(), 1);
+    assert!(
+        eventually(async || halted_in(&b)).await,
+        "B lists the halt A recorded"
+    );
+    // Released through B's admin API (B only holds A's halt as a copy): every replica
+    // lets it through at once, B lists it released at once, and A's store records the
+    // release within a refresh.
     let r = admin(&b, reqwest::Method::POST, "/admin/tasks/ticket-89/release").await;
     assert_eq!(r["released"], true);
+    assert_eq!(
+        status_of(&b, "ticket-89").await.as_deref(),
+        Some("released")
+    );
     let msgs = vec![json!({"role": "user", "content": "poll the build"})];
     assert_eq!(call(&a, "ticket-89", msgs).await.status(), 200);
-    let mut released = false;
-    for _ in 0..60 {
-        if !halted_in(&a) {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        released,
+        eventually(async || !halted_in(&a)).await,
         "the halting replica's store learned of the release"
     );
+    assert_eq!(
+        status_of(&a, "ticket-89").await.as_deref(),
+        Some("released")
+    );
+    // And stays released on both: the release is not undone by a later refresh.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(!halted_in(&a) && !halted_in(&b));
     a.stop().await;
     b.stop().await;
     clear_redis(&url, &prefix).await;

@@ -102,7 +102,7 @@
       ["task", (r) => r.task],
       ["agent", (r) => r.agent || "(none)"],
       ["status", (r) => el("span", { class: "status " + (r.status === "halted" ? "failure" : "success"), text: r.status })],
-      ["why", (r) => r.reason, "wrap"],
+      ["why", (r) => r.reason + (r.recorded_elsewhere ? " (recorded by another replica)" : ""), "wrap"],
       ["when", (r) => shortTime(r.at)],
     ]);
     renderTable($("alerts"), d.alerts, "No alerts.", [

@@ -440,14 +440,14 @@ async fn redis_task_state_is_shared_halted_once_and_released_everywhere() {
     assert_eq!(t2.spend_last_minute, Money::from_nanos(300));
     // Two replicas trip at once: one records it, the other learns the reason.
     let HaltClaim::First { halted_ms } = b
-        .task_halt("t", run, "loop detected", "loop", false)
+        .task_halt("t", None, run, "loop detected", "loop", false)
         .await
         .unwrap()
     else {
         panic!("the first halt is claimed");
     };
     assert_eq!(
-        a.task_halt("t", run, "too many calls", "iterations", false)
+        a.task_halt("t", None, run, "too many calls", "iterations", false)
             .await
             .unwrap(),
         HaltClaim::Already("loop detected".into())
@@ -485,11 +485,11 @@ async fn redis_task_state_is_shared_halted_once_and_released_everywhere() {
     // Dry-run flags are claimed once too.
     let (_, d) = counted(a.task_admit("d", T0, false).await.unwrap());
     assert!(matches!(
-        a.task_halt("d", d, "x", "loop", true).await.unwrap(),
+        a.task_halt("d", None, d, "x", "loop", true).await.unwrap(),
         HaltClaim::First { .. }
     ));
     assert_eq!(
-        b.task_halt("d", d, "x", "loop", true).await.unwrap(),
+        b.task_halt("d", None, d, "x", "loop", true).await.unwrap(),
         HaltClaim::Already(String::new())
     );
     a.clear().await.unwrap();
@@ -508,6 +508,7 @@ fn known(task: &str, halted_ms: i64) -> super::KnownHalt {
         halted_ms,
         reason: "loop detected".into(),
         kind: "loop".into(),
+        agent: None,
     }
 }
 
@@ -533,7 +534,7 @@ async fn redis_a_release_is_not_undone_by_calls_admitted_before_it() {
     let (_, old) = counted(a.task_admit("h", T0, false).await.unwrap());
     b.task_release("h").await.unwrap();
     assert_eq!(
-        a.task_halt("h", old, "too many calls", "iterations", false)
+        a.task_halt("h", None, old, "too many calls", "iterations", false)
             .await
             .unwrap(),
         HaltClaim::Stale
@@ -544,13 +545,13 @@ async fn redis_a_release_is_not_undone_by_calls_admitted_before_it() {
     assert_ne!(new, old);
     // Still stale once the new run exists (dry-run flags alike).
     assert_eq!(
-        a.task_halt("h", old, "too many calls", "iterations", false)
+        a.task_halt("h", None, old, "too many calls", "iterations", false)
             .await
             .unwrap(),
         HaltClaim::Stale
     );
     assert_eq!(
-        a.task_halt("h", old, "too many calls", "iterations", true)
+        a.task_halt("h", None, old, "too many calls", "iterations", true)
             .await
             .unwrap(),
         HaltClaim::Stale
@@ -561,7 +562,7 @@ async fn redis_a_release_is_not_undone_by_calls_admitted_before_it() {
     ));
     // A halt of the new run is recorded.
     assert!(matches!(
-        b.task_halt("h", new, "loop detected", "loop", false)
+        b.task_halt("h", None, new, "loop detected", "loop", false)
             .await
             .unwrap(),
         HaltClaim::First { .. }
@@ -608,7 +609,7 @@ async fn redis_reconcile_keeps_a_release_whatever_the_clocks_say() {
     // time; the release lands before A's own store has even recorded the halt.
     let (_, run) = counted(a.task_admit("s", FAR_FUTURE, false).await.unwrap());
     let HaltClaim::First { halted_ms } = a
-        .task_halt("s", run, "loop detected", "loop", false)
+        .task_halt("s", None, run, "loop detected", "loop", false)
         .await
         .unwrap()
     else {
@@ -668,7 +669,7 @@ async fn redis_reconcile_keeps_a_release_whatever_the_clocks_say() {
     let (_, run2) = counted(a.task_admit("n", T0, false).await.unwrap());
     assert_ne!(run, run2);
     let HaltClaim::First { halted_ms } = a
-        .task_halt("n", run2, "loop detected", "loop", false)
+        .task_halt("n", None, run2, "loop detected", "loop", false)
         .await
         .unwrap()
     else {
@@ -696,6 +697,128 @@ async fn redis_reconcile_keeps_a_release_whatever_the_clocks_say() {
     assert_eq!(
         a.task_reconcile(&[known("n", halted_ms)]).await.unwrap(),
         ["n"]
+    );
+    a.clear().await.unwrap();
+}
+
+/// The index of halts: a replica reading it learns every halt recorded elsewhere, once,
+/// a bounded page at a time, with the halt's reason, kind, Redis time and agent; releases
+/// leave it, dry-run flags never enter it; a Redis that lost its data (a new epoch) is
+/// read from the start again, and the halts written back by reconciling are in it, as are
+/// halts recorded before halts were indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_halts_are_indexed_for_every_replica() {
+    use super::{HaltClaim, HaltCursor, KnownHalt};
+    let Some(url) = redis_url() else { return };
+    let prefix = unique("halt-index");
+    let a = redis(&url, &prefix).await;
+    let b = RedisCounters::connect(&url, &prefix).await.unwrap();
+    let start = HaltCursor::default();
+    let (none, c0) = b.task_halts_since(&start, 10).await.unwrap();
+    assert!(none.is_empty());
+
+    let halt = async |task: &str, agent: Option<&str>| {
+        let (_, run) = counted(a.task_admit(task, T0, false).await.unwrap());
+        match a
+            .task_halt(task, agent, run, "loop detected", "loop", false)
+            .await
+            .unwrap()
+        {
+            HaltClaim::First { halted_ms } => halted_ms,
+            other => panic!("{task}: {other:?}"),
+        }
+    };
+    let x_ms = halt("x", Some("bot")).await;
+    let (tasks, c1) = b.task_halts_since(&c0, 10).await.unwrap();
+    assert_eq!(tasks, ["x"]);
+    assert!(c1.is_past(&c0));
+    assert_eq!(
+        b.task_halts(&tasks).await.unwrap(),
+        [KnownHalt {
+            task: "x".into(),
+            halted_ms: x_ms,
+            reason: "loop detected".into(),
+            kind: "loop".into(),
+            agent: Some("bot".into()),
+        }]
+    );
+    // Nothing new: an empty page, and the cursor stays.
+    let (tasks, same) = b.task_halts_since(&c1, 10).await.unwrap();
+    assert!(tasks.is_empty());
+    assert_eq!(same, c1);
+
+    // Pages of one, in the order the halts were written; a dry-run flag is not a halt.
+    halt("y", None).await;
+    let (_, d) = counted(a.task_admit("d", T0, false).await.unwrap());
+    assert!(matches!(
+        a.task_halt("d", None, d, "x", "loop", true).await.unwrap(),
+        HaltClaim::First { .. }
+    ));
+    halt("z", None).await;
+    let (p1, c2) = b.task_halts_since(&c1, 1).await.unwrap();
+    let (p2, c3) = b.task_halts_since(&c2, 1).await.unwrap();
+    let (p3, c4) = b.task_halts_since(&c3, 1).await.unwrap();
+    assert_eq!((p1, p2), (vec!["y".to_string()], vec!["z".to_string()]));
+    assert!(p3.is_empty() && c4 == c3 && c3.is_past(&c2) && c2.is_past(&c1));
+    assert_eq!(
+        b.task_halts(&["y".to_string()]).await.unwrap()[0].agent,
+        None
+    );
+
+    // Released on one replica: out of the index, and no longer a halt to copy.
+    assert!(b.task_release("y").await.unwrap());
+    let (all, _) = b.task_halts_since(&start, 10).await.unwrap();
+    assert_eq!(all, ["x", "z"]);
+    assert!(b.task_halts(&["y".to_string()]).await.unwrap().is_empty());
+
+    // Redis loses everything: the index restarts (a new epoch), and a reader whose
+    // cursor is far along reads it from the start. The halt of "x" written back by a
+    // replica that holds it is in the new index, with what that replica knew.
+    a.clear().await.unwrap();
+    let mut x = known("x", x_ms);
+    x.agent = Some("bot".into());
+    assert!(a.task_reconcile(&[x.clone()]).await.unwrap().is_empty());
+    let (tasks, c5) = b.task_halts_since(&c4, 10).await.unwrap();
+    assert_eq!(tasks, ["x"]);
+    assert!(c5.is_past(&c4));
+    assert_eq!(b.task_halts(&tasks).await.unwrap(), [x]);
+
+    // A halt written by a tollgate that did not index halts is indexed by the next
+    // reconcile of a replica holding it; a hash that is not a halt is left out.
+    let mut conn = a.conn().await.unwrap();
+    let () = ::redis::cmd("HSET")
+        .arg(a.k("th:old"))
+        .arg("reason")
+        .arg("loop detected")
+        .arg("kind")
+        .arg("loop")
+        .arg("ms")
+        .arg(T0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = ::redis::cmd("HSET")
+        .arg(a.k("th:junk"))
+        .arg("reason")
+        .arg("no time")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (tasks, c6) = b.task_halts_since(&c5, 10).await.unwrap();
+    assert!(tasks.is_empty());
+    assert!(
+        a.task_reconcile(&[known("old", T0)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (tasks, _) = b.task_halts_since(&c6, 10).await.unwrap();
+    assert_eq!(tasks, ["old"]);
+    assert_eq!(
+        b.task_halts(&["old".to_string(), "junk".to_string(), "never".to_string()])
+            .await
+            .unwrap(),
+        [known("old", T0)]
     );
     a.clear().await.unwrap();
 }

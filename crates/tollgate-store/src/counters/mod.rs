@@ -21,7 +21,7 @@ mod redis_tasks;
 
 pub use memory::MemoryCounters;
 pub use redis::RedisCounters;
-pub use redis_tasks::{HaltClaim, KnownHalt, TaskAdmit, TaskRun};
+pub use redis_tasks::{HaltClaim, HaltCursor, KnownHalt, TaskAdmit, TaskRun};
 
 use tollgate_domain::budget::{Account, Line, SettledLine};
 use tollgate_domain::money::Money;

@@ -2,8 +2,15 @@
 //! sees one task: whether it is halted, how many calls it made, what it cost.
 //!
 //! Keys (under the counters' prefix; `<t>` is the task id):
-//! - `th:<t>`: the halt, a hash `{reason, kind, ms}`. No expiry: a halted task stays
-//!   halted until released.
+//! - `th:<t>`: the halt, a hash `{reason, kind, ms, agent}` (`agent` absent for a task
+//!   without one). No expiry: a halted task stays halted until released.
+//! - `thi`: the index of halts, a sorted set of the halted tasks scored by when their halt
+//!   was written (a sequence number from `ths`): how a replica learns of halts other
+//!   replicas recorded, a page at a time and only the new ones
+//!   ([`RedisCounters::task_halts_since`]). A release removes the task.
+//! - `ths`: the index's sequence, a hash `{epoch, n}`; `epoch` (Redis's time when the
+//!   sequence started) tells a replica that the index was lost and restarted, so it
+//!   reads it again from the start.
 //! - `tf:<t>`: a dry-run flag (the task was reported once; it keeps running).
 //! - `tc:<t>`: the task's totals, a hash `{gen, started, iter, cost}` (cost in nano-USD),
 //!   expiring after [`TASK_IDLE_MS`] without a call. `gen` names this run of the task
@@ -15,6 +22,8 @@
 //!   replica whose own store still says "halted" learns that someone released it
 //!   elsewhere (and tells a release from a Redis that lost its data).
 //! - `tgen`: the last run generation handed out.
+//!
+//! Keys are built on the replica and passed to the scripts (never built inside them).
 //!
 //! Admission is one script run ([`RedisCounters::task_admit`]): refuse if halted,
 //! otherwise count the call and return the totals and the run's generation, atomically.
@@ -32,6 +41,13 @@
 //! the halt it clears. So a release is recognised whichever hosts halted and released
 //! and however their clocks disagree; [`RedisCounters::task_reconcile`] compares a
 //! stored halt's time with the last release's.
+//!
+//! Every replica's own database lists the halts in force wherever they were recorded: on
+//! each refresh a replica reads the index from where it stopped
+//! ([`RedisCounters::task_halts_since`], usually an empty answer) and copies the halts its
+//! database lacks ([`RedisCounters::task_halts`]) as recorded by another replica. Copies
+//! carry the halt's Redis time, so [`RedisCounters::task_reconcile`] releases them like
+//! the replica's own when a release happens anywhere.
 
 use super::{CounterError, RedisCounters};
 use redis::Script;
@@ -90,9 +106,21 @@ local function redis_now()
 end
 "#;
 
+/// Add a task to the index of halts (`thi`) with the next number of its sequence (`ths`,
+/// whose epoch is set when the sequence starts), as Lua.
+const INDEX_HALT: &str = r#"
+local function index_halt(thi, ths, task)
+  if redis.call('HEXISTS', ths, 'epoch') == 0 then
+    local t = redis.call('TIME')
+    redis.call('HSET', ths, 'epoch', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+  end
+  redis.call('ZADD', thi, redis.call('HINCRBY', ths, 'n', 1), task)
+end
+"#;
+
 const HALT: &str = r#"
--- KEYS: th:<t> (or tf:<t> in dry run), tc:<t>, tr:<t>
--- ARGV: reason, kind, dry (1/0), idle_ms, generation
+-- KEYS: th:<t> (or tf:<t> in dry run), tc:<t>, tr:<t>, thi, ths
+-- ARGV: reason, kind, dry (1/0), idle_ms, generation, task, agent ('' for none)
 -- {1, ms}: recorded at ms (Redis's clock, after the task's last release); {0, reason}:
 -- halted (flagged) already; {2}: the call's run was released since it was admitted.
 if ARGV[3] == '1' then
@@ -110,12 +138,14 @@ if ARGV[3] == '1' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
 else
   redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'kind', ARGV[2], 'ms', at)
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'agent', ARGV[7]) end
+  index_halt(KEYS[4], KEYS[5], ARGV[6])
 end
 return {1, ms}
 "#;
 
 const RELEASE: &str = r#"
--- KEYS: th, tf, tc, tv, tr (of one task);  ARGV: keep_ms
+-- KEYS: th, tf, tc, tv, tr (of one task), thi;  ARGV: keep_ms, task
 -- Stamped on Redis's clock, no earlier than the halt it clears or the last release.
 local was = redis.call('EXISTS', KEYS[1])
 local ms = redis_now()
@@ -124,24 +154,50 @@ if h and h > ms then ms = h end
 local prev = tonumber(redis.call('GET', KEYS[5]) or '')
 if prev and prev > ms then ms = prev end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[6], ARGV[2])
 redis.call('SET', KEYS[5], string.format('%.0f', ms), 'PX', ARGV[1])
 return was
 "#;
 
 const RECONCILE: &str = r#"
--- KEYS: per task (th, tr);  ARGV: per task (halted_ms, reason, kind)
--- Returns the (0-based) indices of tasks released since they were halted.
+-- KEYS: thi, ths, then per task (th, tr);  ARGV: per task (halted_ms, reason, kind,
+-- agent ('' for none), task)
+-- Returns the (0-based) indices of tasks released since they were halted. A halt Redis
+-- lost is written back (and indexed); one in force but not in the index (recorded by a
+-- tollgate that did not index halts) is indexed.
 local out = {}
-for i = 1, #KEYS / 2 do
-  local a = (i - 1) * 3
-  if redis.call('EXISTS', KEYS[2 * i - 1]) == 0 then
-    local rel = tonumber(redis.call('GET', KEYS[2 * i]) or '-1') or -1
+for i = 1, (#KEYS - 2) / 2 do
+  local th, tr = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local a = (i - 1) * 5
+  if redis.call('EXISTS', th) == 0 then
+    local rel = tonumber(redis.call('GET', tr) or '-1') or -1
     if rel >= tonumber(ARGV[a + 1]) then
       out[#out + 1] = i - 1
     else
-      redis.call('HSET', KEYS[2 * i - 1], 'reason', ARGV[a + 2], 'kind', ARGV[a + 3], 'ms', ARGV[a + 1])
+      redis.call('HSET', th, 'reason', ARGV[a + 2], 'kind', ARGV[a + 3], 'ms', ARGV[a + 1])
+      if ARGV[a + 4] ~= '' then redis.call('HSET', th, 'agent', ARGV[a + 4]) end
+      index_halt(KEYS[1], KEYS[2], ARGV[a + 5])
     end
+  elseif not redis.call('ZSCORE', KEYS[1], ARGV[a + 5]) then
+    index_halt(KEYS[1], KEYS[2], ARGV[a + 5])
   end
+end
+return out
+"#;
+
+const HALTS_SINCE: &str = r#"
+-- KEYS: thi, ths;  ARGV: epoch seen ('' for none), after (a sequence number), most
+-- Returns {epoch, after, task, seq, task, seq, ...}: the tasks indexed after `after`, in
+-- order; from the start if the index restarted since (another epoch).
+local epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
+local after = tonumber(ARGV[2]) or 0
+if epoch ~= ARGV[1] then after = 0 end
+local out = {epoch, after}
+local page = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', after), '+inf',
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #page, 2 do
+  out[#out + 1] = page[i]
+  out[#out + 1] = tonumber(page[i + 1])
 end
 return out
 "#;
@@ -153,6 +209,7 @@ pub(super) struct TaskScripts {
     halt: Script,
     release: Script,
     reconcile: Script,
+    halts_since: Script,
 }
 
 impl TaskScripts {
@@ -160,9 +217,10 @@ impl TaskScripts {
         TaskScripts {
             admit: Script::new(ADMIT),
             cost: Script::new(COST),
-            halt: Script::new(&format!("{REDIS_NOW}{HALT}")),
+            halt: Script::new(&format!("{REDIS_NOW}{INDEX_HALT}{HALT}")),
             release: Script::new(&format!("{REDIS_NOW}{RELEASE}")),
-            reconcile: Script::new(RECONCILE),
+            reconcile: Script::new(&format!("{INDEX_HALT}{RECONCILE}")),
+            halts_since: Script::new(HALTS_SINCE),
         }
     }
 }
@@ -196,7 +254,8 @@ pub enum HaltClaim {
     Stale,
 }
 
-/// A halted task as a replica's own store records it.
+/// A halted task as a replica's own store records it, or as the shared state holds it
+/// ([`RedisCounters::task_halts`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownHalt {
     pub task: String,
@@ -205,6 +264,23 @@ pub struct KnownHalt {
     pub halted_ms: i64,
     pub reason: String,
     pub kind: String,
+    pub agent: Option<String>,
+}
+
+/// Where a replica stopped reading the index of halts (`thi`): the index's epoch and the
+/// last sequence number read. The default reads it from the start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaltCursor {
+    epoch: String,
+    seq: i64,
+}
+
+impl HaltCursor {
+    /// Whether `self` has read further than `other` (a later read of the same index, or a
+    /// read of a newer index).
+    pub fn is_past(&self, other: &HaltCursor) -> bool {
+        self.epoch != other.epoch || self.seq > other.seq
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> CounterError {
@@ -285,12 +361,14 @@ impl RedisCounters {
         Ok(())
     }
 
-    /// Record a halt (or, `dry_run`, a flag) decided on a call counted in `run`, unless
-    /// one is there already or that run is over. Every replica refuses the task from
-    /// the moment this returns [`HaltClaim::First`].
+    /// Record a halt (or, `dry_run`, a flag) of `agent`'s task decided on a call counted
+    /// in `run`, unless one is there already or that run is over. Every replica refuses
+    /// the task from the moment this returns [`HaltClaim::First`], and lists the halt
+    /// within a refresh.
     pub async fn task_halt(
         &self,
         task: &str,
+        agent: Option<&str>,
         run: TaskRun,
         reason: &str,
         kind: &str,
@@ -300,11 +378,15 @@ impl RedisCounters {
         inv.key(self.task_key(if dry_run { "tf" } else { "th" }, task))
             .key(self.task_key("tc", task))
             .key(self.task_key("tr", task))
+            .key(self.k("thi"))
+            .key(self.k("ths"))
             .arg(reason)
             .arg(kind)
             .arg(if dry_run { "1" } else { "0" })
             .arg(TASK_IDLE_MS)
-            .arg(run.0);
+            .arg(run.0)
+            .arg(task)
+            .arg(agent.unwrap_or(""));
         let mut conn = self.conn().await?;
         let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
         let bad = || CounterError(format!("task halt script answered {out:?}"));
@@ -327,7 +409,7 @@ impl RedisCounters {
         for kind in ["th", "tf", "tc", "tv", "tr"] {
             inv.key(self.task_key(kind, task));
         }
-        inv.arg(RELEASED_KEEP_MS);
+        inv.key(self.k("thi")).arg(RELEASED_KEEP_MS).arg(task);
         let mut conn = self.conn().await?;
         let was: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(was == 1)
@@ -341,10 +423,15 @@ impl RedisCounters {
         let mut released = Vec::new();
         for chunk in known.chunks(128) {
             let mut inv = self.tasks.reconcile.prepare_invoke();
+            inv.key(self.k("thi")).key(self.k("ths"));
             for h in chunk {
                 inv.key(self.task_key("th", &h.task))
                     .key(self.task_key("tr", &h.task));
-                inv.arg(h.halted_ms).arg(&h.reason).arg(&h.kind);
+                inv.arg(h.halted_ms)
+                    .arg(&h.reason)
+                    .arg(&h.kind)
+                    .arg(h.agent.as_deref().unwrap_or(""))
+                    .arg(&h.task);
             }
             let mut conn = self.conn().await?;
             let idx: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(err)?;
@@ -355,5 +442,71 @@ impl RedisCounters {
             }
         }
         Ok(released)
+    }
+
+    /// Tasks halted (by any replica) since `cursor`, at most `most` of them in the order
+    /// their halts were written, and where to read on from next time. Usually empty: one
+    /// script run that reads two keys. Read from the start when the index restarted (Redis
+    /// lost its data). A task halted again after a write-back or a new halt comes again.
+    pub async fn task_halts_since(
+        &self,
+        cursor: &HaltCursor,
+        most: usize,
+    ) -> Result<(Vec<String>, HaltCursor), CounterError> {
+        let mut inv = self.tasks.halts_since.prepare_invoke();
+        inv.key(self.k("thi"))
+            .key(self.k("ths"))
+            .arg(&cursor.epoch)
+            .arg(cursor.seq)
+            .arg(most.max(1));
+        let mut conn = self.conn().await?;
+        let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
+        let bad = || CounterError(format!("halt index script answered {out:?}"));
+        let mut next = HaltCursor {
+            epoch: text(out.first().ok_or_else(bad)?)?,
+            seq: int(out.get(1).ok_or_else(bad)?)?,
+        };
+        let mut tasks = Vec::new();
+        for pair in out.get(2..).unwrap_or_default().chunks(2) {
+            let [task, seq] = pair else { return Err(bad()) };
+            tasks.push(text(task)?);
+            next.seq = next.seq.max(int(seq)?);
+        }
+        Ok((tasks, next))
+    }
+
+    /// The halts in force of `tasks` (one round trip); a task no longer halted (released
+    /// since) is left out.
+    pub async fn task_halts(&self, tasks: &[String]) -> Result<Vec<KnownHalt>, CounterError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for t in tasks {
+            pipe.cmd("HMGET")
+                .arg(self.task_key("th", t))
+                .arg("reason")
+                .arg("kind")
+                .arg("ms")
+                .arg("agent");
+        }
+        let mut conn = self.conn().await?;
+        type Fields = [Option<String>; 4];
+        let rows: Vec<Fields> = pipe.query_async(&mut conn).await.map_err(err)?;
+        // A hash without a reason or a readable time is not a halt this tollgate wrote:
+        // left out rather than failing every other one.
+        Ok(tasks
+            .iter()
+            .zip(rows)
+            .filter_map(|(task, [reason, kind, ms, agent])| {
+                Some(KnownHalt {
+                    task: task.clone(),
+                    halted_ms: ms?.parse().ok()?,
+                    reason: reason?,
+                    kind: kind.unwrap_or_default(),
+                    agent: agent.filter(|a| !a.is_empty()),
+                })
+            })
+            .collect())
     }
 }
