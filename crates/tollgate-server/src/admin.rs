@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::{Gateway, now_ms};
+use crate::value::store_call;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -90,18 +91,6 @@ pub struct UsageQuery {
     until: Option<String>,
 }
 
-async fn blocking<T: Send + 'static>(
-    gw: &Gateway,
-    f: impl FnOnce() -> Result<T, tollgate_store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let _ = gw;
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
-}
-
 /// `GET /admin/usage?group_by=agent&since=24h`
 pub async fn usage(
     State(gw): State<Arc<Gateway>>,
@@ -143,7 +132,7 @@ pub async fn usage(
         (Err(e), _) | (_, Err(e)) => return e.into_response(None),
     };
     let store = gw.store.clone();
-    match blocking(&gw, move || store.usage_report(group_by, since, until)).await {
+    match store_call(move || store.usage_report(group_by, since, until)).await {
         Ok(r) => Json(report_json(&r)).into_response(),
         Err(e) => e.into_response(None),
     }
@@ -171,11 +160,7 @@ pub async fn create_key(
     };
     let store = gw.store.clone();
     let sealer = gw.sealer.clone();
-    match blocking(&gw, move || {
-        store.create_key_sealed(&new, now_ms(), sealer.as_deref())
-    })
-    .await
-    {
+    match store_call(move || store.create_key_sealed(&new, now_ms(), sealer.as_deref())).await {
         Ok((key, secret)) => {
             gw.keys.insert(key.clone());
             let mut v = serde_json::to_value(&key).unwrap_or_default();
@@ -195,7 +180,7 @@ pub async fn list_keys(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Re
         return e.into_response(None);
     }
     let store = gw.store.clone();
-    match blocking(&gw, move || store.list_keys()).await {
+    match store_call(move || store.list_keys()).await {
         Ok(keys) => Json(json!({"data": keys})).into_response(),
         Err(e) => e.into_response(None),
     }
@@ -212,7 +197,7 @@ pub async fn revoke_key(
     }
     let store = gw.store.clone();
     let key_id = id.clone();
-    match blocking(&gw, move || store.revoke_key(&key_id, now_ms())).await {
+    match store_call(move || store.revoke_key(&key_id, now_ms())).await {
         Ok(true) => {
             gw.keys.remove(&id);
             Json(json!({"id": id, "revoked": true})).into_response()
@@ -233,7 +218,7 @@ pub async fn request_row(
     }
     let store = gw.store.clone();
     let rid = id.clone();
-    match blocking(&gw, move || store.ledger_row(&rid)).await {
+    match store_call(move || store.ledger_row(&rid)).await {
         Ok(Some(row)) => {
             let mut v = serde_json::to_value(&row).unwrap_or_default();
             v["cost_usd"] = Value::String(row.cost.to_string());
@@ -348,7 +333,7 @@ pub async fn list_budgets(State(gw): State<Arc<Gateway>>, headers: HeaderMap) ->
     let tz = cfg.limits.time_zone.clone();
     let config_rules = cfg.limits.budgets.clone();
     let rules2 = rules.clone();
-    let mut out = match blocking(&gw, move || {
+    let mut out = match store_call(move || {
         let db = store.list_budgets()?;
         rules2
             .iter()
@@ -471,7 +456,7 @@ pub async fn set_budget(
     };
     let store = gw.store.clone();
     let r2 = rule.clone();
-    if let Err(e) = blocking(&gw, move || store.upsert_budget(&r2, now_ms())).await {
+    if let Err(e) = store_call(move || store.upsert_budget(&r2, now_ms())).await {
         return e.into_response(None);
     }
     if let Err(e) = crate::admission::refresh(&gw).await {
@@ -510,7 +495,7 @@ pub async fn delete_budget(
         .into_response(None);
     };
     let store = gw.store.clone();
-    match blocking(&gw, move || store.delete_budget(&scope, period)).await {
+    match store_call(move || store.delete_budget(&scope, period)).await {
         Ok(true) => {
             let _ = crate::admission::refresh(&gw).await;
             Json(json!({"deleted": true})).into_response()
@@ -524,14 +509,14 @@ pub async fn delete_budget(
     }
 }
 
-/// `GET /admin/tasks`: tasks the guard acted on, and recent tasks' calls and spend.
+/// `GET /admin/guard`: tasks the guard acted on, and recent tasks' calls and spend.
 pub async fn list_tasks(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = gw.master.check(&headers) {
         return e.into_response(None);
     }
     let store = gw.store.clone();
     let since = now_ms() - 86_400_000;
-    match blocking(&gw, move || {
+    match store_call(move || {
         Ok((
             store.guarded_tasks(200)?,
             store.task_usage(None, since, 200)?,
@@ -550,7 +535,7 @@ pub async fn list_tasks(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> R
     }
 }
 
-/// `GET /admin/tasks/{task}`: its status, incidents with evidence, alerts, usage.
+/// `GET /admin/guard/{task}`: its status, incidents with evidence, alerts, usage.
 pub async fn show_task(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -561,7 +546,7 @@ pub async fn show_task(
     }
     let store = gw.store.clone();
     let t = task.clone();
-    match blocking(&gw, move || {
+    match store_call(move || {
         Ok((
             store.task_record(&t)?,
             store.incidents(Some(&t), 50)?,
@@ -594,7 +579,7 @@ pub async fn release_task(
     }
     let store = gw.store.clone();
     let t = task.clone();
-    match blocking(&gw, move || store.release_task(&t, now_ms())).await {
+    match store_call(move || store.release_task(&t, now_ms())).await {
         Ok(mut released) => {
             if let tollgate_store::counters::Counters::Redis(r) = &gw.limits.counters {
                 // Every replica: they ask Redis on each call.
@@ -616,7 +601,7 @@ pub async fn list_alerts(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> 
         return e.into_response(None);
     }
     let store = gw.store.clone();
-    match blocking(&gw, move || store.alerts(None, 200)).await {
+    match store_call(move || store.alerts(None, 200)).await {
         Ok(a) => Json(json!({"data": a})).into_response(),
         Err(e) => e.into_response(None),
     }

@@ -379,15 +379,7 @@ fn estimate(cache: &TokenCache, enc: Encoding, body: &Map<String, Value>) -> Est
                 prompt += cache.get_or(enc, v, || enc.count(&v.to_string()));
             }
         }
-        let max_output = body
-            .get("max_completion_tokens")
-            .and_then(Value::as_u64)
-            .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
-            .or_else(|| {
-                body.get("inferenceConfig")
-                    .and_then(|c| c.get("maxTokens"))
-                    .and_then(Value::as_u64)
-            });
+        let max_output = crate::ingress::max_output_tokens(body);
         Estimate {
             prompt_tokens: prompt,
             max_output,

@@ -8,6 +8,7 @@ use crate::ingress::IngressRequest;
 use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::time::Duration;
 use tollgate_domain::usage::Usage;
 use tollgate_providers::translate::{self, ErrorClass, Format};
@@ -48,31 +49,32 @@ pub fn prepare(
         (IngressRequest::Chat(r), Format::OpenAi) => {
             let (b, injected) = r.upstream_body(model);
             injected_usage = injected;
-            ("/chat/completions".to_string(), b)
+            (Cow::Borrowed("/chat/completions"), b)
         }
         (IngressRequest::Embeddings(r), Format::OpenAi) => {
-            ("/embeddings".to_string(), r.upstream_body(model))
+            (Cow::Borrowed("/embeddings"), r.upstream_body(model))
         }
         (IngressRequest::Messages(r), Format::Anthropic) => {
-            ("/messages".to_string(), r.upstream_body(model))
+            (Cow::Borrowed("/messages"), r.upstream_body(model))
         }
-        (IngressRequest::Converse(r), Format::Bedrock) => {
-            (bedrock::model_path(model, r.stream), r.upstream_body())
-        }
+        (IngressRequest::Converse(r), Format::Bedrock) => (
+            Cow::Owned(bedrock::model_path(model, r.stream)),
+            r.upstream_body(),
+        ),
         (r, to) => {
             let ir = r.to_ir(to)?;
             stream = ir.stream;
             let (path, v) = match to {
                 Format::OpenAi => (
-                    "/chat/completions".to_string(),
+                    Cow::Borrowed("/chat/completions"),
                     translate::openai::request_from_ir(&ir, model, client)?,
                 ),
                 Format::Anthropic => (
-                    "/messages".to_string(),
+                    Cow::Borrowed("/messages"),
                     translate::anthropic::request_from_ir(&ir, model),
                 ),
                 Format::Bedrock => (
-                    bedrock::model_path(model, ir.stream),
+                    Cow::Owned(bedrock::model_path(model, ir.stream)),
                     translate::bedrock::request_from_ir(&ir, client)?,
                 ),
             };

@@ -115,6 +115,19 @@ pub fn body_labels(
 
 /// Remove tollgate's own keys from the metadata map `field` of `body` (and the map
 /// itself once empty) before forwarding.
+/// A request body's output cap: OpenAI `max_completion_tokens` / `max_tokens`,
+/// Anthropic `max_tokens`, Bedrock `inferenceConfig.maxTokens`.
+pub fn max_output_tokens(body: &Map<String, Value>) -> Option<u64> {
+    body.get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+        .or_else(|| {
+            body.get("inferenceConfig")
+                .and_then(|c| c.get("maxTokens"))
+                .and_then(Value::as_u64)
+        })
+}
+
 pub fn strip_tollgate_metadata(body: &mut Map<String, Value>, field: &str) {
     let empty = match body.get_mut(field) {
         Some(Value::Object(m)) => {
@@ -145,24 +158,14 @@ impl IngressRequest {
         }
     }
 
-    /// The output cap the request carries (`max_completion_tokens` / `max_tokens`, or
-    /// Bedrock's `inferenceConfig.maxTokens`), as sent upstream after any clamping.
+    /// The output cap the request carries, as sent upstream after any clamping.
     pub fn max_output_tokens(&self) -> Option<u64> {
-        let body = match self {
-            IngressRequest::Chat(r) => &r.body,
-            IngressRequest::Messages(r) => &r.body,
-            IngressRequest::Converse(r) => {
-                return r
-                    .body
-                    .get("inferenceConfig")
-                    .and_then(|c| c.get("maxTokens"))
-                    .and_then(Value::as_u64);
-            }
-            IngressRequest::Embeddings(_) => return None,
-        };
-        body.get("max_completion_tokens")
-            .and_then(Value::as_u64)
-            .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+        match self {
+            IngressRequest::Chat(r) => max_output_tokens(&r.body),
+            IngressRequest::Messages(r) => max_output_tokens(&r.body),
+            IngressRequest::Converse(r) => max_output_tokens(&r.body),
+            IngressRequest::Embeddings(_) => None,
+        }
     }
 
     pub fn parse(ingress: &Ingress, bytes: &[u8]) -> Result<IngressRequest, ApiError> {

@@ -473,7 +473,7 @@ async fn forward(
 
     // The output cap as sent (after any clamping): an answer cut off at it is what the
     // client asked for, not a reason to escalate.
-    let output_cap = req.max_output_tokens();
+    let output_cap = escalation.as_ref().and_then(|_| req.max_output_tokens());
 
     // 6. upstream call: the same format forwards the body with the model replaced;
     //    another format goes through the canonical representation.
