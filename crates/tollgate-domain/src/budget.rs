@@ -527,6 +527,20 @@ pub fn threshold_amount(limit: Money, pct: u8) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Config budgets, with database budgets replacing those on the same scope and period.
+pub fn merge_rules(config: &[BudgetRule], db: &[BudgetRule]) -> Vec<BudgetRule> {
+    let mut out: Vec<BudgetRule> = config
+        .iter()
+        .filter(|c| {
+            !db.iter()
+                .any(|d| d.scope == c.scope && d.period == c.period)
+        })
+        .cloned()
+        .collect();
+    out.extend(db.iter().cloned());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,5 +879,28 @@ mod tests {
                 prop_assert_ne!(next.label, w.label);
             }
         }
+    }
+
+    #[test]
+    fn database_budgets_replace_config_ones_on_the_same_scope_and_period() {
+        let rule = |scope: &str, period, usd: i64| BudgetRule {
+            scope: ScopeSpec::parse(scope).unwrap(),
+            period,
+            limit: Money::from_nanos(usd),
+            hard: true,
+            alert_at: vec![],
+        };
+        let merged = merge_rules(
+            &[
+                rule("org", Period::Month, 1),
+                rule("team:a", Period::Day, 2),
+            ],
+            &[
+                rule("team:a", Period::Day, 3),
+                rule("team:a", Period::Week, 4),
+            ],
+        );
+        let limits: Vec<i64> = merged.iter().map(|r| r.limit.nanos()).collect();
+        assert_eq!(limits, [1, 3, 4]);
     }
 }

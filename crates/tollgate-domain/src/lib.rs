@@ -19,6 +19,7 @@
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
 //! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
 //! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
+//! - [`time`]: report windows (`24h`, RFC 3339, Unix ms) and ISO timestamps.
 
 pub mod attribution;
 pub mod budget;
@@ -31,6 +32,7 @@ pub mod pricing;
 pub mod ratelimit;
 pub mod report;
 pub mod routing;
+pub mod time;
 pub mod usage;
 pub mod value;
 

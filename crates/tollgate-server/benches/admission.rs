@@ -15,10 +15,10 @@ use tollgate_domain::attribution::Attribution;
 use tollgate_domain::budget::Line;
 use tollgate_domain::ledger::Endpoint;
 use tollgate_domain::money::Money;
-use tollgate_server::admission;
+use tollgate_server::Gateway;
 use tollgate_server::config::RawConfig;
-use tollgate_server::meter::Meter;
-use tollgate_server::state::Gateway;
+use tollgate_server::ingress::{Ingress, IngressRequest};
+use tollgate_server::limits::Call;
 use tollgate_store::counters::{Counters, RateLine, ReserveRequest};
 
 const N: usize = 20_000;
@@ -116,8 +116,8 @@ fn body(i: usize) -> Map<String, Value> {
 }
 
 async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
-    let dep = gw.config.load().deployments["m"].clone();
-    let hash = gw.config.load().prices.hash().to_string();
+    let cfg = gw.config.load_full();
+    let dep = cfg.deployments["m"].clone();
     let mut samples = Vec::with_capacity(N);
     for i in 0..N + 2000 {
         let attr = Attribution {
@@ -128,18 +128,26 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
             task: Some(format!("task-{}", i % 500)),
             tags: Vec::new(),
         };
-        let mut meter = Meter::new(
-            gw.clone(),
-            format!("req_{i}"),
-            Endpoint::ChatCompletions,
-            Instant::now(),
-            attr,
-        );
-        meter.set_deployment(&dep, &hash);
-        let mut b = body_of(i, fresh);
+        let b = Value::Object(body_of(i, fresh)).to_string();
+        let req = IngressRequest::parse(&Ingress::ChatCompletions, b.as_bytes()).unwrap();
+        let id = format!("req_{i}");
         let t = Instant::now();
-        admission::admit(gw, &mut meter, &mut b).await.unwrap();
-        if let Some(ticket) = meter.admission.take() {
+        let admitted = gw
+            .limits
+            .admit(
+                &cfg.limits,
+                Call {
+                    request_id: &id,
+                    attribution: &attr,
+                    retry: false,
+                    deployment: Some(&dep),
+                    request: &req,
+                },
+            )
+            .await
+            .unwrap();
+        {
+            let ticket = admitted.ticket;
             let mut row = tollgate_domain::ledger::LedgerRow {
                 ts_ms: 0,
                 request_id: format!("req_{i}"),
@@ -165,12 +173,9 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 routing: None,
             };
             row.cost = Money::from_nanos(600_000);
-            admission::settle(gw, ticket, &row);
+            gw.limits.settle(ticket, &row);
         }
         let dt = t.elapsed();
-        // Dropping the meter would queue a ledger row; that is the ledger's cost, not
-        // the budget path's, and is left out.
-        std::mem::forget(meter);
         if i >= 2000 {
             samples.push(dt);
         }

@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate_server::Gateway;
 use tollgate_server::config::RawConfig;
 use tollgate_server::ingress::{Ingress, IngressRequest};
 use tollgate_server::routing;
-use tollgate_server::state::Gateway;
 
 const N: usize = 50_000;
 const WARM: usize = 5_000;

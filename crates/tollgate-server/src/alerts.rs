@@ -6,13 +6,18 @@
 //! 4xx (a wrong URL does not get better), and each attempt's outcome recorded. With no
 //! webhook configured the alert is still recorded (status `no_webhook`) and logged.
 
-use crate::state::{Gateway, now_ms};
+use crate::clock::now_ms;
+use crate::config::limits::AlertConfig;
 use bytes::Bytes;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use tollgate_providers::UpstreamRequest;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_providers::{UpstreamClient, UpstreamRequest, Url};
+use tollgate_store::SqliteStore;
 
 /// One alert.
 #[derive(Debug, Clone)]
@@ -56,118 +61,159 @@ impl Alert {
     }
 }
 
-/// Record `alert` and deliver it in the background.
-pub fn send(gw: &Arc<Gateway>, alert: Alert) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        tracing::error!(subject = %alert.subject, "alert outside a runtime: {}", alert.text);
-        return;
-    };
-    let gw2 = gw.clone();
-    gw.tasks
-        .spawn_on(async move { deliver(gw2, alert).await }, &handle);
+/// Alerts sent, delivered and given up on.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
 }
 
-async fn deliver(gw: Arc<Gateway>, alert: Alert) {
-    let payload = alert.payload();
-    let (url, attempts, timeout, backoff) = {
-        let cfg = gw.config.load();
-        let a = &cfg.limits.alerts;
-        (
-            // Validated as an http(s) URL when the config loaded.
-            a.webhook_url
+/// The alerting component: records every alert, delivers it from a tracked task.
+pub struct Alerts {
+    store: SqliteStore,
+    client: UpstreamClient,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    /// Validated as an http(s) URL when the config loaded. Not `Debug`: such URLs are
+    /// secrets.
+    webhook: Option<Url>,
+    max_attempts: u32,
+    timeout: Duration,
+    backoff: Duration,
+    pub stats: AlertStats,
+}
+
+impl Alerts {
+    pub fn new(
+        settings: &AlertConfig,
+        store: SqliteStore,
+        client: UpstreamClient,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Alerts {
+        Alerts {
+            store,
+            client,
+            tasks,
+            shutdown,
+            webhook: settings
+                .webhook_url
                 .as_ref()
-                .and_then(|u| tollgate_providers::Url::parse(u.expose_secret()).ok()),
-            a.max_attempts,
-            a.timeout,
-            a.backoff,
-        )
-    };
-    let stats = &gw.limits.stats;
-    stats.alerts.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(kind = alert.kind, subject = %alert.subject, "alert: {}", alert.text);
-    let status = if url.is_some() {
-        "pending"
-    } else {
-        "no_webhook"
-    };
-    let id = {
-        let store = gw.store.clone();
-        let (k, s, t, p) = (
-            alert.kind,
-            alert.subject.clone(),
-            alert.text.clone(),
-            payload.clone(),
+                .and_then(|u| Url::parse(u.expose_secret()).ok()),
+            max_attempts: settings.max_attempts,
+            timeout: settings.timeout,
+            backoff: settings.backoff,
+            stats: AlertStats::default(),
+        }
+    }
+
+    /// Record `alert` and deliver it in the background.
+    pub fn send(self: &Arc<Self>, alert: Alert) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(subject = %alert.subject, "alert outside a runtime: {}", alert.text);
+            return;
+        };
+        let me = self.clone();
+        self.tasks
+            .spawn_on(async move { me.deliver(alert).await }, &handle);
+    }
+
+    async fn deliver(self: Arc<Self>, alert: Alert) {
+        let payload = alert.payload();
+        let (url, attempts, timeout, backoff) = (
+            self.webhook.clone(),
+            self.max_attempts,
+            self.timeout,
+            self.backoff,
         );
-        tokio::task::spawn_blocking(move || store.insert_alert(k, &s, &t, &p, status, now_ms()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-    };
-    let Some(url) = url else { return };
-    let body = Bytes::from(payload.to_string());
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    let mut delay = backoff;
-    let mut last_error: Option<String> = None;
-    let mut delivered = false;
-    let mut tried = 0u32;
-    for attempt in 1..=attempts {
-        tried = attempt;
-        let req = UpstreamRequest {
-            url: url.clone(),
-            headers: headers.clone(),
-            body: body.clone(),
-            timeout,
+        let stats = &self.stats;
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(kind = alert.kind, subject = %alert.subject, "alert: {}", alert.text);
+        let status = if url.is_some() {
+            "pending"
+        } else {
+            "no_webhook"
         };
-        let retry = match gw.client.post(req).await {
-            Ok(resp) if resp.status().is_success() => {
-                let _ = resp.bytes().await;
-                delivered = true;
-                false
-            }
-            Ok(resp) => {
-                let s = resp.status();
-                last_error = Some(format!("HTTP {}", s.as_u16()));
-                s.as_u16() == 429 || s.is_server_error()
-            }
-            Err(e) => {
-                last_error = Some(e.to_string());
-                true
-            }
+        let id = {
+            let store = self.store.clone();
+            let (k, s, t, p) = (
+                alert.kind,
+                alert.subject.clone(),
+                alert.text.clone(),
+                payload.clone(),
+            );
+            tokio::task::spawn_blocking(move || store.insert_alert(k, &s, &t, &p, status, now_ms()))
+                .await
+                .ok()
+                .and_then(Result::ok)
         };
-        if delivered || !retry || attempt == attempts {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = gw.shutdown.cancelled() => {
-                // Shutting down: one last try without waiting, then record the outcome.
-                delay = std::time::Duration::ZERO;
+        let Some(url) = url else { return };
+        let body = Bytes::from(payload.to_string());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let mut delay = backoff;
+        let mut last_error: Option<String> = None;
+        let mut delivered = false;
+        let mut tried = 0u32;
+        for attempt in 1..=attempts {
+            tried = attempt;
+            let req = UpstreamRequest {
+                url: url.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+                timeout,
+            };
+            let retry = match self.client.post(req).await {
+                Ok(resp) if resp.status().is_success() => {
+                    let _ = resp.bytes().await;
+                    delivered = true;
+                    false
+                }
+                Ok(resp) => {
+                    let s = resp.status();
+                    last_error = Some(format!("HTTP {}", s.as_u16()));
+                    s.as_u16() == 429 || s.is_server_error()
+                }
+                Err(e) => {
+                    last_error = Some(e.to_string());
+                    true
+                }
+            };
+            if delivered || !retry || attempt == attempts {
+                break;
             }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => {
+                    // Shutting down: one last try without waiting, then record the outcome.
+                    delay = std::time::Duration::ZERO;
+                }
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(60));
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(60));
-    }
-    if delivered {
-        stats.alerts_delivered.fetch_add(1, Ordering::Relaxed);
-    } else {
-        stats.alerts_failed.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(subject = %alert.subject, error = ?last_error, "alert delivery failed after {tried} attempt(s)");
-    }
-    if let Some(id) = id {
-        let store = gw.store.clone();
-        let status = if delivered { "delivered" } else { "failed" };
-        let _ = tokio::task::spawn_blocking(move || {
-            store.update_alert(
-                id,
-                status,
-                tried,
-                last_error.as_deref(),
-                delivered.then(now_ms),
-            )
-        })
-        .await;
+        if delivered {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(subject = %alert.subject, error = ?last_error, "alert delivery failed after {tried} attempt(s)");
+        }
+        if let Some(id) = id {
+            let store = self.store.clone();
+            let status = if delivered { "delivered" } else { "failed" };
+            let _ = tokio::task::spawn_blocking(move || {
+                store.update_alert(
+                    id,
+                    status,
+                    tried,
+                    last_error.as_deref(),
+                    delivered.then(now_ms),
+                )
+            })
+            .await;
+        }
     }
 }

@@ -2,13 +2,14 @@
 //! format-tagged type the pipeline works with.
 
 use crate::error::ApiError;
-use crate::meter::Prompt;
+use crate::tokens::TokenCache;
 use serde_json::{Map, Value};
 use tollgate_domain::attribution::{self, Labels};
 use tollgate_domain::ledger::Endpoint;
 use tollgate_providers::anthropic::MessagesRequest;
 use tollgate_providers::bedrock::ConverseRequest;
 use tollgate_providers::openai::{ChatRequest, EmbeddingsRequest};
+use tollgate_providers::tokenizer::Encoding;
 use tollgate_providers::translate::{self, Format, TranslateError};
 
 /// Metadata keys that carry attribution and are removed before forwarding.
@@ -113,8 +114,6 @@ pub fn body_labels(
     })
 }
 
-/// Remove tollgate's own keys from the metadata map `field` of `body` (and the map
-/// itself once empty) before forwarding.
 /// A request body's output cap: OpenAI `max_completion_tokens` / `max_tokens`,
 /// Anthropic `max_tokens`, Bedrock `inferenceConfig.maxTokens`.
 pub fn max_output_tokens(body: &Map<String, Value>) -> Option<u64> {
@@ -128,6 +127,8 @@ pub fn max_output_tokens(body: &Map<String, Value>) -> Option<u64> {
         })
 }
 
+/// Remove tollgate's own keys from the metadata map `field` of `body` (and the map
+/// itself once empty) before forwarding.
 pub fn strip_tollgate_metadata(body: &mut Map<String, Value>, field: &str) {
     let empty = match body.get_mut(field) {
         Some(Value::Object(m)) => {
@@ -143,7 +144,116 @@ pub fn strip_tollgate_metadata(body: &mut Map<String, Value>, field: &str) {
     }
 }
 
+/// What the request sent, kept only to count its tokens if the upstream never reports.
+pub enum Prompt {
+    None,
+    Chat(Vec<Value>),
+    Embeddings(Value),
+    /// Any other request body (Anthropic, Bedrock): its text fields are counted.
+    Json(Value),
+}
+
+/// The request's size, as far as the gateway can tell before forwarding it.
+pub struct Estimate {
+    pub prompt_tokens: u64,
+    /// `max_completion_tokens` / `max_tokens` as the client sent it.
+    pub max_output: Option<u64>,
+    pub chat: bool,
+}
+
+pub fn estimate(cache: &TokenCache, enc: Encoding, body: &Map<String, Value>) -> Estimate {
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        let mut prompt = cache.chat_prompt(enc, messages, body.get("tools"));
+        // Anthropic and Bedrock keep the system prompt (and Bedrock the tools) apart.
+        for extra in ["system", "toolConfig"] {
+            if let Some(v) = body.get(extra).filter(|v| !v.is_null()) {
+                prompt += cache.get_or(enc, v, || enc.count(&v.to_string()));
+            }
+        }
+        let max_output = max_output_tokens(body);
+        Estimate {
+            prompt_tokens: prompt,
+            max_output,
+            chat: true,
+        }
+    } else {
+        Estimate {
+            prompt_tokens: body
+                .get("input")
+                .map(|i| enc.count_embedding_input(i))
+                .unwrap_or(0),
+            max_output: Some(0),
+            chat: false,
+        }
+    }
+}
+
+/// Write a clamped `max_tokens` in the field the client used (reasoning models only take
+/// `max_completion_tokens`).
+pub fn set_max_tokens(body: &mut Map<String, Value>, model: &str, n: u64) {
+    if let Some(Value::Object(c)) = body.get_mut("inferenceConfig") {
+        c.insert("maxTokens".into(), Value::from(n));
+        return;
+    }
+    let field = if body.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else if body.contains_key("max_tokens") {
+        "max_tokens"
+    } else if model.starts_with('o') || model.starts_with("gpt-5") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    body.insert(field.into(), Value::from(n));
+}
+
 impl IngressRequest {
+    /// The request body as the client wrote it (minus what the gateway edits).
+    pub fn body(&self) -> &Map<String, Value> {
+        match self {
+            IngressRequest::Chat(r) => &r.body,
+            IngressRequest::Embeddings(r) => &r.body,
+            IngressRequest::Messages(r) => &r.body,
+            IngressRequest::Converse(r) => &r.body,
+        }
+    }
+
+    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
+        match self {
+            IngressRequest::Chat(r) => &mut r.body,
+            IngressRequest::Embeddings(r) => &mut r.body,
+            IngressRequest::Messages(r) => &mut r.body,
+            IngressRequest::Converse(r) => &mut r.body,
+        }
+    }
+
+    /// The conversation's messages (every chat format has a `messages` array), which
+    /// the task guard fingerprints.
+    pub fn messages(&self) -> Option<&[Value]> {
+        match self.body().get("messages") {
+            Some(Value::Array(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI `service_tier` the client asked for, which some price tiers depend on.
+    pub fn service_tier(&self) -> Option<&str> {
+        self.body().get("service_tier").and_then(Value::as_str)
+    }
+
+    /// The request's size as far as the gateway can tell before forwarding it (prompt
+    /// tokens counted locally with `enc`, through `cache`).
+    pub fn estimate(&self, cache: &TokenCache, enc: Encoding) -> Estimate {
+        estimate(cache, enc, self.body())
+    }
+
+    /// Lower the request's output cap to `n`, in the field its format uses (Bedrock's
+    /// `inferenceConfig.maxTokens`; for OpenAI the field the client used, else the one
+    /// `upstream_model` takes).
+    pub fn set_max_output_tokens(&mut self, upstream_model: &str, n: u64) {
+        set_max_tokens(self.body_mut(), upstream_model, n);
+    }
+
     /// The client asked for a JSON answer (OpenAI `response_format` `json_object` or
     /// `json_schema`); escalation then checks that the answer parses.
     pub fn json_requested(&self) -> bool {
@@ -299,5 +409,33 @@ mod tests {
             serde_json::from_str(r#"{"requestMetadata":{"tollgate_agent":"a1"}}"#).unwrap();
         strip_tollgate_metadata(&mut only, "requestMetadata");
         assert!(only.get("requestMetadata").is_none());
+    }
+
+    #[test]
+    fn estimates_count_the_prompt_and_read_max_tokens() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"Hello!"}],"max_tokens":50}"#,
+        )
+        .unwrap();
+        let cache = TokenCache::default();
+        let e = estimate(&cache, Encoding::O200kBase, &body);
+        assert!(e.chat && e.prompt_tokens > 3);
+        // Cached per message: the same count, and the same as counting whole.
+        let msgs = body["messages"].as_array().unwrap();
+        assert_eq!(e.prompt_tokens, Encoding::O200kBase.count_chat_prompt(msgs));
+        assert_eq!(
+            estimate(&cache, Encoding::O200kBase, &body).prompt_tokens,
+            e.prompt_tokens
+        );
+        assert_eq!(e.max_output, Some(50));
+        let emb: Map<String, Value> = serde_json::from_str(r#"{"input":["a b c"]}"#).unwrap();
+        let e = estimate(&cache, Encoding::Cl100kBase, &emb);
+        assert_eq!((e.chat, e.max_output), (false, Some(0)));
+        let mut b = Map::new();
+        set_max_tokens(&mut b, "o3-mini", 9);
+        assert_eq!(b["max_completion_tokens"], 9);
+        let mut b = Map::new();
+        set_max_tokens(&mut b, "gpt-4o", 9);
+        assert_eq!(b["max_tokens"], 9);
     }
 }

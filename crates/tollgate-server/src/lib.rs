@@ -1,228 +1,57 @@
 //! tollgate's HTTP server.
 //!
-//! # The request pipeline
-//! Every proxy request, whatever API it came in on (OpenAI, Anthropic, Bedrock), runs
-//! [`proxy::pipeline`]: these steps in this order, in one direction; a
-//! [`meter::Meter`] created at step 2 guarantees step 9 whatever happens after it.
-//! 1. request id
-//! 2. auth: virtual key (bearer, `x-api-key`, or AWS SigV4 for Bedrock clients) → key
-//!    owner's attribution (401/403 stops here, unmetered)
-//! 3. body: read with a size cap (413), parse into a format-tagged request (400)
-//! 4. attribution: key owner, then `x-tollgate-*` headers, then body metadata
-//! 5. deployment (404/403); a routed model name (`auto`) is scored here and resolved
-//!    to a tier's deployment ([`routing::decide`]), so admission prices the tier served
-//! 6. admission ([`admission::admit`]): task guard (409), worst-case reservation across
-//!    every budget and rate limit (402/429), maybe a clamped `max_tokens`; the meter
-//!    settles it on every path
-//! 7. upstream call: same format → the body with the model id replaced (`include_usage`
-//!    injected for OpenAI streams); another format → translated (400 naming a feature
-//!    that cannot be); SigV4-signed for Bedrock
-//! 8. response: JSON read whole; streams passed through whole event by whole event
-//!    with a usage tee, or translated event by event; errors in the client's shape
-//! 9. pricing and ledger: usage × the deployment's rates (exact, rounded up to the
-//!    nano-USD); the row is queued (batched) or committed (strict) before the
-//!    response's last byte; `x-tollgate-request-id` and `x-tollgate-cost-usd` headers
+//! The request path is [`pipeline`]: nine stages in one direction, listed with the
+//! request context's fields (who writes, who reads) at the top of that module.
 //!
 //! # Layout
-//! - [`config`]: raw and validated configuration.
-//! - [`state`]: the shared [`state::Gateway`].
-//! - [`auth`]: virtual keys and the master key.
-//! - [`proxy`]: the endpoints and the one pipeline they run.
-//! - [`token_count`]: Anthropic's `count_tokens`, answered locally (no upstream, no row).
-//! - [`ingress`]: the APIs served and their format-tagged requests.
-//! - [`egress`]: upstream requests (native, translated, signed) and reading answers.
-//! - [`meter`]: the always-runs metering step.
-//! - [`routing`]: routed model names on the hot path (decision, stickiness, escalation).
-//! - [`admin`]: the admin API.
-//! - [`admission`]: budgets, rate limits and the task guard before the upstream call;
-//!   settlement after it.
-//! - [`guard`]: per-task state and halted tasks at run time.
-//! - [`alerts`]: Slack-compatible webhook alerts, retried and recorded.
-//! - [`outcomes`]: task outcomes (`POST /v1/tasks/{task_id}/outcome`).
-//! - [`value`]: ROI, tasks, savings and dashboard data (admin API).
-//! - [`dashboard`]: the embedded web dashboard.
-//! - [`telemetry`]: what each settled request feeds: [`metrics`] (Prometheus) and
-//!   [`otel`] (OTLP traces).
-//! - [`error`]: errors and their single mapping to HTTP.
+//! Modules import downwards only, layer by layer (a test, `tests/layout.rs`, reads the
+//! source and fails on a cycle or on a component that reaches for the gateway):
+//! 1. This file: startup and shutdown ([`run`], [`serve`]).
+//! 2. [`http`]: routes and thin handlers (proxy endpoints, admin API, outcomes, the
+//!    dashboard, `/metrics`, `/healthz`).
+//! 3. [`gateway`]: the shared [`Gateway`] (every component, built once) and the
+//!    [`pipeline::Pipeline`] over them.
+//! 4. [`pipeline`]: the request stages and the [`pipeline::RequestCtx`]; the final
+//!    stage, [`pipeline::meter`], always runs.
+//! 5. Components, which receive the handles they need and never the gateway:
+//!    [`limits`] (budgets, rate limits, the runaway-agent guard, settlement),
+//!    [`alerts`] (webhook alerts), [`telemetry`] (Prometheus metrics, OTLP spans),
+//!    [`routing`] (routed model names), [`auth`] (virtual keys, the master key),
+//!    [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
+//!    answers are read), [`tokens`] (local token counts), [`views`] (the JSON shapes
+//!    the admin API and the CLI share).
+//! 6. Leaves: [`config`] (raw and validated configuration, one file per section),
+//!    [`error`] (errors and their one mapping to HTTP), [`headers`], [`clock`].
 
-pub mod admin;
-pub mod admission;
 pub mod alerts;
 pub mod auth;
+pub mod clock;
 pub mod config;
-pub mod dashboard;
-pub mod egress;
 pub mod error;
-pub mod guard;
+pub mod gateway;
 pub mod headers;
+pub mod http;
 pub mod ingress;
-pub mod meter;
-pub mod metrics;
-pub mod otel;
-pub mod outcomes;
-pub mod proxy;
+pub mod limits;
+pub mod pipeline;
 pub mod routing;
-pub mod state;
 pub mod telemetry;
-pub mod token_count;
-pub mod value;
+pub mod tokens;
+pub mod upstream;
+pub mod views;
 
-use crate::auth::{KeyCache, MasterKey};
+pub use gateway::{Gateway, ServerError, build};
+pub use http::router;
+
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::state::{Gateway, RequestIds, now_ms};
-use arc_swap::ArcSwap;
-use axum::Router;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tollgate_providers::{ClientConfig, ProviderError, UpstreamClient};
-use tollgate_store::{LedgerConfig, LedgerWriter, SecretSealer, SqliteStore, StoreError};
-
-/// Why the server could not start or stopped badly.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error("server: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Counters(#[from] tollgate_store::counters::CounterError),
-}
+use tollgate_store::LedgerWriter;
 
 /// How often keys are reloaded from the store.
 const KEY_REFRESH: Duration = Duration::from_secs(2);
-
-/// Open the store, start the ledger writer and build the gateway state.
-pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError> {
-    let store = SqliteStore::open(&config.ledger.path)?;
-    store.register_price_table(
-        config.prices.hash(),
-        &config.prices.sources,
-        config.prices.len(),
-        now_ms(),
-    )?;
-    let (ledger, writer) = store.start_ledger(&LedgerConfig {
-        durability: config.ledger.durability,
-        channel_capacity: config.ledger.channel_capacity,
-        ..LedgerConfig::default()
-    })?;
-    let keys = KeyCache::default();
-    keys.replace(store.list_keys()?);
-    let client = UpstreamClient::new(&ClientConfig::default())?;
-    let master = MasterKey::new(
-        config.server.master_key.as_ref(),
-        &config.server.master_key_env,
-    );
-    let limits = admission::Limits::new(&config, &store)?;
-    let sealer = config
-        .server
-        .master_key
-        .as_ref()
-        .and_then(|k| SecretSealer::new(secrecy::ExposeSecret::expose_secret(k)))
-        .map(Arc::new);
-    let telemetry = telemetry::Telemetry::new(&config.telemetry);
-    let routing = routing::RoutingState::new(config.routing.sticky_conversations);
-    let gw = Arc::new(Gateway {
-        routing,
-        telemetry,
-        config: ArcSwap::from_pointee(config),
-        keys,
-        master,
-        sealer,
-        ledger,
-        store,
-        client,
-        tasks: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
-        ids: RequestIds::new(),
-        limits,
-    });
-    Ok((gw, writer))
-}
-
-/// All routes.
-pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/chat/completions", post(proxy::chat_completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/embeddings", post(proxy::embeddings))
-        .route("/v1/messages", post(proxy::messages))
-        .route("/v1/messages/count_tokens", post(token_count::count_tokens))
-        .route("/model/{model_id}/converse", post(proxy::converse))
-        .route(
-            "/model/{model_id}/converse-stream",
-            post(proxy::converse_stream),
-        )
-        .route("/v1/models", get(proxy::list_models))
-        .route("/models", get(proxy::list_models))
-        .route("/healthz", get(healthz))
-        .route("/admin/usage", get(admin::usage))
-        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
-        .route("/admin/keys/{id}", delete(admin::revoke_key))
-        .route("/admin/requests/{id}", get(admin::request_row))
-        .route(
-            "/admin/budgets",
-            get(admin::list_budgets)
-                .put(admin::set_budget)
-                .delete(admin::delete_budget),
-        )
-        .route("/admin/guard", get(admin::list_tasks))
-        .route("/admin/guard/{task}", get(admin::show_task))
-        .route("/admin/tasks/{task}/release", post(admin::release_task))
-        .route("/admin/alerts", get(admin::list_alerts))
-        .route("/v1/tasks/{task_id}/outcome", post(outcomes::record))
-        .route("/admin/roi", get(value::roi))
-        .route("/admin/tasks", get(value::tasks))
-        .route("/admin/tasks/{task}", get(value::task))
-        .route("/admin/savings", get(value::savings))
-        .route("/admin/dashboard", get(value::dashboard))
-        .route("/dashboard", get(dashboard::index))
-        .route("/dashboard/", get(dashboard::index))
-        .route("/dashboard/assets/{name}", get(dashboard::assets))
-        .route("/metrics", get(telemetry::metrics_endpoint))
-        .fallback(not_found)
-        .with_state(gw)
-}
-
-async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
-    let stats = gw.ledger.stats();
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "ledger": {
-            "durability": format!("{:?}", gw.ledger.durability()).to_lowercase(),
-            "rows_written": stats.rows_written.load(std::sync::atomic::Ordering::Relaxed),
-            "commit_failures": stats.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
-        },
-        "keys": gw.keys.len(),
-        "limits": {
-            "counters": gw.limits.counters.name(),
-            "budgets": gw.limits.rules().len(),
-            "tasks_watched": gw.limits.guard.len(),
-            "tasks_halted": gw.limits.guard.halted_count(),
-        },
-        "deployments": gw.config.load().deployments.len(),
-        "price_table": gw.config.load().prices.hash(),
-    }))
-    .into_response()
-}
-
-async fn not_found(method: http::Method, uri: http::Uri) -> Response {
-    ApiError::RouteNotFound {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-    }
-    .into_response(None)
-}
 
 /// Serve on `listener` until `shutdown` resolves, then drain: stop accepting, let
 /// in-flight requests finish (up to the configured grace), wait for background tasks,
@@ -248,7 +77,7 @@ pub async fn serve(
         gw.clone().tasks.spawn(async move {
             // Once at startup too: with Redis counters this writes back halts this
             // replica's store holds and Redis lost, before the first refresh period.
-            if let Err(e) = admission::refresh(&gw).await {
+            if let Err(e) = gw.refresh_limits().await {
                 tracing::warn!(error = %e, "refreshing budgets and halted tasks failed");
             }
             loop {
@@ -260,7 +89,7 @@ pub async fn serve(
                 if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || store.list_keys()).await {
                     gw.keys.replace(keys);
                 }
-                if let Err(e) = admission::refresh(&gw).await {
+                if let Err(e) = gw.refresh_limits().await {
                     tracing::warn!(error = %e, "refreshing budgets and halted tasks failed");
                 }
             }
@@ -273,7 +102,7 @@ pub async fn serve(
             .map(|u| (u.name.clone(), u.kind.provider_name().to_string()))
             .collect()
     });
-    let app = router(gw.clone());
+    let app = http::router(gw.clone());
     let grace = gw.config.load().server.shutdown_grace;
     let stop = gw.shutdown.clone();
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tollgate_server::clock::now_ms;
 use tollgate_server::config::RawConfig;
-use tollgate_server::state::now_ms;
 use tollgate_store::{NewKey, SecretSealer, SqliteStore};
 
 /// The master key every harness gateway uses.

@@ -3,11 +3,11 @@ use crate::{config_path, db_path, env_map};
 use anyhow::{Result, bail};
 use serde_json::Value;
 use std::process::ExitCode;
+use tollgate_domain::budget::merge_rules;
 use tollgate_domain::budget::{BudgetRule, Period, ScopeSpec};
-use tollgate_server::admin::budget_status;
-use tollgate_server::admission::merge_rules;
+use tollgate_server::clock::now_ms;
 use tollgate_server::config::{RawConfig, limits};
-use tollgate_server::state::now_ms;
+use tollgate_server::views::budget_status;
 use tollgate_store::SqliteStore;
 
 /// The config file's budgets and time zone (upstream secrets are not needed for this).
@@ -44,7 +44,7 @@ pub fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
             soft,
             alert_at,
         } => {
-            let body = tollgate_server::admin::BudgetBody {
+            let body = tollgate_server::views::BudgetBody {
                 scope: scope.clone(),
                 period: period.clone(),
                 limit_usd: limits::UsdText::Text(limit_usd.clone()),

@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tollgate_domain::report::GroupBy;
+use tollgate_server::clock::now_ms;
 use tollgate_server::config::RawConfig;
-use tollgate_server::state::now_ms;
 use tollgate_store::{NewKey, SqliteStore};
 use tollgate_testkit::sim::{self, SimConfig};
 

@@ -23,10 +23,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tollgate_domain::money::Money;
 use tollgate_domain::pricing::{ModelPrice, PriceTable};
+use tollgate_domain::time::parse_since;
 use tollgate_domain::value::{Ratio, allocate};
-use tollgate_server::admin::parse_since;
+use tollgate_server::clock::now_ms;
 use tollgate_server::config::{RawConfig, deployment_price_key};
-use tollgate_server::state::now_ms;
 use tollgate_store::SqliteStore;
 use tollgate_store::value::HourlyUsage;
 

@@ -2,9 +2,9 @@ use crate::cli::{KeysAction, KeysArgs};
 use crate::db_path;
 use anyhow::Result;
 use std::process::ExitCode;
-use tollgate_server::admin::iso;
+use tollgate_domain::time::iso;
+use tollgate_server::clock::now_ms;
 use tollgate_server::config::{DEFAULT_MASTER_KEY_ENV, RawConfig};
-use tollgate_server::state::now_ms;
 use tollgate_store::{NewKey, SecretSealer, SqliteStore};
 
 /// The environment variable holding the master key, as the config names it.

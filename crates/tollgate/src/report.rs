@@ -3,8 +3,9 @@ use crate::db_path;
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 use tollgate_domain::report::{GroupBy, UsageGroup, UsageReport};
-use tollgate_server::admin::{iso, parse_since, report_json};
-use tollgate_server::state::now_ms;
+use tollgate_domain::time::{iso, parse_since};
+use tollgate_server::clock::now_ms;
+use tollgate_server::views::report_json;
 use tollgate_store::SqliteStore;
 
 pub fn report(args: ReportArgs) -> Result<ExitCode> {

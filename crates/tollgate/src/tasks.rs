@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use tollgate_domain::money::Money;
 use tollgate_domain::outcome::{self, OutcomeInput};
+use tollgate_server::clock::now_ms;
 use tollgate_server::config::RawConfig;
-use tollgate_server::outcomes::{stored_json, validate_config};
-use tollgate_server::state::now_ms;
-use tollgate_server::value::task_json;
+use tollgate_server::config::outcomes::validate as validate_config;
+use tollgate_server::views::stored_json;
+use tollgate_server::views::task_json;
 use tollgate_store::SqliteStore;
 
 pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
@@ -139,7 +140,7 @@ pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
                     "  cost {} USD over {} ms, from {}",
                     s.cost,
                     s.duration_ms,
-                    tollgate_server::admin::iso(s.first_ms)
+                    tollgate_domain::time::iso(s.first_ms)
                 );
             }
             match &current {
@@ -155,7 +156,7 @@ pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
                 println!(
                     "    rev {} at {} by {}: {} (value {} USD)",
                     h.revision,
-                    tollgate_server::admin::iso(h.recorded_ms),
+                    tollgate_domain::time::iso(h.recorded_ms),
                     h.recorded_by,
                     h.outcome.status.as_str(),
                     h.value
@@ -219,7 +220,7 @@ fn print_guard(
     incidents: &[tollgate_store::tasks::Incident],
     alerts: &[tollgate_store::tasks::AlertRecord],
 ) -> Result<()> {
-    use tollgate_server::admin::iso;
+    use tollgate_domain::time::iso;
     match record {
         Some(r) => println!(
             "  guard: {} ({}) since {}: {}{}",
@@ -271,7 +272,7 @@ fn print_guard(
 
 /// Halted and flagged tasks, then recent tasks' calls and spend.
 fn list(store: &SqliteStore, since: &str, json: bool) -> Result<()> {
-    use tollgate_server::admin::{iso, parse_since};
+    use tollgate_domain::time::{iso, parse_since};
     let since = parse_since(since, now_ms()).map_err(anyhow::Error::msg)?;
     let guarded = store.guarded_tasks(200)?;
     let recent = store.task_usage(None, since, 200)?;

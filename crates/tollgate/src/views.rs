@@ -10,10 +10,10 @@ use anyhow::{Result, bail};
 use std::process::ExitCode;
 use tollgate_domain::money::Money;
 use tollgate_domain::report::GroupBy;
+use tollgate_domain::time::{iso, parse_since};
 use tollgate_domain::value::{Ratio, RoiReport, SavingsReport, TaskStats, TaskSummary};
-use tollgate_server::admin::{iso, parse_since};
-use tollgate_server::state::now_ms;
-use tollgate_server::value::{roi_json, savings_json, tasks_json};
+use tollgate_server::clock::now_ms;
+use tollgate_server::views::{roi_json, savings_json, tasks_json};
 use tollgate_store::SqliteStore;
 
 pub fn report(args: ReportArgs) -> Result<ExitCode> {

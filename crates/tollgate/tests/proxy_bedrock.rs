@@ -54,7 +54,7 @@ fn client() -> reqwest::Client {
 }
 
 fn now() -> i64 {
-    tollgate_server::state::now_ms() / 1000
+    tollgate_server::clock::now_ms() / 1000
 }
 
 /// POST signed the way botocore signs: SigV4, service `bedrock`, any region.

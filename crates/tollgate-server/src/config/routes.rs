@@ -1,4 +1,4 @@
-//! The `[routing]` section and `[[routes]]`: routed model names (`auto`, `support-auto`)
+//! `[[routes]]` (with [`super::routing`] for `[routing]`): routed model names (`auto`, `support-auto`)
 //! mapping to a ladder of deployments, light → heavy, with the policy that picks a tier.
 //!
 //! ```toml
@@ -31,15 +31,6 @@ use tollgate_domain::routing::{Router, TierPolicy};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRouting {
-    /// Store each routed request's hashed feature vector (not its text) for training.
-    pub record_samples: Option<bool>,
-    /// How many conversations stickiness remembers (default 10 000).
-    pub sticky_conversations: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
     #[serde(default)]
@@ -57,12 +48,6 @@ pub struct RawRoute {
     #[serde(default)]
     pub agents: Vec<String>,
     pub model: Option<String>,
-}
-
-#[derive(Debug)]
-pub struct RoutingSettings {
-    pub record_samples: bool,
-    pub sticky_conversations: usize,
 }
 
 /// A validated route.
@@ -108,25 +93,6 @@ fn fnv_hex(bytes: &[u8]) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
-}
-
-pub fn validate_settings(raw: &RawRouting, errs: &mut Vec<String>) -> RoutingSettings {
-    let sticky = match raw.sticky_conversations {
-        Some(0) => {
-            errs.push("routing.sticky_conversations: must be greater than zero".into());
-            10_000
-        }
-        Some(n) if n > 10_000_000 => {
-            errs.push("routing.sticky_conversations: at most 10 000 000".into());
-            10_000
-        }
-        Some(n) => n as usize,
-        None => 10_000,
-    };
-    RoutingSettings {
-        record_samples: raw.record_samples.unwrap_or(false),
-        sticky_conversations: sticky,
-    }
 }
 
 /// Validate `[[routes]]` against the deployments. Every problem is pushed with its path.

@@ -12,7 +12,8 @@
 
 use crate::auth::authenticate;
 use crate::error::ApiError;
-use crate::state::Gateway;
+use crate::gateway::Gateway;
+use crate::pipeline::identify::read_body;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +27,7 @@ pub async fn count_tokens(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = gw.ids.next();
+    let request_id = gw.pipeline.ids.next();
     match count(&gw, &headers, body).await {
         Ok(n) => {
             let mut r = axum::Json(serde_json::json!({ "input_tokens": n })).into_response();
@@ -42,7 +43,7 @@ pub async fn count_tokens(
 async fn count(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<u64, ApiError> {
     let key = authenticate(&gw.keys, headers)?;
     let limit = gw.config.load().server.max_body_bytes;
-    let bytes = crate::proxy::read_body(body, headers, limit).await?;
+    let bytes = read_body(body, headers, limit).await?;
     let req = CountTokensRequest::parse(&bytes)?;
     let encoding = {
         let cfg = gw.config.load();

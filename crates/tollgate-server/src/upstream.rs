@@ -1,4 +1,5 @@
-//! What tollgate sends upstream and how it reads the answers: the upstream request for
+//! What tollgate sends upstream and how it reads the answers (a component the egress
+//! and respond stages call): the upstream request for
 //! a deployment (native or translated, signed when the upstream is Bedrock), usage out
 //! of each format's JSON, translated answers and errors.
 
@@ -122,7 +123,10 @@ pub fn prepare(
     }
     Ok(UpstreamCall {
         request: UpstreamRequest {
-            url: d.urls.get(endpoint, &d.upstream.base_url, &path)?,
+            url: d
+                .urls
+                .get(endpoint, &d.upstream.base_url, &path)
+                .map_err(ApiError::Internal)?,
             headers,
             body,
             timeout,

@@ -1,18 +1,24 @@
-//! Telemetry: what every settled request feeds besides the ledger. Prometheus metrics
-//! ([`crate::metrics`]) always; OpenTelemetry spans ([`crate::otel`]) when
-//! `[telemetry] otlp_endpoint` is set.
-//!
-//! The meter calls [`Telemetry::observe`] once per request, where the ledger row is
-//! settled (commit and drop alike). It never blocks: metrics are atomics, spans go to a
-//! bounded queue that drops (and counts) when full.
+//! `[telemetry]`: Prometheus metrics on or off, and the OTLP/HTTP trace exporter.
 
-use crate::metrics::Metrics;
-use crate::otel::{OtlpSettings, SpanQueue, TraceContext};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
-use tollgate_domain::ledger::LedgerRow;
+
+/// Validated `[telemetry]` OTLP settings.
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    /// Full URL spans are POSTed to (`.../v1/traces`).
+    pub traces_url: tollgate_providers::Url,
+    pub service_name: String,
+    pub headers: http::HeaderMap,
+    /// Spans waiting for export before new ones are dropped.
+    pub queue_capacity: usize,
+    /// Most spans per export request.
+    pub max_batch: usize,
+    /// Longest a span waits before its batch is sent.
+    pub flush_interval: Duration,
+    pub timeout: Duration,
+}
 
 /// `[telemetry]` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -127,78 +133,4 @@ pub fn validate(raw: &RawTelemetry, errs: &mut Vec<String>) -> TelemetrySettings
         metrics: raw.metrics.unwrap_or(true),
         otlp,
     }
-}
-
-/// The gateway's telemetry sinks.
-pub struct Telemetry {
-    pub metrics: Arc<Metrics>,
-    spans: Option<SpanQueue>,
-}
-
-impl Telemetry {
-    pub fn new(settings: &TelemetrySettings) -> Telemetry {
-        Telemetry {
-            metrics: Arc::new(Metrics::default()),
-            spans: settings.otlp.clone().map(SpanQueue::new),
-        }
-    }
-
-    /// Record one settled request (in the trace it arrived in, if traces are on).
-    /// Never blocks.
-    pub fn observe(&self, row: &LedgerRow, trace: Option<&TraceContext>) {
-        self.metrics.observe(row);
-        if let Some(q) = &self.spans {
-            q.push(row, trace, &self.metrics);
-        }
-    }
-
-    /// Whether spans are exported (then each request gets a [`TraceContext`]).
-    pub fn traces(&self) -> bool {
-        self.spans.is_some()
-    }
-
-    /// Start the span exporter (if traces are on) on `tasks`.
-    pub fn start(
-        &self,
-        tasks: &tokio_util::task::TaskTracker,
-        client: tollgate_providers::UpstreamClient,
-        providers: HashMap<String, String>,
-    ) {
-        if let Some(q) = &self.spans
-            && let Some(fut) = q.exporter(client, providers, self.metrics.clone())
-        {
-            tasks.spawn(fut);
-        }
-    }
-
-    /// Stop taking spans; the exporter flushes what is queued and ends.
-    pub fn close(&self) {
-        if let Some(q) = &self.spans {
-            q.close();
-        }
-    }
-}
-
-/// `GET /metrics`: the Prometheus text exposition format (unauthenticated, like most
-/// scrape targets; it carries no task, request or key ids). `[telemetry] metrics =
-/// false` turns it off.
-pub async fn metrics_endpoint(
-    axum::extract::State(gw): axum::extract::State<Arc<crate::state::Gateway>>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if !gw.config.load().telemetry.metrics {
-        return crate::error::ApiError::NotFound(
-            "metrics are disabled ([telemetry] metrics = false)".into(),
-        )
-        .into_response(None);
-    }
-    let body = gw.telemetry.metrics.render(Some(gw.ledger.stats()));
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }

@@ -16,31 +16,15 @@
 //! (a new trace starts; the request is never refused for it). The upstream call carries
 //! a `traceparent` naming the client span, and the caller's `tracestate` unchanged.
 
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
+use crate::config::OtlpSettings;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tollgate_domain::ledger::{Endpoint, LedgerRow};
 use tollgate_providers::{UpstreamClient, UpstreamRequest};
-
-/// Validated `[telemetry]` OTLP settings.
-#[derive(Debug, Clone)]
-pub struct OtlpSettings {
-    /// Full URL spans are POSTed to (`.../v1/traces`).
-    pub traces_url: tollgate_providers::Url,
-    pub service_name: String,
-    pub headers: http::HeaderMap,
-    /// Spans waiting for export before new ones are dropped.
-    pub queue_capacity: usize,
-    /// Most spans per export request.
-    pub max_batch: usize,
-    /// Longest a span waits before its batch is sent.
-    pub flush_interval: Duration,
-    pub timeout: Duration,
-}
 
 /// One request's place in a trace: ids chosen (or received) when the request arrives,
 /// used for the upstream call's `traceparent` and, once settled, for its spans.

@@ -1,0 +1,156 @@
+//! The gateway's shared state: every component, built once at startup, and the
+//! request [`Pipeline`] over them. Only the HTTP layer and the server's startup see
+//! the [`Gateway`]; stages and components receive the handles they need.
+
+use crate::alerts::Alerts;
+use crate::auth::{KeyCache, MasterKey};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::limits::{Limits, LimitsError};
+use crate::pipeline::{Pipeline, RequestIds, Settlement};
+use crate::routing::RoutingState;
+use crate::telemetry::Telemetry;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_providers::{ClientConfig, ProviderError, UpstreamClient};
+use tollgate_store::{Ledger, LedgerConfig, LedgerWriter, SecretSealer, SqliteStore, StoreError};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Counters(#[from] tollgate_store::counters::CounterError),
+}
+
+impl From<LimitsError> for ServerError {
+    fn from(e: LimitsError) -> ServerError {
+        match e {
+            LimitsError::Store(e) => ServerError::Store(e),
+            LimitsError::Counters(e) => ServerError::Counters(e),
+        }
+    }
+}
+
+/// Everything the server has. One per server, shared behind an `Arc`.
+pub struct Gateway {
+    /// Swapped whole on reload, so a request sees one consistent config.
+    pub config: Arc<ArcSwap<Config>>,
+    pub keys: Arc<KeyCache>,
+    pub master: MasterKey,
+    /// Opens sealed key secrets for SigV4 verification; `None` without a master key.
+    pub sealer: Option<Arc<SecretSealer>>,
+    pub ledger: Ledger,
+    pub store: SqliteStore,
+    pub client: UpstreamClient,
+    /// Every background task the server starts, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Budgets, rate limits and the runaway-agent guard.
+    pub limits: Arc<Limits>,
+    pub alerts: Arc<Alerts>,
+    /// Metrics and trace spans fed by every settled request.
+    pub telemetry: Arc<Telemetry>,
+    /// Tiered routing's per-conversation tiers (stickiness).
+    pub routing: Arc<RoutingState>,
+    /// The request path.
+    pub pipeline: Pipeline,
+}
+
+/// Open the store, start the ledger writer and build the gateway state.
+pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError> {
+    let store = SqliteStore::open(&config.ledger.path)?;
+    store.register_price_table(
+        config.prices.hash(),
+        &config.prices.sources,
+        config.prices.len(),
+        now_ms(),
+    )?;
+    let (ledger, writer) = store.start_ledger(&LedgerConfig {
+        durability: config.ledger.durability,
+        channel_capacity: config.ledger.channel_capacity,
+        ..LedgerConfig::default()
+    })?;
+    let keys = Arc::new(KeyCache::default());
+    keys.replace(store.list_keys()?);
+    let client = UpstreamClient::new(&ClientConfig::default())?;
+    let master = MasterKey::new(
+        config.server.master_key.as_ref(),
+        &config.server.master_key_env,
+    );
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let alerts = Arc::new(Alerts::new(
+        &config.limits.alerts,
+        store.clone(),
+        client.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    let limits = Arc::new(Limits::new(
+        &config.limits,
+        store.clone(),
+        alerts.clone(),
+        tasks.clone(),
+    )?);
+    let sealer = config
+        .server
+        .master_key
+        .as_ref()
+        .and_then(|k| SecretSealer::new(secrecy::ExposeSecret::expose_secret(k)))
+        .map(Arc::new);
+    let telemetry = Arc::new(Telemetry::new(&config.telemetry));
+    let routing = Arc::new(RoutingState::new(config.routing.sticky_conversations));
+    let config = Arc::new(ArcSwap::from_pointee(config));
+    let settlement = Arc::new(Settlement {
+        ledger: ledger.clone(),
+        limits: limits.clone(),
+        routing: routing.clone(),
+        telemetry: telemetry.clone(),
+        tasks: tasks.clone(),
+    });
+    let pipeline = Pipeline {
+        config: config.clone(),
+        keys: keys.clone(),
+        sealer: sealer.clone(),
+        ids: RequestIds::new(),
+        routing: routing.clone(),
+        limits: limits.clone(),
+        client: client.clone(),
+        telemetry: telemetry.clone(),
+        settlement,
+    };
+    let gw = Arc::new(Gateway {
+        config,
+        keys,
+        master,
+        sealer,
+        ledger,
+        store,
+        client,
+        tasks,
+        shutdown,
+        limits,
+        alerts,
+        telemetry,
+        routing,
+        pipeline,
+    });
+    Ok((gw, writer))
+}
+
+impl Gateway {
+    /// Re-read run-time budgets and halted tasks (periodically, and after an admin
+    /// change).
+    pub async fn refresh_limits(&self) -> Result<(), crate::error::ApiError> {
+        let cfg = self.config.load_full();
+        self.limits.refresh(&cfg.limits).await
+    }
+}
