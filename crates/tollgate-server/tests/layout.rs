@@ -1,7 +1,8 @@
 //! The server's layering, checked by reading its source (in the spirit of
 //! rust-analyzer's `tidy` tests): a rule kept true by a test, not by memory.
 //!
-//! - The import graph of the crate's top-level modules has no cycle.
+//! - The import graph of the crate's top-level modules has no cycle, nor has the graph
+//!   of its files (siblings in one folder included).
 //! - Below the pipeline (every module but `http`, `gateway` and `pipeline`), nothing
 //!   names the `Gateway` or imports `gateway`, `http` or `pipeline`: components
 //!   receive the handles they need.
@@ -214,6 +215,42 @@ fn the_module_graph_has_no_cycle() {
             "the server's modules import each other in a circle: {}",
             c.join(" → ")
         );
+    }
+}
+
+/// Edges between files: each reference goes to the longest module path it starts with
+/// (a parent's `pub mod` / `pub use` of its children is not an import).
+fn file_graph(srcs: &[Source]) -> BTreeMap<String, BTreeSet<String>> {
+    let modules: BTreeSet<Vec<String>> = srcs
+        .iter()
+        .filter(|s| !s.module.is_empty())
+        .map(|s| s.module.clone())
+        .collect();
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in srcs.iter().filter(|s| !s.module.is_empty()) {
+        let from = s.module.join("::");
+        let entry = g.entry(from.clone()).or_default();
+        for r in references(s) {
+            let to = (1..=r.len())
+                .rev()
+                .map(|n| r[..n].to_vec())
+                .find(|p| modules.contains(p));
+            if let Some(to) = to.map(|t| t.join("::"))
+                && to != from
+            {
+                entry.insert(to);
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn the_file_graph_has_no_cycle() {
+    let g = file_graph(&sources());
+    assert!(g.len() > 30, "the source walk found too few files: {}", g.len());
+    if let Some(c) = find_cycle(&g) {
+        panic!("these files import each other in a circle: {}", c.join(" → "));
     }
 }
 

@@ -165,12 +165,21 @@ impl RawConfig {
     /// then per-deployment prices (which go in the table so its hash covers them).
     pub fn price_table(&self) -> Result<PriceTable, ConfigErrors> {
         let mut errs = Vec::new();
-        let t = pricing::build_prices(&self.pricing, &self.deployments, &mut errs);
+        let t = pricing::build_prices(&self.pricing, &self.deployment_prices(), &mut errs);
         if errs.is_empty() {
             Ok(t)
         } else {
             Err(ConfigErrors(errs))
         }
+    }
+
+    /// Each deployment's own `price`, with its index and name.
+    fn deployment_prices(&self) -> Vec<(usize, &str, &RawPrice)> {
+        self.deployments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.price.as_ref().map(|p| (i, d.name.as_str(), p)))
+            .collect()
     }
 
     /// Validate into a [`Config`], reading secrets from `env`. Every section is
@@ -182,7 +191,7 @@ impl RawConfig {
         let unpriced = pricing::unpriced_policy(&self.pricing, &mut errs);
         let prices = Arc::new(pricing::build_prices(
             &self.pricing,
-            &self.deployments,
+            &self.deployment_prices(),
             &mut errs,
         ));
         let upstreams = upstreams::validate(&self.upstreams, env, &mut errs);

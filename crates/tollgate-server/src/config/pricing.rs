@@ -9,8 +9,6 @@ use tollgate_domain::pricing::{
     TokenRates,
 };
 
-use super::deployments::RawDeployment;
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPricing {
@@ -79,9 +77,11 @@ pub fn unpriced_policy(raw: &RawPricing, errs: &mut Vec<String>) -> UnpricedPoli
 
 /// The effective price table: the embedded catalog, then `pricing.catalogs` files,
 /// then per-deployment prices (which go in the table so its hash covers them).
+/// `prices`: each deployment's own `price`, with its index in `[[deployments]]` and its
+/// name.
 pub fn build_prices(
     pricing: &RawPricing,
-    deployments: &[RawDeployment],
+    prices: &[(usize, &str, &RawPrice)],
     errs: &mut Vec<String>,
 ) -> PriceTable {
     let mut builder = PriceTableBuilder::default();
@@ -105,8 +105,8 @@ pub fn build_prices(
     }
 
     // Per-deployment prices go into the table first, so the hash covers them.
-    for (i, d) in deployments.iter().enumerate() {
-        if let Some(p) = &d.price {
+    for &(i, name, p) in prices {
+        {
             let mut rates = TokenRates::default();
             let mut set = |field: &str, v: &Option<PriceText>, slot: &mut Option<Rate>| {
                 if let Some(v) = v {
@@ -132,7 +132,7 @@ pub fn build_prices(
                 ));
             }
             builder.insert(
-                &deployment_price_key(&d.name),
+                &deployment_price_key(name),
                 ModelPrice::flat(rates),
                 &format!("config:deployments[{i}].price"),
             );
