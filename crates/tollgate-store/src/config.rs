@@ -68,7 +68,9 @@ impl WriteMethod {
 #[derive(Debug)]
 pub enum StoreSettings {
     /// The embedded SQLite file.
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     Postgres(PostgresSettings),
 }
 
@@ -107,7 +109,8 @@ impl PostgresSettings {
 pub fn valid_schema_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
 }
 
@@ -271,10 +274,7 @@ mod tests {
         assert_eq!(errs.len(), 1);
         let mut errs = Vec::new();
         raw("schema = \"x\"").validate(Path::new("t.db"), &HashMap::new(), &mut errs);
-        assert_eq!(
-            errs,
-            ["store.schema: only applies to kind = \"postgres\""]
-        );
+        assert_eq!(errs, ["store.schema: only applies to kind = \"postgres\""]);
         assert!(valid_schema_name("tg_test_1") && !valid_schema_name("1x"));
     }
 }

@@ -138,11 +138,7 @@ fn random_string(len: usize) -> String {
 
 /// A new key's record and its secret (shown once): a random id and secret, the secret's
 /// hash, and its sealed copy when `sealer` is given. Every backend stores this record.
-pub fn new_key(
-    new: &NewKey,
-    now_ms: i64,
-    sealer: Option<&SecretSealer>,
-) -> (VirtualKey, String) {
+pub fn new_key(new: &NewKey, now_ms: i64, sealer: Option<&SecretSealer>) -> (VirtualKey, String) {
     let secret = format!("{SECRET_PREFIX}{}", random_string(43));
     let id = format!("tgk_{}", random_string(12));
     let sealed_secret = sealer.and_then(|s| s.seal(&id, &secret));

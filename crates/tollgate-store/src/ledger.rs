@@ -834,6 +834,7 @@ pub(crate) mod tests {
                 durability,
                 channel_capacity: 8, // tiny: exercises backpressure
                 max_batch: 16,
+                replica: None,
             };
             let (ledger, writer) = store.start_ledger(&cfg).unwrap();
             rt().block_on(async {

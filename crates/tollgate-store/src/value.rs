@@ -99,7 +99,7 @@ impl SqliteStore {
         let mut stmt = conn.prepare(&format!(
             "SELECT task, {col}, COUNT(*), SUM(cost_nanos) FROM ledger
              WHERE ts_ms >= ?1 AND ts_ms < ?2 AND task IS NOT NULL
-             GROUP BY task, {col}"
+             GROUP BY task, {col} ORDER BY task, {col}"
         ))?;
         let slices = stmt
             .query_map(params![since_ms, until_ms], |r| {

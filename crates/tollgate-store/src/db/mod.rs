@@ -458,7 +458,10 @@ impl ReportStore for Store {
         since_ms: i64,
         until_ms: i64,
     ) -> R<UsageReport> {
-        delegate!(self, ReportStore::usage_report(group_by, since_ms, until_ms))
+        delegate!(
+            self,
+            ReportStore::usage_report(group_by, since_ms, until_ms)
+        )
     }
     async fn roi_report(&self, group_by: GroupBy, since_ms: i64, until_ms: i64) -> R<RoiReport> {
         delegate!(self, ReportStore::roi_report(group_by, since_ms, until_ms))

@@ -160,7 +160,10 @@ impl TaskStore for SqliteStore {
         limit: usize,
     ) -> R<Vec<TaskUsage>> {
         let task = task.map(str::to_string);
-        blocking(self, move |s| s.task_usage(task.as_deref(), since_ms, limit)).await
+        blocking(self, move |s| {
+            s.task_usage(task.as_deref(), since_ms, limit)
+        })
+        .await
     }
     async fn insert_alert(
         &self,
@@ -266,7 +269,10 @@ impl ReportStore for SqliteStore {
         since_ms: i64,
         until_ms: i64,
     ) -> R<SavingsReport> {
-        blocking(self, move |s| s.savings_report(group_by, since_ms, until_ms)).await
+        blocking(self, move |s| {
+            s.savings_report(group_by, since_ms, until_ms)
+        })
+        .await
     }
     async fn spend_series(
         &self,

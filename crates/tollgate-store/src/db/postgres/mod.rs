@@ -184,7 +184,11 @@ pub(crate) fn month_bounds(m: Month) -> R<(i64, i64)> {
 
 /// `ledger_y2026m11`.
 pub(crate) fn partition_name(m: Month) -> String {
-    format!("ledger_y{:04}m{:02}", m.div_euclid(12), m.rem_euclid(12) + 1)
+    format!(
+        "ledger_y{:04}m{:02}",
+        m.div_euclid(12),
+        m.rem_euclid(12) + 1
+    )
 }
 
 fn parse_partition_name(name: &str) -> Option<Month> {
@@ -237,7 +241,7 @@ impl PostgresStore {
                     "schema name {schema:?} is not lower-case letters, digits and _"
                 )));
             }
-            config.options(&format!("-c search_path={schema}"));
+            config.options(format!("-c search_path={schema}"));
         }
         let store = PostgresStore {
             inner: Arc::new(Inner {
@@ -278,9 +282,15 @@ impl PostgresStore {
     pub async fn migrate(&self) -> R<i64> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
-        let lock_name = format!("tollgate:migrate:{}", self.inner.schema.as_deref().unwrap_or(""));
-        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&lock_name])
-            .await?;
+        let lock_name = format!(
+            "tollgate:migrate:{}",
+            self.inner.schema.as_deref().unwrap_or("")
+        );
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&lock_name],
+        )
+        .await?;
         if let Some(schema) = &self.inner.schema {
             tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .await?;
@@ -398,6 +408,37 @@ impl PostgresStore {
 }
 
 #[cfg(test)]
+impl PostgresStore {
+    /// This store, except that its ledger writer dials a port where nothing listens
+    /// (PostgreSQL "down" without disturbing the server other tests use).
+    pub(crate) fn with_unreachable_writer(&self) -> PostgresStore {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(1)
+            .user("postgres")
+            .dbname("unreachable")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let i = &self.inner;
+        PostgresStore {
+            inner: Arc::new(Inner {
+                pool: Pool {
+                    config: i.pool.config.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    permits: Arc::new(Semaphore::new(2)),
+                },
+                config,
+                schema: i.schema.clone(),
+                spool: i.spool.clone(),
+                replica: i.replica.clone(),
+                method: i.method,
+                partitions_ahead: i.partitions_ahead,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -414,7 +455,10 @@ mod tests {
         // December rolls into January.
         let dec = 2025 * 12 + 11;
         assert_eq!(partition_name(dec + 1), "ledger_y2026m01");
-        assert_eq!(month_bounds(dec).unwrap().1, month_bounds(dec + 1).unwrap().0);
+        assert_eq!(
+            month_bounds(dec).unwrap().1,
+            month_bounds(dec + 1).unwrap().0
+        );
         assert_eq!(parse_partition_name("ledger_y2026m01"), Some(dec + 1));
         assert_eq!(parse_partition_name("ledger_ids"), None);
     }

@@ -34,8 +34,7 @@ use tollgate_domain::outcome::{OutcomeStatus, TaskOutcome, ValueBasis};
 use tollgate_domain::report::{GroupBy, UsageGroup, UsageReport};
 use tollgate_domain::usage::{Usage, UsageSource};
 use tollgate_domain::value::{
-    Mechanism, OutcomeFigure, RoiReport, Savings, SavingsReport, TaskSlice, TaskSummary,
-    roi_groups,
+    Mechanism, OutcomeFigure, RoiReport, Savings, SavingsReport, TaskSlice, TaskSummary, roi_groups,
 };
 
 /// The column (or expression) a dimension groups on.
@@ -189,7 +188,10 @@ impl LedgerStore for PostgresStore {
     async fn ledger_row(&self, request_id: &str) -> R<Option<LedgerRow>> {
         let c = self.conn().await?;
         let Some(at) = c
-            .query_opt("SELECT ts_ms FROM ledger_ids WHERE request_id = $1", &[&request_id])
+            .query_opt(
+                "SELECT ts_ms FROM ledger_ids WHERE request_id = $1",
+                &[&request_id],
+            )
             .await?
         else {
             return Ok(None);
@@ -208,7 +210,9 @@ impl LedgerStore for PostgresStore {
         let c = self.conn().await?;
         let rows = c
             .query(
-                &format!("{SELECT_ROW} WHERE ts_ms >= $1 AND ts_ms < $2 ORDER BY ts_ms, id LIMIT $3"),
+                &format!(
+                    "{SELECT_ROW} WHERE ts_ms >= $1 AND ts_ms < $2 ORDER BY ts_ms, id LIMIT $3"
+                ),
                 &[&since_ms, &until_ms, &lim(limit)],
             )
             .await?;
@@ -639,7 +643,14 @@ impl TaskStore for PostgresStore {
         Ok(c.query_one(
             "INSERT INTO alerts (ts_ms, kind, subject, text, payload, status, attempts)
              VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING id",
-            &[&now_ms, &kind, &subject, &text, &payload.to_string(), &status],
+            &[
+                &now_ms,
+                &kind,
+                &subject,
+                &text,
+                &payload.to_string(),
+                &status,
+            ],
         )
         .await?
         .try_get(0)?)
@@ -657,7 +668,13 @@ impl TaskStore for PostgresStore {
         c.execute(
             "UPDATE alerts SET status = $2, attempts = $3, last_error = $4, delivered_ms = $5
              WHERE id = $1",
-            &[&id, &status, &i64::from(attempts), &last_error, &delivered_ms],
+            &[
+                &id,
+                &status,
+                &i64::from(attempts),
+                &last_error,
+                &delivered_ms,
+            ],
         )
         .await?;
         Ok(())
@@ -846,7 +863,10 @@ impl OutcomeStore for PostgresStore {
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT DISTINCT key_id, agent, team FROM ledger WHERE task = $1 LIMIT 16",
+                "SELECT key_id, agent, team FROM
+                   (SELECT DISTINCT key_id, agent, team FROM ledger WHERE task = $1) d
+                 ORDER BY key_id COLLATE \"C\" NULLS FIRST, agent COLLATE \"C\" NULLS FIRST,
+                          team COLLATE \"C\" NULLS FIRST LIMIT 16",
                 &[&task],
             )
             .await?;
@@ -1018,7 +1038,8 @@ impl ReportStore for PostgresStore {
                     &format!(
                         "SELECT task, {col}, COUNT(*), SUM(cost_nanos)::BIGINT FROM ledger
                          WHERE ts_ms >= $1 AND ts_ms < $2 AND task IS NOT NULL
-                         GROUP BY task, {col}"
+                         GROUP BY task, {col} ORDER BY task COLLATE \"C\", {}",
+                        asc(col)
                     ),
                     &[&since_ms, &until_ms],
                 )

@@ -215,8 +215,13 @@ mod tests {
         let mut s = Spool::open(&p).unwrap();
         assert!(!s.pending());
         let rows: Vec<_> = (0..5).map(row).collect();
-        s.append(rows.iter().enumerate().map(|(i, r)| (r, "a-1", i as i64 + 1)), true)
-            .unwrap();
+        s.append(
+            rows.iter()
+                .enumerate()
+                .map(|(i, r)| (r, "a-1", i as i64 + 1)),
+            true,
+        )
+        .unwrap();
         assert!(s.pending());
         let (first, at) = s.read(3).unwrap();
         assert_eq!(first.len(), 3);
@@ -245,12 +250,16 @@ mod tests {
         drop(s);
         // A complete line that is not a row, then half a line (a crash mid-write).
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"{\"not\": \"a row\"}\n{\"replica_id\": \"a\", \"repl").unwrap();
+        f.write_all(b"{\"not\": \"a row\"}\n{\"replica_id\": \"a\", \"repl")
+            .unwrap();
         drop(f);
         let mut s = Spool::open(&p).unwrap();
         s.append(std::iter::once((&row(2), "a", 2)), false).unwrap();
         let (rows, end) = s.read(10).unwrap();
-        assert_eq!(rows.iter().map(|r| r.replica_seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            rows.iter().map(|r| r.replica_seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
         s.shipped(end).unwrap();
         let rejected = std::fs::read_to_string(with_suffix(&p, ".rejected")).unwrap();
         assert_eq!(rejected, "{\"not\": \"a row\"}\n");

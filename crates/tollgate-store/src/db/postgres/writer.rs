@@ -140,7 +140,8 @@ const DUPLICATES_SQL: &str = "INSERT INTO ledger_duplicates (replica_id, replica
       AND (i.replica_id IS DISTINCT FROM s.replica_id OR i.replica_seq IS DISTINCT FROM s.replica_seq)
     ON CONFLICT DO NOTHING";
 
-const SAMPLES_SQL: &str = "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
+const SAMPLES_SQL: &str =
+    "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
     SELECT request_id, ts_ms, route_name, task, sample_model, sample_tokens, sample_features
     FROM ledger_stage WHERE sample_model IS NOT NULL AND route_name IS NOT NULL
     ON CONFLICT (request_id) DO NOTHING";
@@ -422,7 +423,11 @@ impl Sink {
             }
         })
         .await
-        .unwrap_or_else(|_| Err(StoreError::PostgresTimeout("writing a batch timed out".into())));
+        .unwrap_or_else(|_| {
+            Err(StoreError::PostgresTimeout(
+                "writing a batch timed out".into(),
+            ))
+        });
         match &result {
             Ok(_) => self.backoff = MIN_BACKOFF,
             Err(_) => {
@@ -525,7 +530,9 @@ impl Writer {
                 return false;
             }
             if !self.spool.pending() {
-                tracing::info!("ledger: the spool is shipped; writing to postgresql directly again");
+                tracing::info!(
+                    "ledger: the spool is shipped; writing to postgresql directly again"
+                );
             }
         }
         true
@@ -594,10 +601,7 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, linger: Duration, strea
 }
 
 /// Start the writer thread for `store`.
-pub(crate) fn start(
-    store: &super::PostgresStore,
-    cfg: &LedgerConfig,
-) -> R<(Ledger, LedgerWriter)> {
+pub(crate) fn start(store: &super::PostgresStore, cfg: &LedgerConfig) -> R<(Ledger, LedgerWriter)> {
     let inner = &store.inner;
     let spool = Spool::open(&inner.spool).map_err(|e| StoreError::Io {
         path: inner.spool.display().to_string(),
