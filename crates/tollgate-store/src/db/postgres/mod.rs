@@ -346,6 +346,14 @@ impl PostgresStore {
         create_partitions(&mut c, &months).await
     }
 
+    /// Create the monthly partitions covering `[since_ms, until_ms]` (a bulk load or an
+    /// import of old rows; the writer does this by itself for the rows it writes).
+    pub async fn create_months_between(&self, since_ms: i64, until_ms: i64) -> R<()> {
+        let months: Vec<Month> = (month_of(since_ms)?..=month_of(until_ms)?).collect();
+        let mut c = self.conn().await?;
+        create_partitions(&mut c, &months).await
+    }
+
     /// The ledger's monthly partitions, oldest first: name and `[start, end)` in ms.
     pub async fn partitions(&self) -> R<Vec<(String, i64, i64)>> {
         let c = self.conn().await?;
