@@ -136,6 +136,27 @@ fn random_string(len: usize) -> String {
         .collect()
 }
 
+/// A new key's record and its secret (shown once): a random id and secret, the secret's
+/// hash, and its sealed copy when `sealer` is given. Every backend stores this record.
+pub fn new_key(new: &NewKey, now_ms: i64, sealer: Option<&SecretSealer>) -> (VirtualKey, String) {
+    let secret = format!("{SECRET_PREFIX}{}", random_string(43));
+    let id = format!("tgk_{}", random_string(12));
+    let sealed_secret = sealer.and_then(|s| s.seal(&id, &secret));
+    let key = VirtualKey {
+        id,
+        hash: hex::encode(hash_secret(&secret)),
+        name: new.name.clone(),
+        team: new.team.clone(),
+        agent: new.agent.clone(),
+        user: new.user.clone(),
+        models: new.models.clone(),
+        created_ms: now_ms,
+        revoked_ms: None,
+        sealed_secret,
+    };
+    (key, secret)
+}
+
 fn key_from_sql(r: &Row<'_>) -> rusqlite::Result<VirtualKey> {
     let models: Option<String> = r.get(6)?;
     Ok(VirtualKey {
@@ -177,21 +198,13 @@ impl SqliteStore {
         now_ms: i64,
         sealer: Option<&SecretSealer>,
     ) -> Result<(VirtualKey, String), StoreError> {
-        let secret = format!("{SECRET_PREFIX}{}", random_string(43));
-        let id = format!("tgk_{}", random_string(12));
-        let sealed_secret = sealer.and_then(|s| s.seal(&id, &secret));
-        let key = VirtualKey {
-            id,
-            hash: hex::encode(hash_secret(&secret)),
-            name: new.name.clone(),
-            team: new.team.clone(),
-            agent: new.agent.clone(),
-            user: new.user.clone(),
-            models: new.models.clone(),
-            created_ms: now_ms,
-            revoked_ms: None,
-            sealed_secret,
-        };
+        let (key, secret) = new_key(new, now_ms, sealer);
+        self.insert_key(&key)?;
+        Ok((key, secret))
+    }
+
+    /// Store a key record made by [`new_key`].
+    pub fn insert_key(&self, key: &VirtualKey) -> Result<(), StoreError> {
         let conn = self.connect(Sync::Normal)?;
         conn.execute(
             &format!(
@@ -214,7 +227,7 @@ impl SqliteStore {
                 key.sealed_secret,
             ],
         )?;
-        Ok((key, secret))
+        Ok(())
     }
 
     /// Every key, revoked ones included, oldest first.

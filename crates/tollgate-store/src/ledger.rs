@@ -16,6 +16,12 @@
 //!   below it, by [`BATCH_LINGER`]); committed rows survive (WAL, `synchronous=NORMAL`).
 //! - [`Durability::Strict`]: `record` returns only after the row's transaction is
 //!   fsynced (`synchronous=FULL`), so a response released after it is never lost.
+//! - Every row the writer takes gets its writer's stream id ([`stream_id`]) and the next
+//!   number of that stream, written with the row (`replica_id`, `replica_seq`), so a row
+//!   missing from the database shows as a gap ([`ReplicaSequence`]).
+//!
+//! The [`Ledger`] handle and the [`LedgerWriter`] are the same for every backend; the
+//! PostgreSQL writer (`db::postgres::writer`) takes the same messages.
 
 use crate::StoreError;
 use crate::sqlite::{SqliteStore, Sync};
@@ -55,6 +61,8 @@ pub struct LedgerConfig {
     pub channel_capacity: usize,
     /// Most rows per transaction.
     pub max_batch: usize,
+    /// This replica's name, the start of its writers' stream ids (default `tollgate`).
+    pub replica: Option<String>,
 }
 
 impl Default for LedgerConfig {
@@ -63,6 +71,7 @@ impl Default for LedgerConfig {
             durability: Durability::Batched,
             channel_capacity: 16_384,
             max_batch: 4_096,
+            replica: None,
         }
     }
 }
@@ -82,11 +91,72 @@ pub struct LedgerStats {
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     pub rows_to_fallback: AtomicU64,
+    /// PostgreSQL: rows written to the local spool because the database could not take
+    /// them, and spooled rows shipped to it since (shipped rows count in `rows_written`
+    /// too, when they are shipped).
+    pub rows_spooled: AtomicU64,
+    pub rows_shipped: AtomicU64,
 }
 
-struct Msg {
-    row: LedgerRow,
-    ack: Option<oneshot::Sender<()>>,
+pub(crate) struct Msg {
+    pub(crate) row: LedgerRow,
+    pub(crate) ack: Option<oneshot::Sender<()>>,
+}
+
+/// A writer's stream id: the replica's name and a random part drawn when the writer
+/// starts, so two starts (or two replicas with one name) never share numbers.
+pub fn stream_id(replica: Option<&str>) -> String {
+    format!(
+        "{}-{:016x}",
+        replica.filter(|r| !r.is_empty()).unwrap_or("tollgate"),
+        rand::random::<u64>()
+    )
+}
+
+/// The rows of one writer stream found in the ledger over a window: how many, the
+/// first and last numbers, and the ranges missing between them (both ends included).
+/// A row skipped as a duplicate of an earlier request id counts as present.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaSequence {
+    pub replica_id: String,
+    pub rows: u64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub gaps: Vec<(i64, i64)>,
+}
+
+impl ReplicaSequence {
+    /// Numbers missing between the first and the last.
+    pub fn missing(&self) -> u64 {
+        self.gaps
+            .iter()
+            .map(|(a, b)| (b - a + 1).max(0) as u64)
+            .sum()
+    }
+}
+
+/// Build [`ReplicaSequence`]s from per-stream summaries and gap rows (both ordered by
+/// stream id), as both backends' gap queries return them.
+pub(crate) fn sequences(
+    summaries: Vec<(String, i64, i64, i64)>,
+    gaps: Vec<(String, i64, i64)>,
+) -> Vec<ReplicaSequence> {
+    let mut out: Vec<ReplicaSequence> = summaries
+        .into_iter()
+        .map(|(replica_id, rows, first_seq, last_seq)| ReplicaSequence {
+            replica_id,
+            rows: rows.max(0) as u64,
+            first_seq,
+            last_seq,
+            gaps: Vec::new(),
+        })
+        .collect();
+    for (id, from, to) in gaps {
+        if let Some(s) = out.iter_mut().find(|s| s.replica_id == id) {
+            s.gaps.push((from, to));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +172,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Msg>,
+        durability: Durability,
+        stats: Arc<LedgerStats>,
+    ) -> Ledger {
+        Ledger {
+            tx,
+            durability,
+            stats,
+        }
+    }
+
     pub fn durability(&self) -> Durability {
         self.durability
     }
@@ -158,6 +240,13 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
+    pub(crate) fn new(thread: std::thread::JoinHandle<()>, stats: Arc<LedgerStats>) -> Self {
+        LedgerWriter {
+            thread: Some(thread),
+            stats,
+        }
+    }
+
     /// Wait for the writer to drain and stop. Call after dropping every `Ledger` handle.
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
@@ -186,9 +275,20 @@ impl SqliteStore {
             Durability::Batched => BATCH_LINGER,
             Durability::Strict => Duration::ZERO,
         };
+        let stream = stream_id(cfg.replica.as_deref());
         let thread = std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, linger, &writer_stats, &fallback))
+            .spawn(move || {
+                writer_loop(
+                    conn,
+                    rx,
+                    max_batch,
+                    linger,
+                    &writer_stats,
+                    &fallback,
+                    &stream,
+                )
+            })
             .map_err(|e| StoreError::Io {
                 path: "ledger writer thread".into(),
                 message: e.to_string(),
@@ -231,8 +331,10 @@ fn writer_loop(
     linger: Duration,
     stats: &LedgerStats,
     fallback: &std::path::Path,
+    stream: &str,
 ) {
     let mut batch: Vec<Msg> = Vec::with_capacity(max_batch);
+    let mut next_seq: i64 = 1;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         drain(&mut rx, &mut batch, max_batch);
@@ -243,10 +345,16 @@ fn writer_loop(
             std::thread::sleep(linger);
             drain(&mut rx, &mut batch, max_batch);
         }
+        let first_seq = next_seq;
+        next_seq += batch.len() as i64;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match insert_batch(&mut conn, batch.iter().map(|m| &m.row)) {
-                Ok(()) => {
+            let stamped = batch
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (&m.row, Some((stream, first_seq + i as i64))));
+            match insert_stamped(&mut conn, stamped) {
+                Ok(_) => {
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     stats
                         .rows_written
@@ -307,10 +415,17 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
     cost_without_cache_nanos,
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
-    route_tier_cost_nanos, route_escalated)
+    route_tier_cost_nanos, route_escalated, replica_id, replica_seq)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
-    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)
+    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)
     ON CONFLICT (request_id) DO NOTHING";
+
+/// A stamped row skipped because its request id was written already (by another row):
+/// its number is accounted for. Not when the row there is this very row (a retry).
+const INSERT_DUPLICATE: &str =
+    "INSERT OR IGNORE INTO ledger_duplicates (replica_id, replica_seq, request_id, ts_ms)
+    SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS
+      (SELECT 1 FROM ledger WHERE request_id = ?3 AND replica_id IS ?1 AND replica_seq IS ?2)";
 
 const INSERT_SAMPLE: &str =
     "INSERT INTO route_samples (request_id, ts_ms, route_name, task, model_hash, tokens, features)
@@ -322,11 +437,23 @@ pub fn insert_batch<'a>(
     conn: &mut Connection,
     rows: impl Iterator<Item = &'a LedgerRow>,
 ) -> Result<(), StoreError> {
+    insert_stamped(conn, rows.map(|r| (r, None)))?;
+    Ok(())
+}
+
+/// [`insert_batch`] with each row's writer stream and number (`None`: inserted outside
+/// the writer). Returns how many rows were new.
+pub fn insert_stamped<'a, 's>(
+    conn: &mut Connection,
+    rows: impl Iterator<Item = (&'a LedgerRow, Option<(&'s str, i64)>)>,
+) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
+    let mut written = 0u64;
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         let mut samples = tx.prepare_cached(INSERT_SAMPLE)?;
-        for r in rows {
+        let mut duplicates = tx.prepare_cached(INSERT_DUPLICATE)?;
+        for (r, stamp) in rows {
             let a = &r.attribution;
             let rt = r.routing.as_ref();
             let tags = if a.tags.is_empty() {
@@ -334,7 +461,7 @@ pub fn insert_batch<'a>(
             } else {
                 Some(serde_json::to_string(&a.tags).unwrap_or_default())
             };
-            stmt.execute(params![
+            let n = stmt.execute(params![
                 r.ts_ms,
                 r.request_id,
                 r.endpoint.as_str(),
@@ -373,7 +500,15 @@ pub fn insert_batch<'a>(
                 rt.map(|x| x.heavy_cost.nanos()),
                 rt.map(|x| x.tier_cost.nanos()),
                 rt.and_then(|x| x.escalated.as_deref()),
+                stamp.map(|s| s.0),
+                stamp.map(|s| s.1),
             ])?;
+            written += n as u64;
+            if n == 0
+                && let Some((stream, seq)) = stamp
+            {
+                duplicates.execute(params![stream, seq, r.request_id, r.ts_ms])?;
+            }
             if let Some(rt) = rt
                 && let Some(smp) = &rt.sample
             {
@@ -390,10 +525,10 @@ pub fn insert_batch<'a>(
         }
     }
     tx.commit()?;
-    Ok(())
+    Ok(written)
 }
 
-fn sql_u64(v: u64) -> i64 {
+pub(crate) fn sql_u64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -476,6 +611,21 @@ fn route_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<RouteRecord>> {
     }))
 }
 
+/// The numbers of every stream's rows in a window: written rows and recorded
+/// duplicates (`?1`, `?2`: the window). Shared by both backends' gap queries.
+pub(crate) const SEQ_SOURCE: &str = "WITH s AS (
+    SELECT replica_id, replica_seq FROM ledger
+    WHERE replica_id IS NOT NULL AND ts_ms >= ?1 AND ts_ms < ?2
+    UNION ALL
+    SELECT replica_id, replica_seq FROM ledger_duplicates WHERE ts_ms >= ?1 AND ts_ms < ?2)";
+
+/// The ranges missing between consecutive numbers of each stream.
+pub(crate) const SEQ_GAPS: &str = "SELECT replica_id, prev + 1, replica_seq - 1 FROM (
+    SELECT replica_id, replica_seq,
+           LAG(replica_seq) OVER (PARTITION BY replica_id ORDER BY replica_seq) AS prev
+    FROM s) g
+    WHERE replica_seq > prev + 1 ORDER BY replica_id, replica_seq";
+
 /// A recorded routing sample joined with its ledger row and its task's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredSample {
@@ -551,6 +701,32 @@ impl SqliteStore {
         let conn = self.connect(Sync::Normal)?;
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
         Ok(n.max(0) as u64)
+    }
+
+    /// Every writer stream with rows in `[since_ms, until_ms)`, with the numbers missing
+    /// between its first and last (a lost row, or one still in a replica's spool).
+    pub fn ledger_sequences(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<ReplicaSequence>, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let mut stmt = conn.prepare(&format!(
+            "{SEQ_SOURCE} SELECT replica_id, COUNT(*), MIN(replica_seq), MAX(replica_seq)
+             FROM s GROUP BY replica_id ORDER BY replica_id"
+        ))?;
+        let summaries = stmt
+            .query_map(params![since_ms, until_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare(&format!("{SEQ_SOURCE} {SEQ_GAPS}"))?;
+        let gaps = stmt
+            .query_map(params![since_ms, until_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(sequences(summaries, gaps))
     }
 
     /// Remember which price table (hash → sources) priced rows, so a hash in the ledger
@@ -658,6 +834,7 @@ pub(crate) mod tests {
                 durability,
                 channel_capacity: 8, // tiny: exercises backpressure
                 max_batch: 16,
+                replica: None,
             };
             let (ledger, writer) = store.start_ledger(&cfg).unwrap();
             rt().block_on(async {

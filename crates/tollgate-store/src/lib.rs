@@ -1,6 +1,12 @@
 //! tollgate's persistence.
 //!
 //! # Layout
+//! - [`db`]: the seam. One small async trait per store concern ([`db::LedgerStore`],
+//!   [`db::KeyStore`], [`db::BudgetStore`], [`db::TaskStore`], [`db::OutcomeStore`],
+//!   [`db::ReportStore`], [`db::PriceTableStore`]), the backends side by side
+//!   ([`SqliteStore`] here, [`db::postgres::PostgresStore`]), and [`Store`], the one
+//!   delegating type that config picks (`[store] kind = "sqlite" | "postgres"`,
+//!   [`config`]).
 //! - [`sqlite`]: the embedded default database (one file, WAL), connections, migrations.
 //! - [`ledger`]: the batched, group-committed ledger writer ([`Ledger`] handle,
 //!   [`LedgerWriter`] thread) and row queries.
@@ -12,9 +18,15 @@
 //! - [`tasks`]: halted tasks, incidents and alert deliveries.
 //! - [`outcomes`]: task outcomes and their history.
 //! - [`value`]: ROI, per-task summaries, savings by mechanism, spend series, exports.
+//!
+//! The SQLite methods on [`SqliteStore`] are synchronous (the binary's one-shot commands
+//! call them directly); the traits wrap them on tokio's blocking pool, so async callers
+//! holding a [`Store`] never write `spawn_blocking` themselves.
 
 pub mod budgets;
+pub mod config;
 pub mod counters;
+pub mod db;
 pub mod keys;
 pub mod ledger;
 pub mod outcomes;
@@ -23,6 +35,10 @@ pub mod sqlite;
 pub mod tasks;
 pub mod value;
 
+pub use db::{
+    BudgetStore, KeyStore, LedgerStore, OutcomeStore, PriceTableStore, ReportStore, Store,
+    TaskStore,
+};
 pub use keys::{NewKey, SecretSealer, VirtualKey};
 pub use ledger::{Durability, Ledger, LedgerConfig, LedgerStats, LedgerWriter};
 pub use sqlite::SqliteStore;
@@ -33,12 +49,24 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgresql: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// PostgreSQL did not answer in time (connecting, or a pool with every connection
+    /// busy).
+    #[error("postgresql: {0}")]
+    PostgresTimeout(String),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
     #[error(
         "database schema version {found} is newer than this tollgate knows ({known}); upgrade tollgate"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// A stored value this version cannot read back (a sum past `i64`, a bad name).
+    #[error("store: {0}")]
+    Invalid(String),
+    /// The blocking task running a SQLite call panicked or was cancelled.
+    #[error("store task: {0}")]
+    Task(String),
 }
 
 impl StoreError {
@@ -46,8 +74,26 @@ impl StoreError {
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::Sqlite(_) => "store_error",
+            StoreError::Postgres(_) => "store_postgres_error",
+            StoreError::PostgresTimeout(_) => "store_postgres_timeout",
             StoreError::Io { .. } => "store_io_error",
             StoreError::SchemaTooNew { .. } => "store_schema_too_new",
+            StoreError::Invalid(_) => "store_invalid_data",
+            StoreError::Task(_) => "store_task_failed",
+        }
+    }
+
+    /// Whether trying again later may succeed (the database was unreachable or busy),
+    /// as opposed to a request it will always refuse.
+    pub fn retryable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            StoreError::PostgresTimeout(_) | StoreError::Task(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
         }
     }
 }

@@ -181,8 +181,10 @@ impl SqliteStore {
     /// Who spent on `task` (at most 16 distinct parties).
     pub fn task_parties(&self, task: &str) -> Result<Vec<TaskParty>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT key_id, agent, team FROM ledger WHERE task = ?1 LIMIT 16")?;
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT key_id, agent, team FROM ledger WHERE task = ?1
+             ORDER BY key_id, agent, team LIMIT 16",
+        )?;
         let rows = stmt
             .query_map([task], |r| {
                 Ok(TaskParty {

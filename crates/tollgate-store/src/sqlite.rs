@@ -170,7 +170,26 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX route_samples_task ON route_samples (task);
     "#,
+    // 6: every row the ledger writer writes carries its writer's stream id (one per
+    //    writer start, named after the replica) and a sequence number within it, so a
+    //    missing row shows as a gap; a row skipped because its request id was already
+    //    written keeps its number in `ledger_duplicates`, so it is not a gap. NULL for
+    //    rows inserted outside the writer (and rows written before).
+    r#"
+    ALTER TABLE ledger ADD COLUMN replica_id TEXT;
+    ALTER TABLE ledger ADD COLUMN replica_seq INTEGER;
+    CREATE TABLE ledger_duplicates (
+        replica_id TEXT NOT NULL,
+        replica_seq INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (replica_id, replica_seq)
+    );
+    "#,
 ];
+
+/// The schema version this build writes (the number of migrations).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// A SQLite database file holding the ledger, keys and price-table registry.
 #[derive(Debug, Clone)]

@@ -182,7 +182,7 @@ impl SqliteStore {
     pub fn halted_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM halted_tasks WHERE status = 'halted' ORDER BY halted_ms"
+            "SELECT {TASK_COLUMNS} FROM halted_tasks WHERE status = 'halted' ORDER BY halted_ms, task"
         ))?;
         let rows = stmt
             .query_map([], task_from)?
@@ -194,7 +194,7 @@ impl SqliteStore {
     pub fn guarded_tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM halted_tasks ORDER BY halted_ms DESC LIMIT ?1"
+            "SELECT {TASK_COLUMNS} FROM halted_tasks ORDER BY halted_ms DESC, task LIMIT ?1"
         ))?;
         let rows = stmt
             .query_map([limit as i64], task_from)?
@@ -249,7 +249,7 @@ impl SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT task, MAX(agent), COUNT(*), SUM(cost_nanos), MIN(ts_ms), MAX(ts_ms) FROM ledger
              WHERE task IS NOT NULL AND (?1 IS NULL OR task = ?1) AND ts_ms >= ?2
-             GROUP BY task ORDER BY MAX(ts_ms) DESC LIMIT ?3",
+             GROUP BY task ORDER BY MAX(ts_ms) DESC, task LIMIT ?3",
         )?;
         let rows = stmt
             .query_map(params![task, since_ms, limit as i64], |r| {

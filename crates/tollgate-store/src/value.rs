@@ -22,7 +22,7 @@ use tollgate_domain::value::{
 /// routing it would not have been made at all, so its baseline is zero (a loss). A shadow
 /// row paid what it paid; the tier the router chose is what it would have cost. Routed
 /// rows that consumed no tokens (refused by a budget, an upstream error) are not counted.
-fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'static str) {
+pub(crate) fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'static str) {
     match m {
         Mechanism::PromptCache => (
             "(cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens) > 0",
@@ -99,7 +99,7 @@ impl SqliteStore {
         let mut stmt = conn.prepare(&format!(
             "SELECT task, {col}, COUNT(*), SUM(cost_nanos) FROM ledger
              WHERE ts_ms >= ?1 AND ts_ms < ?2 AND task IS NOT NULL
-             GROUP BY task, {col}"
+             GROUP BY task, {col} ORDER BY task, {col}"
         ))?;
         let slices = stmt
             .query_map(params![since_ms, until_ms], |r| {
@@ -320,7 +320,7 @@ impl SqliteStore {
         let bucket = bucket_ms.max(1);
         let mut stmt = conn.prepare(&format!(
             "SELECT (ts_ms / ?3) * ?3 AS b, {col}, SUM(cost_nanos), COUNT(*) FROM ledger
-             WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY b, {col} ORDER BY b"
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY b, {col} ORDER BY b, {col}"
         ))?;
         let rows = stmt
             .query_map(params![since_ms, until_ms, bucket], |r| {
