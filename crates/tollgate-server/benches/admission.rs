@@ -36,7 +36,7 @@ fn stats(name: &str, mut xs: Vec<Duration>) -> f64 {
     p(0.5)
 }
 
-fn gateway(extra: &str) -> (Arc<Gateway>, tempfile::TempDir) {
+async fn gateway(extra: &str) -> (Arc<Gateway>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         r#"{extra}
@@ -58,7 +58,7 @@ price = {{ input = "2.5", output = "10" }}
         .unwrap()
         .validate(&env)
         .unwrap();
-    let (gw, writer) = tollgate_server::build(cfg).unwrap();
+    let (gw, writer) = tollgate_server::build(cfg).await.unwrap();
     std::mem::forget(writer); // the ledger writer is not part of what is measured
     (gw, dir)
 }
@@ -270,12 +270,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("admission + settlement, in process, {N} iterations after 2000 warm-up (one thread, sequential)");
-        let (bare, _d1) = gateway("[guard]\nenabled = false\n");
+        let (bare, _d1) = gateway("[guard]\nenabled = false\n").await;
         let base = admit_settle(&bare, "baseline: admit+settle, no budget/limit/guard applies", false).await;
-        let (full, _d2) = gateway(LIMITS);
+        let (full, _d2) = gateway(LIMITS).await;
         let with = admit_settle(&full, "admit+settle: 3 budgets, 3 rate limits, guard; agent turns", false).await;
         println!("  → added to the hot path by budgets, rate limits and the guard: {:.2} µs p50", with - base);
-        let (cold, _d3) = gateway(LIMITS);
+        let (cold, _d3) = gateway(LIMITS).await;
         let fresh = admit_settle(&cold, "the same, every message new (prompt tokenised each time)", true).await;
         println!("  → with a ~100-token prompt tokenised on every call: {:.2} µs p50", fresh - base);
         let mem = counters(&Counters::memory(), "counters only: memory reserve+settle, 3 budget + 3 rate lines").await;
@@ -327,12 +327,13 @@ fn main() {
                 // The task guard alone (no budget or rate limit), its state in this
                 // process vs shared by replicas through Redis.
                 const GUARD: &str = "[guard]\nloop_max_repeats = 0\nno_progress_calls = 0\nmax_iterations = 1000000000\n";
-                let (gm, _d4) = gateway(GUARD);
+                let (gm, _d4) = gateway(GUARD).await;
                 let local = admit_settle(&gm, "guard only, task state in this process: admit+settle", false).await;
                 let shared_prefix = format!("{prefix}:guard");
                 let (gr, _d5) = gateway(&format!(
                     "[budgets]\ncounters = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{shared_prefix}\"\n{GUARD}"
-                ));
+                ))
+                .await;
                 let shared = admit_settle(&gr, "guard only, task state shared in Redis (1 script per call)", false).await;
                 println!("  → sharing halts and task totals across replicas adds {:.2} µs p50 per request with a task", shared - local);
                 // The floor of any check shared through Redis: one plain read, one round trip.

@@ -69,7 +69,11 @@ sticky = false
         .unwrap()
         .validate(&env)
         .unwrap();
-    let (gw, writer) = tollgate_server::build(cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (gw, writer) = rt.block_on(tollgate_server::build(cfg)).unwrap();
     std::mem::forget(writer);
     (gw, dir)
 }

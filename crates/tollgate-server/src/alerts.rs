@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_providers::{UpstreamClient, UpstreamRequest, Url};
-use tollgate_store::SqliteStore;
+use tollgate_store::{Store, TaskStore};
 
 /// One alert.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub struct AlertStats {
 
 /// The alerting component: records every alert, delivers it from a tracked task.
 pub struct Alerts {
-    store: SqliteStore,
+    store: Store,
     client: UpstreamClient,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -87,7 +87,7 @@ pub struct Alerts {
 impl Alerts {
     pub fn new(
         settings: &AlertConfig,
-        store: SqliteStore,
+        store: Store,
         client: UpstreamClient,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -135,19 +135,18 @@ impl Alerts {
         } else {
             "no_webhook"
         };
-        let id = {
-            let store = self.store.clone();
-            let (k, s, t, p) = (
+        let id = self
+            .store
+            .insert_alert(
                 alert.kind,
-                alert.subject.clone(),
-                alert.text.clone(),
-                payload.clone(),
-            );
-            tokio::task::spawn_blocking(move || store.insert_alert(k, &s, &t, &p, status, now_ms()))
-                .await
-                .ok()
-                .and_then(Result::ok)
-        };
+                &alert.subject,
+                &alert.text,
+                &payload,
+                status,
+                now_ms(),
+            )
+            .await
+            .ok();
         let Some(url) = url else { return };
         let body = Bytes::from(payload.to_string());
         let mut headers = http::HeaderMap::new();
@@ -202,18 +201,17 @@ impl Alerts {
             tracing::error!(subject = %alert.subject, error = ?last_error, "alert delivery failed after {tried} attempt(s)");
         }
         if let Some(id) = id {
-            let store = self.store.clone();
             let status = if delivered { "delivered" } else { "failed" };
-            let _ = tokio::task::spawn_blocking(move || {
-                store.update_alert(
+            let _ = self
+                .store
+                .update_alert(
                     id,
                     status,
                     tried,
                     last_error.as_deref(),
                     delivered.then(now_ms),
                 )
-            })
-            .await;
+                .await;
         }
     }
 }

@@ -358,6 +358,13 @@ pub fn class_for_status(status: u16) -> ErrorClass {
     }
 }
 
+/// A store failure is the gateway's own (500 `internal_error`); the message names it.
+impl From<tollgate_store::StoreError> for ApiError {
+    fn from(e: tollgate_store::StoreError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         ApiError::into_response(self, None)

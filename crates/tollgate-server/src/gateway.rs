@@ -6,6 +6,7 @@ use crate::alerts::Alerts;
 use crate::auth::{KeyCache, MasterKey};
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::config::store::StoreSettings;
 use crate::limits::{Limits, LimitsError};
 use crate::pipeline::{Pipeline, RequestIds, Settlement};
 use crate::routing::RoutingState;
@@ -15,7 +16,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_providers::{ClientConfig, ProviderError, UpstreamClient};
-use tollgate_store::{Ledger, LedgerConfig, LedgerWriter, SecretSealer, SqliteStore, StoreError};
+use tollgate_store::{
+    KeyStore, Ledger, LedgerConfig, LedgerStore, LedgerWriter, PriceTableStore, SecretSealer,
+    Store, StoreError,
+};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +52,8 @@ pub struct Gateway {
     /// Opens sealed key secrets for SigV4 verification; `None` without a master key.
     pub sealer: Option<Arc<SecretSealer>>,
     pub ledger: Ledger,
-    pub store: SqliteStore,
+    /// The ledger and everything beside it: SQLite, or PostgreSQL shared by replicas.
+    pub store: Store,
     pub client: UpstreamClient,
     /// Every background task the server starts, so shutdown can wait for them.
     pub tasks: TaskTracker,
@@ -64,22 +69,28 @@ pub struct Gateway {
     pub pipeline: Pipeline,
 }
 
-/// Open the store, start the ledger writer and build the gateway state.
-pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError> {
-    let store = SqliteStore::open(&config.ledger.path)?;
-    store.register_price_table(
-        config.prices.hash(),
-        &config.prices.sources,
-        config.prices.len(),
-        now_ms(),
-    )?;
+/// Open the store (migrating it), start the ledger writer and build the gateway state.
+pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError> {
+    let store = Store::open(&config.store).await?;
+    store
+        .register_price_table(
+            config.prices.hash(),
+            &config.prices.sources,
+            config.prices.len(),
+            now_ms(),
+        )
+        .await?;
     let (ledger, writer) = store.start_ledger(&LedgerConfig {
         durability: config.ledger.durability,
         channel_capacity: config.ledger.channel_capacity,
+        replica: match &config.store {
+            StoreSettings::Postgres(p) => p.replica.clone(),
+            StoreSettings::Sqlite { .. } => None,
+        },
         ..LedgerConfig::default()
     })?;
     let keys = Arc::new(KeyCache::default());
-    keys.replace(store.list_keys()?);
+    keys.replace(store.list_keys().await?);
     let client = UpstreamClient::new(&ClientConfig::default())?;
     let master = MasterKey::new(
         config.server.master_key.as_ref(),
@@ -94,12 +105,8 @@ pub fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), ServerError
         tasks.clone(),
         shutdown.clone(),
     ));
-    let limits = Arc::new(Limits::new(
-        &config.limits,
-        store.clone(),
-        alerts.clone(),
-        tasks.clone(),
-    )?);
+    let limits =
+        Arc::new(Limits::new(&config.limits, store.clone(), alerts.clone(), tasks.clone()).await?);
     let sealer = config
         .server
         .master_key

@@ -61,7 +61,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (gw, writer) = build(config)?;
+    let (gw, writer) = build(config).await?;
     serve(listener, gw, writer, shutdown).await
 }
 
@@ -85,8 +85,7 @@ pub async fn serve(
                     _ = gw.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(KEY_REFRESH) => {}
                 }
-                let store = gw.store.clone();
-                if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || store.list_keys()).await {
+                if let Ok(keys) = tollgate_store::KeyStore::list_keys(&gw.store).await {
                     gw.keys.replace(keys);
                 }
                 if let Err(e) = gw.refresh_limits().await {

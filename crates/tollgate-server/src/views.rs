@@ -1,7 +1,7 @@
 //! The JSON shapes of reports and views, shared by the admin API (`/admin/*`) and the
 //! CLI (`tollgate report --format json`, `budgets`, `tasks`): one place, so the two can
 //! never disagree. Pure functions of store results, except [`budget_status`] and
-//! [`dashboard`], which read the (blocking) store they are given and take `now`.
+//! [`dashboard`], which read the store they are given (any backend) and take `now`.
 
 use crate::config::UsdText;
 use crate::error::ApiError;
@@ -15,7 +15,7 @@ use tollgate_domain::report::{GroupBy, UsageGroup, UsageReport};
 use tollgate_domain::time::iso;
 use tollgate_domain::value::{Ratio, RoiReport, Savings, SavingsReport, TaskStats, TaskSummary};
 use tollgate_store::outcomes::{Recorded, StoredOutcome};
-use tollgate_store::{SqliteStore, StoreError};
+use tollgate_store::{BudgetStore, ReportStore, StoreError, TaskStore};
 
 // ---------------------------------------------------------------------------------------
 // Usage.
@@ -203,8 +203,8 @@ pub fn recorded_json(r: &Recorded) -> Value {
 
 /// One budget's standing: spend per entity in the current period (from the ledger, and
 /// live from the counters when a gateway answers), and past periods' spend.
-pub fn budget_status(
-    store: &SqliteStore,
+pub async fn budget_status(
+    store: &(impl BudgetStore + Sync),
     rule: &tollgate_domain::budget::BudgetRule,
     source: &str,
     now_ms: i64,
@@ -216,7 +216,9 @@ pub fn budget_status(
     let mut current = Vec::new();
     let mut past = Vec::new();
     for (i, w) in windows.iter().enumerate() {
-        let spend = store.spend_by_scope(&rule.scope, w.start_ms, w.end_ms)?;
+        let spend = store
+            .spend_by_scope(&rule.scope, w.start_ms, w.end_ms)
+            .await?;
         if i == 0 {
             let mut spend = spend;
             if spend.is_empty()
@@ -324,11 +326,10 @@ fn bucket_for(span_ms: i64) -> i64 {
 
 /// Every dashboard panel in one answer (`GET /admin/dashboard`): totals, the spend
 /// chart (grouped by `g`, in buckets of `bucket` ms or a round width for the window),
-/// ROI, savings, top tasks, budgets, halted tasks and alerts. Reads the store
-/// (blocking).
+/// ROI, savings, top tasks, budgets, halted tasks and alerts, read from the store.
 #[allow(clippy::too_many_arguments)]
-pub fn dashboard(
-    store: &SqliteStore,
+pub async fn dashboard(
+    store: &(impl BudgetStore + ReportStore + TaskStore + Sync),
     rules: &[BudgetRule],
     tz: &jiff::tz::TimeZone,
     g: GroupBy,
@@ -339,7 +340,7 @@ pub fn dashboard(
 ) -> Result<Value, StoreError> {
     // The chart starts where the data does (at least 5 minutes back), so a
     // young ledger is not a spike at the edge of an empty week.
-    let chart_since = match store.ledger_span(since, until)? {
+    let chart_since = match store.ledger_span(since, until).await? {
         Some((first, _)) => {
             let pad = ((until - first) / 10).max(10_000);
             (first - pad).min(until - MIN_CHART_SPAN_MS).max(since)
@@ -347,15 +348,16 @@ pub fn dashboard(
         None => since,
     };
     let bucket = bucket.unwrap_or_else(|| bucket_for(until - chart_since));
-    let usage = store.usage_report(None, since, until)?;
-    let series = store.spend_series(g, chart_since, until, bucket)?;
-    let roi = store.roi_report(GroupBy::Agent, since, until)?;
-    let savings = store.savings_report(None, since, until)?;
-    let top = store.task_summaries(since, until, 10)?;
-    let budgets = Some(budget_rows(store, rules, tz, now_ms)?);
+    let usage = store.usage_report(None, since, until).await?;
+    let series = store.spend_series(g, chart_since, until, bucket).await?;
+    let roi = store.roi_report(GroupBy::Agent, since, until).await?;
+    let savings = store.savings_report(None, since, until).await?;
+    let top = store.task_summaries(since, until, 10).await?;
+    let budgets = Some(budget_rows(store, rules, tz, now_ms).await?);
     let halted = Some(
         store
-            .guarded_tasks(50)?
+            .guarded_tasks(50)
+            .await?
             .into_iter()
             .map(|t| {
                 let mut m = serde_json::Map::new();
@@ -376,7 +378,8 @@ pub fn dashboard(
     );
     let alerts = Some(
         store
-            .alerts(None, 50)?
+            .alerts(None, 50)
+            .await?
             .into_iter()
             .map(|a| {
                 let mut m = serde_json::Map::new();
@@ -418,15 +421,15 @@ pub fn dashboard(
 
 /// The budgets panel: each budget in force, per entity, this period's spend against its
 /// limit (from the ledger).
-fn budget_rows(
-    store: &SqliteStore,
+async fn budget_rows(
+    store: &(impl BudgetStore + Sync),
     rules: &[BudgetRule],
     tz: &jiff::tz::TimeZone,
     now_ms: i64,
 ) -> Result<Vec<serde_json::Map<String, Value>>, StoreError> {
     let mut out = Vec::new();
     for r in rules {
-        let st = budget_status(store, r, "", now_ms, tz, 1)?;
+        let st = budget_status(store, r, "", now_ms, tz, 1).await?;
         for c in st["current"].as_array().into_iter().flatten() {
             let mut m = serde_json::Map::new();
             m.insert("scope".into(), c["scope"].clone());

@@ -248,9 +248,16 @@ fn file_graph(srcs: &[Source]) -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn the_file_graph_has_no_cycle() {
     let g = file_graph(&sources());
-    assert!(g.len() > 30, "the source walk found too few files: {}", g.len());
+    assert!(
+        g.len() > 30,
+        "the source walk found too few files: {}",
+        g.len()
+    );
     if let Some(c) = find_cycle(&g) {
-        panic!("these files import each other in a circle: {}", c.join(" → "));
+        panic!(
+            "these files import each other in a circle: {}",
+            c.join(" → ")
+        );
     }
 }
 

@@ -32,7 +32,7 @@ fn config_budgets(args: &BudgetsArgs) -> Result<(Vec<BudgetRule>, jiff::tz::Time
     Ok((l.budgets, l.time_zone))
 }
 
-pub fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
+pub async fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
     let db = db_path(args.db.clone(), args.config.clone())?;
     let store = SqliteStore::open(&db)?;
     let (config_rules, tz) = config_budgets(&args)?;
@@ -87,7 +87,7 @@ pub fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
                 } else {
                     "config"
                 };
-                all.push(budget_status(&store, r, source, now_ms(), &tz, 1)?);
+                all.push(budget_status(&store, r, source, now_ms(), &tz, 1).await?);
             }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
@@ -112,7 +112,7 @@ pub fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
             }
             let mut all = Vec::new();
             for r in mine {
-                let mut s = budget_status(&store, r, "", now_ms(), &tz, periods + 1)?;
+                let mut s = budget_status(&store, r, "", now_ms(), &tz, periods + 1).await?;
                 // For `agent:*`, narrow the current entities to the one asked for.
                 if let (Some(name), Some(cur)) = (&spec.name, s["current"].as_array_mut()) {
                     cur.retain(|c| {

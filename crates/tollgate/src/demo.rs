@@ -626,7 +626,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         });
     }
 
-    let (gw, writer) = tollgate_server::build(cfg)?;
+    let (gw, writer) = tollgate_server::build(cfg).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = stop.clone();

@@ -68,7 +68,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Export(a) => export::export(a),
         Command::Tasks(a) => tasks::tasks(a).await,
         Command::Keys(a) => keys::keys(a),
-        Command::Budgets(a) => budgets::budgets(a),
+        Command::Budgets(a) => budgets::budgets(a).await,
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,

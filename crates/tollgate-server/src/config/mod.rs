@@ -13,7 +13,8 @@
 //! [`server`] `[server]`, [`ledger`] `[ledger]`, [`pricing`] `[pricing]` and deployment
 //! prices, [`upstreams`] `[[upstreams]]`, [`deployments`] `[[deployments]]`,
 //! [`budgets`] `[budgets]`, [`rate_limits`] `[[rate_limits]]`, [`guard`] `[guard]`,
-//! [`alerts`] `[alerts]` (the four together are [`LimitsConfig`]), [`outcomes`]
+//! [`alerts`] `[alerts]` (the four together are [`LimitsConfig`]), [`store`] `[store]`,
+//! [`outcomes`]
 //! `[outcomes]`, [`telemetry`] `[telemetry]`, [`routing`] `[routing]`, [`routes`]
 //! `[[routes]]`; [`usd`] the one dollar-amount type, [`env`] the overrides.
 
@@ -36,6 +37,7 @@ pub mod rate_limits;
 pub mod routes;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstreams;
 pub mod usd;
@@ -62,6 +64,8 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub ledger: RawLedger,
+    #[serde(default)]
+    pub store: store::RawStore,
     #[serde(default)]
     pub pricing: RawPricing,
     #[serde(default)]
@@ -94,6 +98,8 @@ pub struct RawConfig {
 pub struct Config {
     pub server: ServerSettings,
     pub ledger: LedgerSettings,
+    /// SQLite (the embedded default) or PostgreSQL shared by replicas.
+    pub store: store::StoreSettings,
     pub prices: Arc<PriceTable>,
     pub unpriced: UnpricedPolicy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -188,6 +194,7 @@ impl RawConfig {
         let mut errs = Vec::new();
         let server = server::validate(&self.server, env, &mut errs);
         let ledger = ledger::validate(&self.ledger, &mut errs);
+        let store = store::validate(&self.store, &ledger.path, env, &mut errs);
         let unpriced = pricing::unpriced_policy(&self.pricing, &mut errs);
         let prices = Arc::new(pricing::build_prices(
             &self.pricing,
@@ -215,6 +222,7 @@ impl RawConfig {
         Ok(Config {
             server,
             ledger,
+            store,
             prices,
             unpriced,
             upstreams,

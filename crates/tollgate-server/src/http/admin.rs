@@ -1,7 +1,7 @@
 //! The admin API (master key): usage reports, keys, single ledger rows, budgets, the
 //! guard's tasks and alerts.
 
-use super::{Admin, store_call};
+use super::Admin;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -17,7 +17,7 @@ use tollgate_domain::budget::{Period, ScopeSpec};
 use tollgate_domain::money::Money;
 use tollgate_domain::report::GroupBy;
 use tollgate_domain::time::parse_since;
-use tollgate_store::NewKey;
+use tollgate_store::{BudgetStore, KeyStore, LedgerStore, NewKey, ReportStore, TaskStore};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -72,8 +72,7 @@ pub async fn usage(
     let group_by = q.group_by.as_deref().map(parse_group_by).transpose()?;
     let since = window_bound("since", q.since.as_deref(), now - 86_400_000, now)?;
     let until = window_bound("until", q.until.as_deref(), now + 1, now)?;
-    let store = gw.store.clone();
-    let r = store_call(move || store.usage_report(group_by, since, until)).await?;
+    let r = gw.store.usage_report(group_by, since, until).await?;
     Ok(Json(report_json(&r)).into_response())
 }
 
@@ -85,10 +84,10 @@ pub async fn create_key(
     body: axum::body::Bytes,
 ) -> ApiResult {
     let new: NewKey = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    let store = gw.store.clone();
-    let sealer = gw.sealer.clone();
-    let (key, secret) =
-        store_call(move || store.create_key_sealed(&new, now_ms(), sealer.as_deref())).await?;
+    let (key, secret) = gw
+        .store
+        .create_key(&new, now_ms(), gw.sealer.as_deref())
+        .await?;
     gw.keys.insert(key.clone());
     let mut v = serde_json::to_value(&key).unwrap_or_default();
     // For AWS SDK clients (Bedrock endpoints, SigV4): the same pair.
@@ -100,8 +99,7 @@ pub async fn create_key(
 
 /// `GET /admin/keys`
 pub async fn list_keys(_: Admin, State(gw): State<Arc<Gateway>>) -> ApiResult {
-    let store = gw.store.clone();
-    let keys = store_call(move || store.list_keys()).await?;
+    let keys = gw.store.list_keys().await?;
     Ok(Json(json!({"data": keys})).into_response())
 }
 
@@ -111,9 +109,7 @@ pub async fn revoke_key(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let store = gw.store.clone();
-    let key_id = id.clone();
-    if !store_call(move || store.revoke_key(&key_id, now_ms())).await? {
+    if !gw.store.revoke_key(&id, now_ms()).await? {
         return Err(ApiError::NotFound(format!("no active key {id}")));
     }
     gw.keys.remove(&id);
@@ -126,9 +122,9 @@ pub async fn request_row(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let store = gw.store.clone();
-    let rid = id.clone();
-    let row = store_call(move || store.ledger_row(&rid))
+    let row = gw
+        .store
+        .ledger_row(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no ledger row for {id}")))?;
     let mut v = serde_json::to_value(&row).unwrap_or_default();
@@ -144,31 +140,23 @@ pub async fn request_row(
 pub async fn list_budgets(_: Admin, State(gw): State<Arc<Gateway>>) -> ApiResult {
     let rules = gw.limits.rules();
     let cfg = gw.config.load_full();
-    let store = gw.store.clone();
-    let tz = cfg.limits.time_zone.clone();
-    let config_rules = cfg.limits.budgets.clone();
-    let rules2 = rules.clone();
-    let mut out = store_call(move || {
-        let db = store.list_budgets()?;
-        let now = now_ms();
-        rules2
+    let tz = &cfg.limits.time_zone;
+    let db = gw.store.list_budgets().await?;
+    let now = now_ms();
+    let mut out = Vec::with_capacity(rules.len());
+    for r in rules.iter() {
+        let source = if db
             .iter()
-            .map(|r| {
-                let source = if db
-                    .iter()
-                    .any(|d| d.scope == r.scope && d.period == r.period)
-                {
-                    "runtime"
-                } else if config_rules.contains(r) {
-                    "config"
-                } else {
-                    "runtime"
-                };
-                budget_status(&store, r, source, now, &tz, 3)
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await?;
+            .any(|d| d.scope == r.scope && d.period == r.period)
+        {
+            "runtime"
+        } else if cfg.limits.budgets.contains(r) {
+            "config"
+        } else {
+            "runtime"
+        };
+        out.push(budget_status(&gw.store, r, source, now, tz, 3).await?);
+    }
     // Live figures from the counters.
     let keys: Vec<String> = out
         .iter()
@@ -222,9 +210,7 @@ pub async fn set_budget(
     let rule = serde_json::from_slice::<BudgetBody>(&body)
         .map_err(|e| bad("body", e))?
         .rule()?;
-    let store = gw.store.clone();
-    let r2 = rule.clone();
-    store_call(move || store.upsert_budget(&r2, now_ms())).await?;
+    gw.store.upsert_budget(&rule, now_ms()).await?;
     gw.refresh_limits().await?;
     Ok(Json(
         json!({"scope": rule.scope.to_string(), "period": rule.period.as_str(),
@@ -248,8 +234,7 @@ pub async fn delete_budget(
     let (Ok(scope), Some(period)) = (ScopeSpec::parse(&q.scope), Period::parse(&q.period)) else {
         return Err(bad("scope", "scope and period must name a budget"));
     };
-    let store = gw.store.clone();
-    if !store_call(move || store.delete_budget(&scope, period)).await? {
+    if !gw.store.delete_budget(&scope, period).await? {
         return Err(ApiError::NotFound(format!(
             "no run-time budget on {} per {}",
             q.scope, q.period
@@ -261,15 +246,9 @@ pub async fn delete_budget(
 
 /// `GET /admin/guard`: tasks the guard acted on, and recent tasks' calls and spend.
 pub async fn list_tasks(_: Admin, State(gw): State<Arc<Gateway>>) -> ApiResult {
-    let store = gw.store.clone();
     let since = now_ms() - 86_400_000;
-    let (guarded, usage) = store_call(move || {
-        Ok((
-            store.guarded_tasks(200)?,
-            store.task_usage(None, since, 200)?,
-        ))
-    })
-    .await?;
+    let guarded = gw.store.guarded_tasks(200).await?;
+    let usage = gw.store.task_usage(None, since, 200).await?;
     Ok(Json(json!({
         "guarded": guarded,
         "recent": usage,
@@ -285,17 +264,10 @@ pub async fn show_task(
     State(gw): State<Arc<Gateway>>,
     Path(task): Path<String>,
 ) -> ApiResult {
-    let store = gw.store.clone();
-    let t = task.clone();
-    let (record, incidents, alerts, usage) = store_call(move || {
-        Ok((
-            store.task_record(&t)?,
-            store.incidents(Some(&t), 50)?,
-            store.alerts(Some(&t), 50)?,
-            store.task_usage(Some(&t), i64::MIN, 1)?,
-        ))
-    })
-    .await?;
+    let record = gw.store.task_record(&task).await?;
+    let incidents = gw.store.incidents(Some(&task), 50).await?;
+    let alerts = gw.store.alerts(Some(&task), 50).await?;
+    let usage = gw.store.task_usage(Some(&task), i64::MIN, 1).await?;
     Ok(Json(json!({
         "task": task,
         "record": record,
@@ -312,9 +284,7 @@ pub async fn release_task(
     State(gw): State<Arc<Gateway>>,
     Path(task): Path<String>,
 ) -> ApiResult {
-    let store = gw.store.clone();
-    let t = task.clone();
-    let mut released = store_call(move || store.release_task(&t, now_ms())).await?;
+    let mut released = gw.store.release_task(&task, now_ms()).await?;
     if let tollgate_store::counters::Counters::Redis(r) = &gw.limits.counters {
         // Every replica: they ask Redis on each call.
         released |= r
@@ -328,7 +298,6 @@ pub async fn release_task(
 
 /// `GET /admin/alerts`: recent alerts and their delivery.
 pub async fn list_alerts(_: Admin, State(gw): State<Arc<Gateway>>) -> ApiResult {
-    let store = gw.store.clone();
-    let a = store_call(move || store.alerts(None, 200)).await?;
+    let a = gw.store.alerts(None, 200).await?;
     Ok(Json(json!({"data": a})).into_response())
 }

@@ -29,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::request::Parts;
 use std::sync::Arc;
-use tollgate_store::StoreError;
 
 /// A request carrying the master key. Extracting it is the admin API's authentication.
 pub struct Admin;
@@ -40,17 +39,6 @@ impl FromRequestParts<Arc<Gateway>> for Admin {
     async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Admin, ApiError> {
         gw.master.check(&parts.headers)?;
         Ok(Admin)
-    }
-}
-
-/// Run a store call on the blocking pool.
-pub(crate) async fn store_call<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
     }
 }
 
@@ -107,7 +95,10 @@ async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
             "durability": format!("{:?}", gw.ledger.durability()).to_lowercase(),
             "rows_written": stats.rows_written.load(std::sync::atomic::Ordering::Relaxed),
             "commit_failures": stats.commit_failures.load(std::sync::atomic::Ordering::Relaxed),
+            "rows_spooled": stats.rows_spooled.load(std::sync::atomic::Ordering::Relaxed),
+            "rows_shipped": stats.rows_shipped.load(std::sync::atomic::Ordering::Relaxed),
         },
+        "store": gw.store.kind(),
         "keys": gw.keys.len(),
         "limits": {
             "counters": gw.limits.counters.name(),

@@ -6,7 +6,6 @@
 //! an agent cannot record for another agent's task. The master key may record for any
 //! task (finance corrections); its entries say `recorded_by: "master"`.
 
-use super::store_call;
 use crate::auth::{authenticate, bearer};
 use crate::clock::now_ms;
 use crate::config::UsdText;
@@ -22,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_domain::money::Money;
 use tollgate_domain::outcome::{self, OutcomeInput};
+use tollgate_store::OutcomeStore;
 use tollgate_store::outcomes::TaskParty;
 
 /// The body of `POST /v1/tasks/{task_id}/outcome`.
@@ -73,43 +73,26 @@ pub async fn record(
     headers: HeaderMap,
     Path(task): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     // The master key first (constant-time check), then a virtual key.
     let key = if bearer(&headers).is_some() && gw.master.check(&headers).is_ok() {
         None
     } else {
-        match authenticate(&gw.keys, &headers) {
-            Ok(k) => Some(k),
-            Err(e) => return e.into_response(None),
-        }
+        Some(authenticate(&gw.keys, &headers)?)
     };
-    let parsed: OutcomeBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return ApiError::InvalidParam {
-                param: "body".into(),
-                message: e.to_string(),
-            }
-            .into_response(None);
-        }
-    };
-    let input = match parsed.input() {
-        Ok(i) => i,
-        Err(e) => return e.into_response(None),
-    };
-    let store = gw.store.clone();
-    let t = task.clone();
-    let parties = match store_call(move || store.task_parties(&t)).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(None),
-    };
+    let parsed: OutcomeBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidParam {
+            param: "body".into(),
+            message: e.to_string(),
+        })?;
+    let input = parsed.input()?;
+    let parties = gw.store.task_parties(&task).await?;
     let (recorded_by, agent, team) = match &key {
         Some(k) => {
             if !may_record(k, &parties) {
-                return ApiError::Forbidden(format!(
+                return Err(ApiError::Forbidden(format!(
                     "task {task:?} has calls from another owner; this key cannot record its outcome"
-                ))
-                .into_response(None);
+                )));
             }
             (format!("key:{}", k.id), k.agent.clone(), k.team.clone())
         }
@@ -127,30 +110,22 @@ pub async fn record(
         .load()
         .outcomes
         .rate_for(agent.as_deref(), team.as_deref());
-    let outcome = match outcome::validate(&task, &input, default_rate) {
-        Ok(o) => o,
-        Err(e) => {
-            return ApiError::InvalidParam {
-                param: e.field().to_string(),
-                message: e.to_string(),
-            }
-            .into_response(None);
-        }
-    };
-    let store = gw.store.clone();
-    let now = now_ms();
-    match store_call(move || store.record_outcome(&outcome, &recorded_by, now)).await {
-        Ok(r) => {
-            if r.changed {
-                gw.telemetry.metrics.outcome(r.current.outcome.status);
-            }
-            let status = if r.changed && r.current.revision == 1 {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (status, Json(recorded_json(&r))).into_response()
-        }
-        Err(e) => e.into_response(None),
+    let outcome =
+        outcome::validate(&task, &input, default_rate).map_err(|e| ApiError::InvalidParam {
+            param: e.field().to_string(),
+            message: e.to_string(),
+        })?;
+    let r = gw
+        .store
+        .record_outcome(&outcome, &recorded_by, now_ms())
+        .await?;
+    if r.changed {
+        gw.telemetry.metrics.outcome(r.current.outcome.status);
     }
+    let status = if r.changed && r.current.revision == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(recorded_json(&r))).into_response())
 }

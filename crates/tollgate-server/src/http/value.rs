@@ -2,8 +2,8 @@
 //! data, in the shapes of [`crate::views`] (which `tollgate report --format json`
 //! shares).
 
+use super::Admin;
 use super::admin::{parse_group_by, window_bound};
-use super::{Admin, store_call};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tollgate_domain::report::GroupBy;
 use tollgate_domain::time::{parse_duration_ms, parse_since};
+use tollgate_store::{OutcomeStore, ReportStore};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -53,8 +54,7 @@ pub async fn roi(
 ) -> ApiResult {
     let w = window(&q, "24h")?;
     let g = group_by(&q, GroupBy::Agent)?;
-    let store = gw.store.clone();
-    let r = store_call(move || store.roi_report(g, w.since, w.until)).await?;
+    let r = gw.store.roi_report(g, w.since, w.until).await?;
     Ok(Json(roi_json(&r)))
 }
 
@@ -66,23 +66,15 @@ pub async fn tasks(
 ) -> ApiResult {
     let w = window(&q, "24h")?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let store = gw.store.clone();
-    let t = store_call(move || store.task_summaries(w.since, w.until, limit)).await?;
+    let t = gw.store.task_summaries(w.since, w.until, limit).await?;
     Ok(Json(tasks_json(&t, w.since, w.until)))
 }
 
 /// `GET /admin/tasks/{task}`: the task's summary (all time), outcome and its history.
 pub async fn task(_: Admin, State(gw): State<Arc<Gateway>>, Path(task): Path<String>) -> ApiResult {
-    let store = gw.store.clone();
-    let t = task.clone();
-    let (summary, outcome, history) = store_call(move || {
-        Ok((
-            store.task_summary(&t)?,
-            store.task_outcome(&t)?,
-            store.outcome_history(&t)?,
-        ))
-    })
-    .await?;
+    let summary = gw.store.task_summary(&task).await?;
+    let outcome = gw.store.task_outcome(&task).await?;
+    let history = gw.store.outcome_history(&task).await?;
     if summary.is_none() && outcome.is_none() {
         return Err(ApiError::NotFound(format!("no task {task:?}")));
     }
@@ -105,8 +97,7 @@ pub async fn savings(
         Some(_) => Some(group_by(&q, GroupBy::Agent)?),
         None => None,
     };
-    let store = gw.store.clone();
-    let r = store_call(move || store.savings_report(g, w.since, w.until)).await?;
+    let r = gw.store.savings_report(g, w.since, w.until).await?;
     Ok(Json(savings_json(&r)))
 }
 
@@ -128,12 +119,18 @@ pub async fn dashboard(
             })?),
             None => None,
         };
-    let store = gw.store.clone();
     let rules = gw.limits.rules();
     let tz = gw.config.load().limits.time_zone.clone();
-    let v = store_call(move || {
-        views::dashboard(&store, &rules, &tz, g, w.since, w.until, bucket, now_ms())
-    })
+    let v = views::dashboard(
+        &gw.store,
+        &rules,
+        &tz,
+        g,
+        w.since,
+        w.until,
+        bucket,
+        now_ms(),
+    )
     .await?;
     Ok(Json(v))
 }

@@ -14,10 +14,10 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::loopguard::{Fingerprint, Halt};
-use tollgate_store::StoreError;
 use tollgate_store::counters::{
     HaltClaim, HaltCursor, KnownHalt, RedisCounters, TaskAdmit, TaskRun,
 };
+use tollgate_store::{StoreError, TaskStore};
 
 /// Most halts recorded by other replicas copied into this replica's store per refresh
 /// (a replica starting next to many halts catches up over a few refreshes).
@@ -118,16 +118,13 @@ impl Limits {
         if released.is_empty() {
             return halted;
         }
-        let store = self.store.clone();
-        let tasks = released.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            for t in &tasks {
-                store.release_task(t, now_ms())?;
+        let mut done: Result<(), StoreError> = Ok(());
+        for t in &released {
+            if let Err(e) = self.store.release_task(t, now_ms()).await {
+                done = Err(e);
             }
-            Ok::<_, StoreError>(())
-        })
-        .await;
-        if !matches!(done, Ok(Ok(()))) {
+        }
+        if done.is_err() {
             tracing::warn!("could not record releases made on another replica");
         }
         for t in &released {
@@ -184,25 +181,21 @@ impl Limits {
             self.advance_halt_cursor(next);
             return halted;
         }
-        let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || {
+        let stored: Result<Vec<_>, StoreError> = async {
             let mut out = Vec::new();
             for h in &halts {
-                if store.record_shared_halt(h)? {
+                if self.store.record_shared_halt(h).await? {
                     tracing::info!(task = %h.task, reason = %h.reason, "task halted on another replica");
                 }
-                out.extend(store.task_record(&h.task)?.filter(|r| r.is_halted()));
+                out.extend(self.store.task_record(&h.task).await?.filter(|r| r.is_halted()));
             }
-            Ok::<_, StoreError>(out)
-        })
+            Ok(out)
+        }
         .await;
         match stored {
-            Ok(Ok(records)) => {
+            Ok(records) => {
                 self.advance_halt_cursor(next);
                 halted.extend(records);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not record halts made on another replica");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not record halts made on another replica");
@@ -238,33 +231,23 @@ impl Limits {
             e.insert("request_id".into(), Value::from(request_id));
             e.insert("agent".into(), Value::from(attr.agent.clone()));
         }
-        let store = self.store.clone();
-        let (t, agent, kind, reason, ev, rid) = (
-            task.to_string(),
-            attr.agent.clone(),
-            halt.kind.as_str(),
-            halt.reason.clone(),
-            evidence.clone(),
-            request_id.to_string(),
-        );
-        let persisted = tokio::task::spawn_blocking(move || {
-            store.record_incident(
+        let persisted = self
+            .store
+            .record_incident(
                 &tollgate_store::tasks::NewIncident {
-                    task: &t,
-                    agent: agent.as_deref(),
-                    kind,
-                    reason: &reason,
-                    evidence: &ev,
+                    task,
+                    agent: attr.agent.as_deref(),
+                    kind: halt.kind.as_str(),
+                    reason: &halt.reason,
+                    evidence: &evidence,
                     dry_run,
-                    request_id: Some(&rid),
+                    request_id: Some(request_id),
                 },
                 halted_ms.unwrap_or_else(now_ms),
             )
-        })
-        .await;
+            .await;
         match persisted {
-            Ok(Ok(_)) => self.guard.persisted(task),
-            Ok(Err(e)) => tracing::error!(task, error = %e, "could not persist the halt"),
+            Ok(_) => self.guard.persisted(task),
             Err(e) => tracing::error!(task, error = %e, "could not persist the halt"),
         }
         self.alerts

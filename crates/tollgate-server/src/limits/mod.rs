@@ -49,7 +49,7 @@ use tollgate_domain::budget::{
 use tollgate_domain::money::Money;
 use tollgate_domain::ratelimit::RateKind;
 use tollgate_store::counters::{CounterError, Counters, HaltCursor, Reservation, Seed, TaskRun};
-use tollgate_store::{SqliteStore, StoreError};
+use tollgate_store::{BudgetStore, Store, StoreError, TaskStore};
 
 pub mod admit;
 pub mod guard;
@@ -104,7 +104,7 @@ pub struct Limits {
     pub tokens: TokenCache,
     pub stats: LimitStats,
     /// Budgets, incidents and halts live here; spend is summed from its ledger.
-    store: SqliteStore,
+    store: Store,
     /// Where trips and crossed thresholds are announced.
     alerts: Arc<Alerts>,
     /// Settlements and shared task costs that must outlive the request (Redis).
@@ -112,8 +112,8 @@ pub struct Limits {
 }
 
 /// The counters of `rules` in their current periods, with spend summed from the ledger.
-pub fn seeds_for(
-    store: &SqliteStore,
+pub async fn seeds_for(
+    store: &Store,
     rules: &[BudgetRule],
     now_ms: i64,
     tz: &jiff::tz::TimeZone,
@@ -121,7 +121,7 @@ pub fn seeds_for(
     let mut out: HashMap<String, Seed> = HashMap::new();
     for r in rules {
         let w = window(r.period, now_ms, tz);
-        for (name, spent) in store.spend_by_scope(&r.scope, w.start_ms, w.end_ms)? {
+        for (name, spent) in store.spend_by_scope(&r.scope, w.start_ms, w.end_ms).await? {
             let scope = match r.scope.kind {
                 ScopeKind::Org => Scope::org(),
                 k => Scope::new(k, name),
@@ -147,9 +147,9 @@ fn expiry(w: &PeriodWindow) -> Option<i64> {
 impl Limits {
     /// Counters, budgets and halted tasks from the config and the store. In-memory
     /// counters are rebuilt from the ledger here, before the first request.
-    pub fn new(
+    pub async fn new(
         lc: &LimitsConfig,
-        store: SqliteStore,
+        store: Store,
         alerts: Arc<Alerts>,
         tasks: TaskTracker,
     ) -> Result<Limits, LimitsError> {
@@ -163,12 +163,12 @@ impl Limits {
                 )?)
             }
         };
-        let rules = merge_rules(&lc.budgets, &store.list_budgets()?);
+        let rules = merge_rules(&lc.budgets, &store.list_budgets().await?);
         if let Counters::Memory(m) = &counters {
-            m.seed(&seeds_for(&store, &rules, now_ms(), &lc.time_zone)?);
+            m.seed(&seeds_for(&store, &rules, now_ms(), &lc.time_zone).await?);
         }
         let guard = TaskGuard::default();
-        guard.sync_halted(&store.halted_tasks()?);
+        guard.sync_halted(&store.halted_tasks().await?);
         Ok(Limits {
             counters,
             guard,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tollgate_domain::budget::BudgetRule;
 use tollgate_domain::budget::merge_rules;
-use tollgate_store::StoreError;
 use tollgate_store::counters::Counters;
+use tollgate_store::{BudgetStore, StoreError, TaskStore};
 
 impl Limits {
     /// Re-read run-time budgets and halted tasks from the store (every few seconds, and
@@ -19,13 +19,9 @@ impl Limits {
     /// the store's halts are reconciled with the shared state first, and halts recorded by
     /// other replicas are copied into it.
     pub async fn refresh(&self, lc: &LimitsConfig) -> Result<(), ApiError> {
-        let store = self.store.clone();
-        let (db_rules, halted) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((store.list_budgets()?, store.halted_tasks()?))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let internal = |e: StoreError| ApiError::Internal(e.to_string());
+        let db_rules = self.store.list_budgets().await.map_err(internal)?;
+        let halted = self.store.halted_tasks().await.map_err(internal)?;
         let halted = match &self.counters {
             Counters::Redis(r) => {
                 let halted = self.reconcile_halts(r, halted).await;
@@ -62,12 +58,8 @@ impl Limits {
         rules: &[BudgetRule],
         mark: bool,
     ) -> Result<(), ApiError> {
-        let store = self.store.clone();
-        let rules = rules.to_vec();
-        let tz = lc.time_zone.clone();
-        let seeds = tokio::task::spawn_blocking(move || seeds_for(&store, &rules, now_ms(), &tz))
+        let seeds = seeds_for(&self.store, rules, now_ms(), &lc.time_zone)
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let n = self
             .counters
