@@ -11,6 +11,8 @@
 //!   ledger (what rebuilds the counters after a restart).
 //! - [`tasks`]: halted tasks, incidents and alert deliveries.
 //! - [`outcomes`]: task outcomes and their history.
+//! - [`reconcile`]: the ledger summed for `tollgate reconcile` (per day × model × key ×
+//!   price-table hash).
 //! - [`value`]: ROI, per-task summaries, savings by mechanism, spend series, exports.
 
 pub mod budgets;
@@ -18,6 +20,7 @@ pub mod counters;
 pub mod keys;
 pub mod ledger;
 pub mod outcomes;
+pub mod reconcile;
 pub mod report;
 pub mod sqlite;
 pub mod tasks;
