@@ -68,7 +68,11 @@ impl SqliteStore {
     }
 
     /// Upstream names in the ledger over `[since_ms, until_ms)`.
-    pub fn ledger_upstreams(&self, since_ms: i64, until_ms: i64) -> Result<Vec<String>, StoreError> {
+    pub fn ledger_upstreams(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let conn = self.connect(Sync::Normal)?;
         let mut stmt = conn.prepare(
             "SELECT DISTINCT upstream FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY upstream",

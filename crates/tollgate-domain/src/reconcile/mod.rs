@@ -677,6 +677,14 @@ pub fn reconcile(invoices: &[Invoice], spend: &[PricedSpend], opts: &Options) ->
                 tokens: Some(ga.tokens.get(&class).copied().unwrap_or(0)),
                 amount: Some(ga.amounts.get(&class).copied().unwrap_or(Money::ZERO)),
             };
+            // Exports list every class of a model, used or not: nothing against nothing
+            // is not a cell.
+            let nothing = |s: &Side| {
+                s.tokens.unwrap_or(0) == 0 && s.amount.unwrap_or(Money::ZERO) == Money::ZERO
+            };
+            if nothing(&provider_side) && nothing(&gateway_side) {
+                continue;
+            }
             cells.push(ctx.cell(Some(class), provider_side, gateway_side));
         }
         if has_amounts && !per_class_amounts {
