@@ -249,18 +249,17 @@ pub fn parse_invoice(
             ));
         }
     };
-    match (format, provider) {
-        (InvoiceFormat::AwsCur, Some(Provider::OpenAi | Provider::Anthropic)) => {
-            return Err(InvoiceError::new(
-                source,
-                "line 1",
-                "",
-                "an AWS CUR file, but --provider says otherwise",
-            ));
-        }
-        (InvoiceFormat::Focus, _) | (InvoiceFormat::AwsCur, _) => {}
-        _ => {}
+    if format == InvoiceFormat::AwsCur
+        && let Some(p @ (Provider::OpenAi | Provider::Anthropic)) = provider
+    {
+        return Err(InvoiceError::new(
+            source,
+            "line 1",
+            "",
+            format!("an AWS CUR file, but --provider is {}", p.as_str()),
+        ));
     }
+    // Any CSV with FOCUS columns is read as FOCUS, whoever wrote it.
     match format {
         InvoiceFormat::AwsCur => cur::parse(source, text),
         _ => focus::parse(source, text),
@@ -299,14 +298,14 @@ fn detect_json(
             Some(InvoiceFormat::AnthropicUsage)
         } else if r.contains_key("cost_type") || r.contains_key("token_type") {
             Some(InvoiceFormat::AnthropicCosts)
-        } else if let Some(a) = r.get("amount") {
-            Some(if a.is_object() {
-                InvoiceFormat::OpenAiCosts
-            } else {
-                InvoiceFormat::AnthropicCosts
-            })
         } else {
-            None
+            r.get("amount").map(|a| {
+                if a.is_object() {
+                    InvoiceFormat::OpenAiCosts
+                } else {
+                    InvoiceFormat::AnthropicCosts
+                }
+            })
         }
     } else {
         None
@@ -365,10 +364,10 @@ pub(crate) fn pages(root: &Value) -> Box<dyn Iterator<Item = (String, &Value)> +
 
 /// Buckets of every page with their path (`data[1]`) and their results (`results` or
 /// `result`), erroring on a page without `data`.
-pub(crate) fn buckets<'a>(
-    source: &str,
-    root: &'a Value,
-) -> Result<Vec<(String, &'a serde_json::Map<String, Value>, Vec<&'a Value>)>, InvoiceError> {
+/// A bucket: its path, the bucket object, its results.
+pub(crate) type Bucket<'a> = (String, &'a serde_json::Map<String, Value>, Vec<&'a Value>);
+
+pub(crate) fn buckets<'a>(source: &str, root: &'a Value) -> Result<Vec<Bucket<'a>>, InvoiceError> {
     let mut out = Vec::new();
     for (prefix, page) in pages(root) {
         let data = page.get("data").and_then(Value::as_array).ok_or_else(|| {

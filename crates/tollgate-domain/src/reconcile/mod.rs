@@ -438,6 +438,11 @@ struct GatewayAgg {
     amounts: BTreeMap<TokenClass, Money>,
     rates: BTreeMap<TokenClass, BTreeSet<Rate>>,
     unrated: bool,
+    /// Rows priced at other rates than the catalog's today (an older table, a
+    /// long-context tier): the class split by today's rates would not be the ledger's.
+    repriced: bool,
+    /// Today's catalog price of each class, atto-USD.
+    catalog: BTreeMap<TokenClass, u128>,
     cost: Money,
     models: BTreeSet<String>,
     hashes: BTreeSet<String>,
@@ -618,6 +623,24 @@ pub fn reconcile(invoices: &[Invoice], spend: &[PricedSpend], opts: &Options) ->
         if s.rates.is_none() {
             agg.unrated = true;
         }
+        if let Some(r) = &s.rates {
+            let today = crate::cost::cost_at(&g.usage, r).charged;
+            // Each row rounds up by less than a nano-USD on its own.
+            let slack = i128::from(g.requests);
+            if (i128::from(today.nanos()) - i128::from(g.cost.nanos())).abs() > slack {
+                agg.repriced = true;
+            }
+            for c in TokenClass::ALL {
+                let atto = match c {
+                    TokenClass::Output => {
+                        let reasoning = g.usage.reasoning.min(g.usage.output);
+                        r.output.times(g.usage.output - reasoning) + r.reasoning.times(reasoning)
+                    }
+                    _ => c.rate(r).times(c.tokens(&g.usage)),
+                };
+                *agg.catalog.entry(c).or_insert(0) += atto;
+            }
+        }
         let w = class_weights(&g.usage, s.rates.as_ref());
         let parts = allocate(g.cost, &w.iter().map(|x| x.2).collect::<Vec<_>>());
         for ((class, tokens, _), part) in w.iter().zip(parts) {
@@ -673,9 +696,16 @@ pub fn reconcile(invoices: &[Invoice], spend: &[PricedSpend], opts: &Options) ->
                     None
                 },
             };
+            // A repriced group's class amounts are today's catalog prices (the ledger's
+            // total is compared in a group cell below).
+            let amount = if ga.repriced {
+                Money::from_atto_ceil(ga.catalog.get(&class).copied().unwrap_or(0))
+            } else {
+                ga.amounts.get(&class).copied().unwrap_or(Money::ZERO)
+            };
             let gateway_side = Side {
                 tokens: Some(ga.tokens.get(&class).copied().unwrap_or(0)),
-                amount: Some(ga.amounts.get(&class).copied().unwrap_or(Money::ZERO)),
+                amount: Some(amount),
             };
             // Exports list every class of a model, used or not: nothing against nothing
             // is not a cell.
@@ -687,7 +717,7 @@ pub fn reconcile(invoices: &[Invoice], spend: &[PricedSpend], opts: &Options) ->
             }
             cells.push(ctx.cell(Some(class), provider_side, gateway_side));
         }
-        if has_amounts && !per_class_amounts {
+        if has_amounts && (!per_class_amounts || ga.repriced) {
             let total = pa
                 .amounts
                 .values()
@@ -961,15 +991,18 @@ impl CellCtx<'_> {
         if cell.kinds == [DriftKind::Amount]
             && let (Some(p), Some(g)) = (pa, ga)
         {
+            let why_amount = if class.is_none() && self.g.repriced {
+                format!(
+                    " for the same tokens: the ledger's rows were priced (price table {}) with other rates than today's table (an older table, or a long-context tier); the class cells compare the provider with today's rates",
+                    cell.price_hashes.join(", ")
+                )
+            } else if class.is_none() {
+                " (the export does not split amounts by token class)".to_string()
+            } else {
+                ": small token and rate differences add up".to_string()
+            };
             why.push(format!(
-                "amount: {} USD by the provider, {} USD by the gateway{}",
-                p,
-                g,
-                if class.is_none() {
-                    " (the export does not split amounts by token class)"
-                } else {
-                    ": small token and rate differences add up"
-                }
+                "amount: {p} USD by the provider, {g} USD by the gateway{why_amount}"
             ));
         }
         cell.explanation = why.join("; ");

@@ -414,3 +414,55 @@ fn days() {
     assert_eq!(Day(20_395).to_string(), "2025-11-03");
     assert_eq!(Day::from_ms(Day(20_395).start_ms() + 5), Day(20_395));
 }
+
+#[test]
+fn rows_priced_by_another_table_compare_classes_at_todays_rates() {
+    // The ledger charged output at $0.50/Mtok (an older table): $7.00 instead of $7.50.
+    let mut l = ledger();
+    l[0].spend.cost = Money::from_nanos(7_000_000_000);
+    l[0].spend.price_hash = "0ld0ld0ld0ld0ld0".into();
+    let inv = invoice(vec![
+        line(
+            "gpt-4o-mini",
+            TokenClass::Input,
+            Some(10_000_000),
+            Some("1.5"),
+        ),
+        line(
+            "gpt-4o-mini",
+            TokenClass::CacheRead,
+            Some(40_000_000),
+            Some("3"),
+        ),
+        line(
+            "gpt-4o-mini",
+            TokenClass::Output,
+            Some(5_000_000),
+            Some("3"),
+        ),
+    ]);
+    let r = reconcile(&[inv], &l, &opts());
+    // Today's table agrees with the provider class by class...
+    for c in [TokenClass::Input, TokenClass::CacheRead, TokenClass::Output] {
+        assert_eq!(cell(&r, c).status, CellStatus::Matched, "{c:?}");
+    }
+    assert_eq!(
+        cell(&r, TokenClass::Output).gateway.amount,
+        Some(Money::from_nanos(3_000_000_000))
+    );
+    // ...and the ledger's total does not: said on the group cell, with the rows' hash.
+    let total = r.cells.iter().find(|c| c.class.is_none()).unwrap();
+    assert_eq!(total.kinds, vec![DriftKind::Amount]);
+    assert_eq!(total.gateway.amount, Some(Money::from_nanos(7_000_000_000)));
+    assert!(
+        total.explanation.contains("other rates than today"),
+        "{}",
+        total.explanation
+    );
+    assert!(
+        total.explanation.contains("0ld0ld0ld0ld0ld0"),
+        "{}",
+        total.explanation
+    );
+    assert_eq!(total.price_hashes, vec!["0ld0ld0ld0ld0ld0".to_string()]);
+}
