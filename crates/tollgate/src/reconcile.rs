@@ -351,7 +351,7 @@ pub fn to_table(r: &Reconciliation, ctx: &Context, all: bool) -> String {
         ctx.provider.as_str(),
         days,
         ctx.tolerance,
-        ctx.min_amount
+        usd(ctx.min_amount)
     );
     out.push_str(&format!(
         "files: {}; upstreams: {}; accounts: {}; price table in use: {}\n",
