@@ -14,6 +14,8 @@
 //! - [`ledger`]: the metered row.
 //! - [`report`]: report dimensions and sums.
 //! - [`budget`]: scopes, calendar periods, reservation arithmetic, alert thresholds.
+//! - [`reconcile`]: the ledger against a provider's usage and cost exports (OpenAI,
+//!   Anthropic, AWS CUR 2.0, FOCUS): matching, drift classification, the export parsers.
 //! - [`ratelimit`]: rolling-window limits on requests, tokens and dollars per minute.
 //! - [`loopguard`]: per-task limits and loop detection (SimHash of the newest messages).
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
@@ -30,6 +32,7 @@ pub mod money;
 pub mod outcome;
 pub mod pricing;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod report;
 pub mod routing;
 pub mod time;

@@ -80,6 +80,24 @@ impl Money {
         Ok(Money(if neg { -nanos } else { nanos }))
     }
 
+    /// Parse a decimal USD amount someone else computed (a provider's bill: `0.0603125`,
+    /// `6e-05`, `1.5E+3`), rounded half away from zero to the nano-USD. Unlike
+    /// [`Money::parse_usd`] extra precision is not an error: it is far below anything a
+    /// reconciliation can tell apart, and float exports often carry noise digits.
+    pub fn parse_usd_rounded(text: &str) -> Result<Money, MoneyError> {
+        let t = text.trim();
+        let (neg, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let dec = Decimal::parse(digits).ok_or_else(|| MoneyError::Invalid(text.to_string()))?;
+        let nanos = dec
+            .scaled_half_up(9)
+            .ok_or_else(|| MoneyError::Overflow(text.to_string()))?;
+        let nanos = i64::try_from(nanos).map_err(|_| MoneyError::Overflow(text.to_string()))?;
+        Ok(Money(if neg { -nanos } else { nanos }))
+    }
+
     /// Lossy conversion for display-only uses (charts, metrics). Never sum these.
     pub fn as_usd_f64(self) -> f64 {
         self.0 as f64 / NANO_PER_USD as f64
@@ -233,6 +251,25 @@ impl Decimal {
         }
     }
 
+    /// value × 10^scale rounded half up, `None` if out of range.
+    fn scaled_half_up(self, scale: i32) -> Option<u128> {
+        let e = self.exp + scale;
+        if e >= 0 {
+            return self
+                .mantissa
+                .checked_mul(10u128.checked_pow(u32::try_from(e).ok()?)?);
+        }
+        match 10u128.checked_pow(u32::try_from(-e).ok()?) {
+            Some(div) => {
+                let q = self.mantissa / div;
+                let r = self.mantissa % div;
+                Some(if r >= div - r { q + 1 } else { q })
+            }
+            // Below 10^-38 of a unit: rounds to zero.
+            None => Some(0),
+        }
+    }
+
     /// value × 10^scale rounded up, and whether rounding happened. Saturates.
     fn scaled_ceil(self, scale: i32) -> (u128, bool) {
         let e = self.exp + scale;
@@ -331,6 +368,32 @@ mod tests {
         assert!(Money::parse_usd("abc").is_err());
         assert!(Money::parse_usd("").is_err());
         assert!(Money::parse_usd("1.2.3").is_err());
+    }
+
+    #[test]
+    fn provider_amounts_round_to_the_nano() {
+        assert_eq!(Money::parse_usd_rounded("0.06"), Ok(Money(60_000_000)));
+        assert_eq!(Money::parse_usd_rounded("6e-05"), Ok(Money(60_000)));
+        assert_eq!(
+            Money::parse_usd_rounded("1.5E+3"),
+            Ok(Money(1_500_000_000_000))
+        );
+        // Float noise: 0.1 + 0.2.
+        assert_eq!(
+            Money::parse_usd_rounded("0.30000000000000004"),
+            Ok(Money(300_000_000))
+        );
+        assert_eq!(Money::parse_usd_rounded("0.0000000005"), Ok(Money(1)));
+        assert_eq!(Money::parse_usd_rounded("0.0000000004999"), Ok(Money(0)));
+        assert_eq!(Money::parse_usd_rounded("-2.5"), Ok(Money(-2_500_000_000)));
+        // Anthropic's cents: "123.45" cents is 1.2345 USD.
+        assert_eq!(
+            Money::parse_usd_rounded("123.45e-2"),
+            Ok(Money(1_234_500_000))
+        );
+        assert!(Money::parse_usd_rounded("").is_err());
+        assert!(Money::parse_usd_rounded("1,5").is_err());
+        assert!(Money::parse_usd_rounded("1e99").is_err());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   ledger (what rebuilds the counters after a restart).
 //! - [`tasks`]: halted tasks, incidents and alert deliveries.
 //! - [`outcomes`]: task outcomes and their history.
+//! - [`reconcile`]: the ledger summed for `tollgate reconcile` (per day × model × key ×
+//!   price-table hash).
 //! - [`value`]: ROI, per-task summaries, savings by mechanism, spend series, exports.
 //!
 //! The SQLite methods on [`SqliteStore`] are synchronous (the binary's one-shot commands
@@ -30,6 +32,7 @@ pub mod db;
 pub mod keys;
 pub mod ledger;
 pub mod outcomes;
+pub mod reconcile;
 pub mod report;
 pub mod sqlite;
 pub mod tasks;

@@ -23,6 +23,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Export the ledger (FinOps FOCUS 1.2 cost-and-usage CSV).
     Export(ExportArgs),
+    /// Match the ledger with a provider's own usage/cost export; exits 3 on drift.
+    Reconcile(ReconcileArgs),
     /// Task outcomes: record one, show a task.
     Tasks(TasksArgs),
     /// Create, list and revoke virtual keys.
@@ -134,6 +136,49 @@ pub struct ExportArgs {
     /// Output file (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Ledger database (overrides the config's ledger.path).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The provider's export (repeat: an OpenAI usage page and a costs page, an Anthropic
+    /// usage report and a cost report). JSON (OpenAI, Anthropic) or CSV (AWS CUR 2.0,
+    /// FOCUS 1.x); the format is read from the content.
+    #[arg(long = "invoice", value_name = "FILE", required = true)]
+    pub invoices: Vec<PathBuf>,
+    /// openai, anthropic, aws or focus (default: what the files are). Selects the
+    /// gateway upstreams of that kind.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Drift beyond this relative difference, per cell and overall (`1%`, `0.5%`, `0.02`).
+    #[arg(long, default_value = "1%")]
+    pub tolerance: String,
+    /// Amount differences below this many USD are never a drift.
+    #[arg(long, default_value = "0.01")]
+    pub min_usd: String,
+    /// Match a provider account (project, API key, workspace, AWS account id) with the
+    /// gateway upstream that uses it: `--account proj_abc=openai` (repeat). Accounts not
+    /// listed show as provider-only traffic.
+    #[arg(long = "account", value_name = "ID=UPSTREAM")]
+    pub accounts: Vec<String>,
+    /// Match the file's account ids with the gateway's virtual key ids (a FOCUS file
+    /// written by `tollgate export`).
+    #[arg(long, conflicts_with = "accounts")]
+    pub by_key: bool,
+    /// Gateway upstreams to compare (repeat; default: the config's upstreams of the
+    /// provider's kind).
+    #[arg(long = "upstream", value_name = "NAME")]
+    pub upstreams: Vec<String>,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// List matched cells in the table too.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug)]

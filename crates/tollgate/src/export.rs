@@ -88,7 +88,7 @@ pub struct Pricing<'a> {
 impl Pricing<'_> {
     /// The price of a deployment as the gateway would resolve it; the catalog entry of
     /// the upstream model when the deployment is no longer configured.
-    fn price(&self, deployment: &str, model: &str) -> Option<Arc<ModelPrice>> {
+    pub(crate) fn price(&self, deployment: &str, model: &str) -> Option<Arc<ModelPrice>> {
         if let Some(d) = self.raw.deployments.iter().find(|d| d.name == deployment) {
             if d.price.is_some() {
                 return self.prices.get(&deployment_price_key(deployment)).cloned();

@@ -6,6 +6,7 @@
 //! - `demo`: a simulated provider, a workload, a report.
 //! - `report`: spend tables from the ledger; `views`: the ROI, tasks and savings views.
 //! - `export`: the FOCUS cost-and-usage export.
+//! - `reconcile`: the ledger against a provider's usage/cost export.
 //! - `tasks`: task outcomes from the command line; tasks the runaway-agent guard halted.
 //! - `keys`: virtual key management.
 //! - `budgets`: budgets and spend per period.
@@ -16,6 +17,7 @@ mod cli;
 mod demo;
 mod export;
 mod keys;
+mod reconcile;
 mod report;
 mod router;
 mod serve;
@@ -66,6 +68,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Demo(a) => demo::demo(a).await,
         Command::Report(a) => report::report(a),
         Command::Export(a) => export::export(a),
+        Command::Reconcile(a) => reconcile::reconcile(a),
         Command::Tasks(a) => tasks::tasks(a).await,
         Command::Keys(a) => keys::keys(a),
         Command::Budgets(a) => budgets::budgets(a).await,

@@ -153,7 +153,7 @@ pub fn table_with_totals(
     out
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -161,7 +161,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = headers.join(",");
     out.push('\n');
     for r in rows {
