@@ -19,10 +19,15 @@
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
 //! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
 //! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
+//! - [`embed`]: sentence embeddings: the WordPiece tokenizer, the compiled-in static model,
+//!   all-MiniLM-L6-v2 from bytes.
+//! - [`cache`]: the response cache indexes: exact and semantic, bounded, TTL, LRU.
 
 pub mod attribution;
 pub mod budget;
+pub mod cache;
 pub mod cost;
+pub mod embed;
 pub mod ledger;
 pub mod loopguard;
 pub mod money;
