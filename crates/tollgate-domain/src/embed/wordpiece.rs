@@ -206,11 +206,17 @@ fn is_control(c: char) -> bool {
     if matches!(c, '\t' | '\n' | '\r') {
         return false;
     }
+    if c.is_ascii() {
+        return c.is_ascii_control(); // the only C* characters in ASCII are Cc
+    }
     c.general_category_group() == GeneralCategoryGroup::Other
 }
 
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.general_category_group() == GeneralCategoryGroup::Punctuation
+    if c.is_ascii() {
+        return c.is_ascii_punctuation();
+    }
+    c.general_category_group() == GeneralCategoryGroup::Punctuation
 }
 
 /// The CJK Unified Ideographs blocks BERT treats as one-character words.
