@@ -154,7 +154,7 @@ fn semantic(entries: usize, dim: usize) {
         &format!("semantic lookup, {entries} entries in one bucket, dim {dim}"),
         time(1_000, || {
             q += 1;
-            let v = if q % 2 == 0 {
+            let v = if q.is_multiple_of(2) {
                 unit(q % entries as u64, dim)
             } else {
                 unit(1_000_000 + q, dim)
@@ -197,7 +197,7 @@ fn exact(entries: usize) {
         &format!("exact lookup, {entries} entries (half hits)"),
         time(100_000, || {
             q += 1;
-            let k = if q % 2 == 0 {
+            let k = if q.is_multiple_of(2) {
                 key(q % entries as u64)
             } else {
                 key(u64::MAX - q)

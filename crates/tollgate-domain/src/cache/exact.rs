@@ -83,10 +83,10 @@ impl ExactIndex {
         now_ms: u64,
     ) -> Vec<ValueId> {
         let mut gone = Vec::new();
-        if let Some(old) = self.remove(key) {
-            if old != value {
-                gone.push(old);
-            }
+        if let Some(old) = self.remove(key)
+            && old != value
+        {
+            gone.push(old);
         }
         let bytes = ENTRY_OVERHEAD + value_bytes;
         if bytes > self.bounds.max_bytes || self.bounds.max_entries == 0 {

@@ -146,11 +146,11 @@ impl WordPiece {
             let mut end = rest.len();
             let mut found = None;
             while end > 0 {
-                if rest.is_char_boundary(end) {
-                    if let Some(&id) = map.get(&rest[..end]) {
-                        found = Some(id);
-                        break;
-                    }
+                if rest.is_char_boundary(end)
+                    && let Some(&id) = map.get(&rest[..end])
+                {
+                    found = Some(id);
+                    break;
                 }
                 end -= 1;
             }
