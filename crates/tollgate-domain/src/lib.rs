@@ -22,10 +22,15 @@
 //! - [`value`]: value per dollar: task stats, ROI, savings by mechanism.
 //! - [`routing`]: the light/heavy router: features, model, trainer, metrics, tier policy.
 //! - [`time`]: report windows (`24h`, RFC 3339, Unix ms) and ISO timestamps.
+//! - [`embed`]: sentence embeddings: the WordPiece tokenizer, the compiled-in static model,
+//!   all-MiniLM-L6-v2 from bytes.
+//! - [`cache`]: the response cache indexes: exact and semantic, bounded, TTL, LRU.
 
 pub mod attribution;
 pub mod budget;
+pub mod cache;
 pub mod cost;
+pub mod embed;
 pub mod ledger;
 pub mod loopguard;
 pub mod money;

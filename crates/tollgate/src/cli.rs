@@ -39,6 +39,8 @@ pub enum Command {
     Sim(SimArgs),
     /// Train, apply and measure the light/heavy router.
     Router(crate::router::RouterArgs),
+    /// The response cache's embedding model: score pairs as the semantic cache does.
+    Cache(crate::cache::CacheArgs),
 }
 
 #[derive(Args, Debug)]

@@ -11,8 +11,10 @@
 //! - `keys`: virtual key management.
 //! - `budgets`: budgets and spend per period.
 //! - `router`: train, score with and evaluate the light/heavy router.
+//! - `cache`: the semantic cache's similarity scores (`cache similarity`).
 
 mod budgets;
+mod cache;
 mod cli;
 mod demo;
 mod export;
@@ -76,6 +78,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Pricing(a) => serve::pricing(a),
         Command::Sim(a) => serve::sim(a).await,
         Command::Router(a) => router::router(a),
+        Command::Cache(a) => cache::cache(a),
     }
 }
 
