@@ -199,6 +199,8 @@ fn row(i: usize, t: Tasks) -> LedgerRow {
         stream: i.is_multiple_of(3),
         partial: false,
         routing: None,
+        cache: None,
+        prune: None,
     }
 }
 

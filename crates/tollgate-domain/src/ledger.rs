@@ -147,6 +147,85 @@ pub struct LedgerRow {
     /// The routing decision, for requests that went through a route.
     #[serde(default)]
     pub routing: Option<RouteRecord>,
+    /// What the gateway's caching did for this request (prompt-cache breakpoints it
+    /// injected, or a response-cache hit).
+    #[serde(default)]
+    pub cache: Option<CacheRecord>,
+    /// What pruning took out of the prompt before it was sent.
+    #[serde(default)]
+    pub prune: Option<PruneRecord>,
+}
+
+/// Which of the gateway's caches acted on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheKind {
+    /// The gateway placed provider prompt-cache breakpoints (Anthropic `cache_control`,
+    /// Bedrock `cachePoint`) the client had not.
+    PromptInjected,
+    /// Answered from the response cache: the same request, exactly.
+    ResponseExact,
+    /// Answered from the response cache: a similar last turn in the same context.
+    ResponseSemantic,
+}
+
+impl CacheKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheKind::PromptInjected => "prompt_injected",
+            CacheKind::ResponseExact => "response_exact",
+            CacheKind::ResponseSemantic => "response_semantic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CacheKind> {
+        match s {
+            "prompt_injected" => Some(CacheKind::PromptInjected),
+            "response_exact" => Some(CacheKind::ResponseExact),
+            "response_semantic" => Some(CacheKind::ResponseSemantic),
+            _ => None,
+        }
+    }
+
+    /// A response-cache hit (no upstream call, nothing charged).
+    pub fn is_hit(self) -> bool {
+        !matches!(self, CacheKind::PromptInjected)
+    }
+}
+
+/// The cache columns of a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub kind: CacheKind,
+    /// A semantic hit: the cosine similarity of the two last turns, in millionths.
+    #[serde(default)]
+    pub similarity_ppm: Option<u32>,
+    /// A response-cache hit: what the answer would have cost (the recorded usage at
+    /// the row's deployment prices); the saving, since the row itself costs nothing.
+    #[serde(default)]
+    pub avoided_cost: Money,
+    /// Injected breakpoints: the prompt tokens the gateway expected the provider to
+    /// write into its cache, and to read from it, on this call.
+    #[serde(default)]
+    pub expected_write: u64,
+    #[serde(default)]
+    pub expected_read: u64,
+    /// Injected breakpoints the provider did not act on as expected (a read expected
+    /// and none reported, or neither a write nor a read reported): a sign that the
+    /// model's real minimum cacheable length or TTL differs from the documented one.
+    #[serde(default)]
+    pub miss: bool,
+}
+
+/// The pruning columns of a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneRecord {
+    /// Prompt tokens before and after pruning, counted locally.
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    /// What the row would have cost with the unpruned prompt, at the same prices, plus
+    /// the prompt-cache rewrite pruning caused (so the saving is net of it).
+    pub cost_without: Money,
 }
 
 impl LedgerRow {

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`money`]: exact integer money (`Money`, nano-USD) and per-token rates (`Rate`).
+//! - [`prompt_cache`]: where provider prompt-cache breakpoints pay (prefix tracking, rules per model family).
 //! - [`pricing`]: price tables in the community catalog format, tiers, hashing.
 //! - [`usage`]: provider-neutral token counts.
 //! - [`cost`]: usage × rates → exact cost, rounded up to the nano.
@@ -36,6 +37,7 @@ pub mod loopguard;
 pub mod money;
 pub mod outcome;
 pub mod pricing;
+pub mod prompt_cache;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod report;

@@ -264,9 +264,22 @@ pub fn roi_groups(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mechanism {
-    /// Provider prompt caching: cache reads and writes priced at their own rates instead
-    /// of the uncached input rate.
+    /// Provider prompt caching the client asked for (or the provider does by itself):
+    /// cache reads and writes priced at their own rates instead of the uncached input
+    /// rate.
     PromptCache,
+    /// Provider prompt caching the gateway turned on (breakpoints it injected): the same
+    /// comparison, net of the write premium (an injection that never paid off counts as
+    /// a loss).
+    PromptCacheInjected,
+    /// Answered from the gateway's response cache, the same request exactly: nothing
+    /// charged, against what the answer cost when it was paid for.
+    ResponseCacheExact,
+    /// Answered from the response cache by a similar last turn in the same context.
+    ResponseCacheSemantic,
+    /// Long histories pruned before they were sent: what was paid against the same call
+    /// with the unpruned prompt at the same prices (net of any prompt-cache rewrite).
+    Pruning,
     /// Tiered routing (enforce mode): the tier the router chose instead of the heaviest
     /// tier of the route, for the same token counts.
     Routing,
@@ -276,8 +289,12 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 3] = [
+    pub const ALL: [Mechanism; 7] = [
         Mechanism::PromptCache,
+        Mechanism::PromptCacheInjected,
+        Mechanism::ResponseCacheExact,
+        Mechanism::ResponseCacheSemantic,
+        Mechanism::Pruning,
         Mechanism::Routing,
         Mechanism::RoutingShadow,
     ];
@@ -285,6 +302,10 @@ impl Mechanism {
     pub fn as_str(self) -> &'static str {
         match self {
             Mechanism::PromptCache => "prompt_cache",
+            Mechanism::PromptCacheInjected => "prompt_cache_injected",
+            Mechanism::ResponseCacheExact => "response_cache_exact",
+            Mechanism::ResponseCacheSemantic => "response_cache_semantic",
+            Mechanism::Pruning => "pruning",
             Mechanism::Routing => "routing",
             Mechanism::RoutingShadow => "routing_shadow",
         }
@@ -300,6 +321,18 @@ impl Mechanism {
         match self {
             Mechanism::PromptCache => {
                 "provider prompt caching (vs every prompt token at the input rate)"
+            }
+            Mechanism::PromptCacheInjected => {
+                "prompt caching the gateway injected (vs every prompt token at the input rate; write premium included)"
+            }
+            Mechanism::ResponseCacheExact => {
+                "response cache, exact repeats (vs what the answer cost when it was paid for)"
+            }
+            Mechanism::ResponseCacheSemantic => {
+                "response cache, similar questions (vs what the answer cost when it was paid for)"
+            }
+            Mechanism::Pruning => {
+                "history pruning (vs the unpruned prompt at the same prices, net of cache rewrites)"
             }
             Mechanism::Routing => "tiered routing (vs the route's heaviest tier)",
             Mechanism::RoutingShadow => {
@@ -319,6 +352,10 @@ pub struct Savings {
     pub actual: Money,
     /// What they would have cost without the mechanism.
     pub baseline: Money,
+    /// Calls where the mechanism did not act as expected (injected prompt caching: the
+    /// provider reported no cache write or read where one was expected).
+    #[serde(default)]
+    pub misses: u64,
 }
 
 impl Savings {

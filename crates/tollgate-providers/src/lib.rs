@@ -5,6 +5,7 @@
 //!   and rewriting, usage extraction, error bodies.
 //! - [`anthropic`]: the Anthropic Messages wire format (requests, usage, errors).
 //! - [`bedrock`]: the Bedrock Converse wire format (requests, usage, errors).
+//! - [`prompt_cache`]: prompt-cache breakpoints read from and written into each format.
 //! - [`eventstream`]: the `application/vnd.amazon.eventstream` binary framing.
 //! - [`sigv4`]: AWS Signature Version 4, to sign upstream calls and verify clients.
 //! - [`translate`]: the canonical request/response/stream representation and one module
@@ -22,6 +23,7 @@ pub mod client;
 pub mod error;
 pub mod eventstream;
 pub mod openai;
+pub mod prompt_cache;
 pub mod sigv4;
 pub mod sse;
 pub mod stream;

@@ -171,6 +171,8 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 stream: false,
                 partial: false,
                 routing: None,
+                cache: None,
+                prune: None,
             };
             row.cost = Money::from_nanos(600_000);
             gw.limits.settle(ticket, &row);

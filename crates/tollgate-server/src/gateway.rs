@@ -9,6 +9,8 @@ use crate::config::Config;
 use crate::config::store::StoreSettings;
 use crate::limits::{Limits, LimitsError};
 use crate::pipeline::{Pipeline, RequestIds, Settlement};
+use crate::prompt_cache::PromptCache;
+use crate::response_cache::ResponseCache;
 use crate::routing::RoutingState;
 use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
@@ -32,6 +34,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Counters(#[from] tollgate_store::counters::CounterError),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 impl From<LimitsError> for ServerError {
@@ -123,6 +127,13 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
         telemetry: telemetry.clone(),
         tasks: tasks.clone(),
     });
+    let now = now_ms();
+    let prompt_cache = Arc::new(
+        PromptCache::new(config.load().cache.prefixes_tracked).map_err(ServerError::Cache)?,
+    );
+    // Always built: even with every policy off, `x-tollgate-cache: on` may ask for it.
+    let response_cache =
+        Arc::new(ResponseCache::open(&config.load().cache, now).map_err(ServerError::Cache)?);
     let pipeline = Pipeline {
         config: config.clone(),
         keys: keys.clone(),
@@ -133,6 +144,8 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
         client: client.clone(),
         telemetry: telemetry.clone(),
         settlement,
+        prompt_cache,
+        response_cache,
     };
     let gw = Arc::new(Gateway {
         config,

@@ -25,6 +25,19 @@ pub const ROUTE_MODE: &str = "x-tollgate-route-mode";
 /// Response: the light tier's answer failed this check and the request was retried on
 /// the next tier (`empty`, `refusal`, `invalid_json`, `length`).
 pub const ROUTE_ESCALATED: &str = "x-tollgate-route-escalated";
+/// Request: `on` (cache this request even if it samples), `off` (neither look up nor
+/// store), `refresh` (store a fresh answer). Response: `hit`, `miss` or `bypass`.
+pub const CACHE: &str = "x-tollgate-cache";
+/// Request: how long a stored answer lives, in seconds.
+pub const CACHE_TTL: &str = "x-tollgate-cache-ttl";
+/// Response: `exact` or `semantic` on a hit.
+pub const CACHE_KIND: &str = "x-tollgate-cache-kind";
+/// Response: a semantic hit's cosine similarity, and the threshold it passed.
+pub const CACHE_SIMILARITY: &str = "x-tollgate-cache-similarity";
+pub const CACHE_THRESHOLD: &str = "x-tollgate-cache-threshold";
+/// Request: `off`, `auto` or `always` for provider prompt caching. Response: the
+/// breakpoints the gateway placed (`2 (5m, 5m)`), when it placed any.
+pub const PROMPT_CACHE: &str = "x-tollgate-prompt-cache";
 /// What tollgate's own rate limits have left (`-requests`, `-tokens`, `-usd`).
 pub const RATELIMIT_REMAINING_PREFIX: &str = "x-tollgate-ratelimit-remaining-";
 
@@ -47,4 +60,11 @@ pub fn is_hop_or_framing(name: &http::HeaderName) -> bool {
             | "server"
             | "alt-svc"
     )
+}
+
+/// Set `x-tollgate-request-id`.
+pub fn set_request_id(h: &mut http::HeaderMap, id: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(id) {
+        h.insert(REQUEST_ID, v);
+    }
 }

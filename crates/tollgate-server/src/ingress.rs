@@ -227,6 +227,74 @@ impl IngressRequest {
         }
     }
 
+    /// The text of the last message when it is a user turn made only of text (what the
+    /// semantic cache compares), and the body without that text (what must match
+    /// exactly). `None` when the last message is anything else (a tool result, an image,
+    /// an assistant prefill) or for embeddings.
+    pub fn semantic_split(&self) -> Option<(Map<String, Value>, String)> {
+        let (body, text_key, block_is_text): (_, &str, fn(&Value) -> bool) = match self {
+            IngressRequest::Chat(r) => (&r.body, "text", |b| {
+                b.get("type").and_then(Value::as_str) == Some("text")
+            }),
+            IngressRequest::Messages(r) => (&r.body, "text", |b| {
+                b.get("type").and_then(Value::as_str) == Some("text")
+                    && b.get("cache_control").is_none()
+            }),
+            IngressRequest::Converse(r) => (&r.body, "text", |b| {
+                b.as_object()
+                    .is_some_and(|o| o.len() == 1 && o.contains_key("text"))
+            }),
+            IngressRequest::Embeddings(_) => return None,
+        };
+        let last = body.get("messages")?.as_array()?.last()?;
+        if last.get("role").and_then(Value::as_str) != Some("user") {
+            return None;
+        }
+        let text = match last.get("content")? {
+            Value::String(s) if !matches!(self, IngressRequest::Converse(_)) => s.clone(),
+            Value::Array(blocks) if !blocks.is_empty() && blocks.iter().all(block_is_text) => {
+                let mut t = String::new();
+                for b in blocks {
+                    if !t.is_empty() {
+                        t.push('\n');
+                    }
+                    t.push_str(b.get(text_key).and_then(Value::as_str)?);
+                }
+                t
+            }
+            _ => return None,
+        };
+        if text.trim().is_empty() {
+            return None;
+        }
+        let mut rest = body.clone();
+        if let Some(Value::Array(ms)) = rest.get_mut("messages")
+            && let Some(Value::Object(m)) = ms.last_mut()
+        {
+            m.insert("content".into(), Value::String(String::new()));
+        }
+        Some((rest, text))
+    }
+
+    /// The API the request came in on, as the ledger names it.
+    pub fn api(&self) -> &'static str {
+        match self {
+            IngressRequest::Chat(_) => Endpoint::ChatCompletions.as_str(),
+            IngressRequest::Embeddings(_) => Endpoint::Embeddings.as_str(),
+            IngressRequest::Messages(_) => Endpoint::Messages.as_str(),
+            IngressRequest::Converse(_) => Endpoint::Converse.as_str(),
+        }
+    }
+
+    /// Whether the answer is the same every time: temperature 0 or a seed (embeddings
+    /// always are).
+    pub fn deterministic(&self) -> bool {
+        match self {
+            IngressRequest::Embeddings(_) => true,
+            _ => tollgate_domain::cache::key::deterministic(self.body()),
+        }
+    }
+
     /// The conversation's messages (every chat format has a `messages` array), which
     /// the task guard fingerprints.
     pub fn messages(&self) -> Option<&[Value]> {

@@ -17,7 +17,8 @@
 //!    [`limits`] (budgets, rate limits, the runaway-agent guard, settlement),
 //!    [`alerts`] (webhook alerts), [`telemetry`] (Prometheus metrics, OTLP spans),
 //!    [`routing`] (routed model names), [`auth`] (virtual keys, the master key),
-//!    [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
+//!    [`prompt_cache`] (breakpoints where provider caching pays), [`response_cache`]
+//!    (answers replayed, exactly or by a similar last turn), [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
 //!    answers are read), [`tokens`] (local token counts), [`views`] (the JSON shapes
 //!    the admin API and the CLI share).
 //! 6. Leaves: [`config`] (raw and validated configuration, one file per section),
@@ -34,6 +35,8 @@ pub mod http;
 pub mod ingress;
 pub mod limits;
 pub mod pipeline;
+pub mod prompt_cache;
+pub mod response_cache;
 pub mod routing;
 pub mod telemetry;
 pub mod tokens;

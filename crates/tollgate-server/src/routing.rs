@@ -13,6 +13,7 @@
 //! [`prompt_text`]: tollgate_domain::routing::prompt_text
 
 use crate::config::{Deployment, Route};
+use crate::headers;
 use crate::ingress::IngressRequest;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,21 @@ impl Routed {
 
     pub fn heavy_deployment(&self) -> &Arc<Deployment> {
         &self.route.tiers[self.route.heaviest()]
+    }
+
+    /// `x-tollgate-route`, `-route-tier`, `-route-deployment`, `-route-score`,
+    /// `-route-mode` on a routed answer.
+    pub fn write_headers(&self, h: &mut http::HeaderMap) {
+        let mut set = |name: &'static str, v: &str| {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                h.insert(name, v);
+            }
+        };
+        set(headers::ROUTE, &self.route.name);
+        set(headers::ROUTE_TIER, &self.tier.to_string());
+        set(headers::ROUTE_DEPLOYMENT, &self.tier_deployment().name);
+        set(headers::ROUTE_SCORE, &format!("{:.4}", self.score));
+        set(headers::ROUTE_MODE, self.mode.as_str());
     }
 }
 

@@ -223,6 +223,21 @@ pub fn answer_check(
     })
 }
 
+/// Whether a successful non-streaming answer stopped at its token cap (such an answer is
+/// not cached: it is cut, not finished).
+pub fn stopped_at_cap(upstream: Format, body: &[u8]) -> bool {
+    let r = match upstream {
+        Format::OpenAi => translate::openai::response_to_ir(body),
+        Format::Anthropic => translate::anthropic::response_to_ir(body),
+        Format::Bedrock => translate::bedrock::response_to_ir(body),
+    };
+    match r {
+        Ok(r) => r.stop == translate::StopReason::MaxTokens,
+        // Not readable as a chat answer (embeddings): nothing to stop.
+        Err(_) => false,
+    }
+}
+
 /// Rewrite a successful answer from the upstream's format into the client's.
 pub fn translate_json(
     upstream: Format,

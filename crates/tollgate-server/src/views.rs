@@ -144,6 +144,7 @@ fn savings_line(s: &Savings) -> Value {
         "saved_nanos": s.saved().nanos(),
         "saved_pct": pct(s.saved_share()),
         "realised": s.mechanism.realised(),
+        "misses": s.misses,
     })
 }
 

@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 const ABOVE: [&str; 3] = ["http", "gateway", "pipeline"];
 
 /// The pipeline's stages in request order.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 10] = [
     "identify",
     "attribute",
     "resolve",
+    "cache",
     "shape",
     "admission",
     "egress",

@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::ledger::{Endpoint, LedgerRow, Route, RouteMode, RouteRecord};
+use tollgate_domain::ledger::{
+    CacheKind, CacheRecord, Endpoint, LedgerRow, PruneRecord, Route, RouteMode, RouteRecord,
+};
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
 
@@ -415,9 +417,11 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
     cost_without_cache_nanos,
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
-    route_tier_cost_nanos, route_escalated, replica_id, replica_seq)
+    route_tier_cost_nanos, route_escalated, replica_id, replica_seq,
+    cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
-    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)
+    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49)
     ON CONFLICT (request_id) DO NOTHING";
 
 /// A stamped row skipped because its request id was written already (by another row):
@@ -502,6 +506,18 @@ pub fn insert_stamped<'a, 's>(
                 rt.and_then(|x| x.escalated.as_deref()),
                 stamp.map(|s| s.0),
                 stamp.map(|s| s.1),
+                r.cache.as_ref().map(|c| c.kind.as_str()),
+                r.cache
+                    .as_ref()
+                    .and_then(|c| c.similarity_ppm)
+                    .map(i64::from),
+                r.cache.as_ref().map(|c| c.avoided_cost.nanos()),
+                r.cache.as_ref().map(|c| sql_u64(c.expected_write)),
+                r.cache.as_ref().map(|c| sql_u64(c.expected_read)),
+                r.cache.as_ref().map(|c| c.miss),
+                r.prune.as_ref().map(|p| sql_u64(p.tokens_before)),
+                r.prune.as_ref().map(|p| sql_u64(p.tokens_after)),
+                r.prune.as_ref().map(|p| p.cost_without.nanos()),
             ])?;
             written += n as u64;
             if n == 0
@@ -538,7 +554,9 @@ const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, ag
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
     COALESCE(cost_without_cache_nanos, cost_nanos),
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
-    route_tier_cost_nanos, route_escalated
+    route_tier_cost_nanos, route_escalated,
+    cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -586,7 +604,44 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         stream: r.get(27)?,
         partial: r.get(28)?,
         routing: route_from_sql(r)?,
+        cache: cache_from_sql(r)?,
+        prune: prune_from_sql(r)?,
     })
+}
+
+/// Columns 38..=43 (after the 38 read above).
+fn cache_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<CacheRecord>> {
+    let Some(kind) = r
+        .get::<_, Option<String>>(38)?
+        .and_then(|k| CacheKind::parse(&k))
+    else {
+        return Ok(None);
+    };
+    let n = |i: usize| -> rusqlite::Result<u64> {
+        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    };
+    Ok(Some(CacheRecord {
+        kind,
+        similarity_ppm: r
+            .get::<_, Option<i64>>(39)?
+            .and_then(|v| u32::try_from(v).ok()),
+        avoided_cost: Money::from_nanos(r.get::<_, Option<i64>>(40)?.unwrap_or(0)),
+        expected_write: n(41)?,
+        expected_read: n(42)?,
+        miss: r.get::<_, Option<bool>>(43)?.unwrap_or(false),
+    }))
+}
+
+/// Columns 44..=46.
+fn prune_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<PruneRecord>> {
+    let Some(before) = r.get::<_, Option<i64>>(44)? else {
+        return Ok(None);
+    };
+    Ok(Some(PruneRecord {
+        tokens_before: before.max(0) as u64,
+        tokens_after: r.get::<_, Option<i64>>(45)?.unwrap_or(0).max(0) as u64,
+        cost_without: Money::from_nanos(r.get::<_, Option<i64>>(46)?.unwrap_or(0)),
+    }))
 }
 
 fn route_from_sql(r: &Row<'_>) -> rusqlite::Result<Option<RouteRecord>> {
@@ -813,6 +868,31 @@ pub(crate) mod tests {
                 ),
                 escalated: (i == 7).then(|| "empty".to_string()),
                 sample: None,
+            }),
+            // Every fifth a cache decision, every third pruned (round-tripped below).
+            cache: match i % 5 {
+                0 => Some(CacheRecord {
+                    kind: CacheKind::ResponseSemantic,
+                    similarity_ppm: Some(912_000),
+                    avoided_cost: Money::from_nanos(777),
+                    expected_write: 0,
+                    expected_read: 0,
+                    miss: false,
+                }),
+                1 => Some(CacheRecord {
+                    kind: CacheKind::PromptInjected,
+                    similarity_ppm: None,
+                    avoided_cost: Money::ZERO,
+                    expected_write: 2048,
+                    expected_read: 1024,
+                    miss: i.is_multiple_of(2),
+                }),
+                _ => None,
+            },
+            prune: i.is_multiple_of(3).then(|| PruneRecord {
+                tokens_before: 9_000,
+                tokens_after: 3_000,
+                cost_without: Money::from_nanos(5_000),
             }),
         }
     }

@@ -12,6 +12,7 @@
 //!   [`LedgerWriter`] thread) and row queries.
 //! - [`keys`]: virtual keys (hashed secrets).
 //! - [`report`]: usage reports grouped by a dimension.
+//! - [`response_cache`]: the response cache's file (entries kept across restarts).
 //! - [`counters`]: budget and rate-limit counters (in memory, or Redis for replicas).
 //! - [`budgets`]: budgets set through the admin API / CLI, and spend per period from the
 //!   ledger (what rebuilds the counters after a restart).
@@ -34,6 +35,7 @@ pub mod ledger;
 pub mod outcomes;
 pub mod reconcile;
 pub mod report;
+pub mod response_cache;
 pub mod sqlite;
 pub mod tasks;
 pub mod value;

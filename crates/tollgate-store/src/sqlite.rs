@@ -186,6 +186,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (replica_id, replica_seq)
     );
     "#,
+    // 7: what the gateway's caching and pruning did for a row.
+    r#"
+    ALTER TABLE ledger ADD COLUMN cache_kind TEXT;
+    ALTER TABLE ledger ADD COLUMN cache_similarity_ppm INTEGER;
+    ALTER TABLE ledger ADD COLUMN cache_avoided_nanos INTEGER;
+    ALTER TABLE ledger ADD COLUMN cache_expected_write INTEGER;
+    ALTER TABLE ledger ADD COLUMN cache_expected_read INTEGER;
+    ALTER TABLE ledger ADD COLUMN cache_miss INTEGER;
+    ALTER TABLE ledger ADD COLUMN prune_tokens_before INTEGER;
+    ALTER TABLE ledger ADD COLUMN prune_tokens_after INTEGER;
+    ALTER TABLE ledger ADD COLUMN prune_cost_without_nanos INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes (the number of migrations).

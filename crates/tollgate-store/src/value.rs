@@ -22,12 +22,48 @@ use tollgate_domain::value::{
 /// routing it would not have been made at all, so its baseline is zero (a loss). A shadow
 /// row paid what it paid; the tier the router chose is what it would have cost. Routed
 /// rows that consumed no tokens (refused by a budget, an upstream error) are not counted.
-pub(crate) fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'static str) {
-    match m {
+/// The SQL of a savings mechanism over ledger rows, shared by every backend.
+pub(crate) struct MechanismSql {
+    /// Rows the mechanism changed the price of.
+    pub touched: &'static str,
+    /// What those rows cost, and what they would have cost without it.
+    pub actual: &'static str,
+    pub baseline: &'static str,
+    /// Rows where it did not act as expected.
+    pub missed: &'static str,
+}
+
+pub(crate) fn mechanism_sql(m: Mechanism) -> MechanismSql {
+    let without_cache = "COALESCE(cost_without_cache_nanos, cost_nanos)";
+    let hit = "cost_nanos + COALESCE(cache_avoided_nanos, 0)";
+    let (touched, actual, baseline, missed) = match m {
         Mechanism::PromptCache => (
-            "(cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens) > 0",
+            "(cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens) > 0
+             AND COALESCE(cache_kind, '') <> 'prompt_injected'",
             "cost_nanos",
-            "COALESCE(cost_without_cache_nanos, cost_nanos)",
+            without_cache,
+            "FALSE",
+        ),
+        Mechanism::PromptCacheInjected => (
+            "cache_kind = 'prompt_injected'",
+            "cost_nanos",
+            without_cache,
+            "cache_kind = 'prompt_injected' AND cache_miss",
+        ),
+        Mechanism::ResponseCacheExact => {
+            ("cache_kind = 'response_exact'", "cost_nanos", hit, "FALSE")
+        }
+        Mechanism::ResponseCacheSemantic => (
+            "cache_kind = 'response_semantic'",
+            "cost_nanos",
+            hit,
+            "FALSE",
+        ),
+        Mechanism::Pruning => (
+            "prune_tokens_before IS NOT NULL",
+            "cost_nanos",
+            "COALESCE(prune_cost_without_nanos, cost_nanos)",
+            "FALSE",
         ),
         Mechanism::Routing => (
             "route_mode = 'enforce' AND (input_tokens + cache_read_tokens + cache_write_5m_tokens
@@ -35,13 +71,21 @@ pub(crate) fn mechanism_sql(m: Mechanism) -> (&'static str, &'static str, &'stat
             "cost_nanos",
             "CASE WHEN route_escalated IS NOT NULL THEN 0
              ELSE COALESCE(route_heavy_cost_nanos, cost_nanos) END",
+            "FALSE",
         ),
         Mechanism::RoutingShadow => (
             "route_mode = 'shadow' AND (input_tokens + cache_read_tokens + cache_write_5m_tokens
              + cache_write_1h_tokens + output_tokens) > 0",
             "COALESCE(route_tier_cost_nanos, cost_nanos)",
             "cost_nanos",
+            "FALSE",
         ),
+    };
+    MechanismSql {
+        touched,
+        actual,
+        baseline,
+        missed,
     }
 }
 
@@ -253,11 +297,17 @@ impl SqliteStore {
         let mut total = Vec::new();
         let mut groups: BTreeMap<Option<String>, Vec<Savings>> = BTreeMap::new();
         for m in Mechanism::ALL {
-            let (touched, actual, baseline) = mechanism_sql(m);
+            let MechanismSql {
+                touched,
+                actual,
+                baseline,
+                missed,
+            } = mechanism_sql(m);
             let sums = format!(
                 "SUM(CASE WHEN {touched} THEN 1 ELSE 0 END),
                  SUM(CASE WHEN {touched} THEN {actual} ELSE 0 END),
-                 SUM(CASE WHEN {touched} THEN {baseline} ELSE 0 END)"
+                 SUM(CASE WHEN {touched} THEN {baseline} ELSE 0 END),
+                 SUM(CASE WHEN {missed} THEN 1 ELSE 0 END)"
             );
             let line = |r: &rusqlite::Row<'_>, at: usize| -> rusqlite::Result<Savings> {
                 Ok(Savings {
@@ -265,6 +315,7 @@ impl SqliteStore {
                     requests: count(r.get(at)?),
                     actual: nanos(r.get(at + 1)?),
                     baseline: nanos(r.get(at + 2)?),
+                    misses: count(r.get(at + 3)?),
                 })
             };
             total.push(conn.query_row(
@@ -499,9 +550,10 @@ mod tests {
     fn savings_are_baseline_minus_actual() {
         let (_d, s) = store();
         let r = s.savings_report(Some(GroupBy::Agent), 0, i64::MAX).unwrap();
-        assert_eq!(r.total.len(), 3);
+        assert_eq!(r.total.len(), Mechanism::ALL.len());
         // Rows 0, 14, 28 were routed (enforce) against a heavy tier of 99 999 nanos.
-        let routing = r.total[1];
+        let by = |m: Mechanism| r.total.iter().find(|s| s.mechanism == m).copied().unwrap();
+        let routing = by(Mechanism::Routing);
         assert_eq!(routing.mechanism, Mechanism::Routing);
         assert_eq!(routing.requests, 3);
         assert_eq!(
@@ -510,18 +562,44 @@ mod tests {
         );
         // Rows 7 and 21 were shadowed: paid 1234 + i, the chosen tier costs 1000 + i. Row 7
         // is marked escalated, which only matters in enforce mode.
-        let shadow = r.total[2];
+        let shadow = by(Mechanism::RoutingShadow);
         assert_eq!(shadow.mechanism, Mechanism::RoutingShadow);
         assert_eq!(shadow.requests, 2);
         assert_eq!(shadow.saved(), Money::from_nanos(234 * 2));
-        let pc = r.total[0];
+        let pc = by(Mechanism::PromptCache);
         assert_eq!(pc.mechanism, Mechanism::PromptCache);
-        assert_eq!(pc.requests, 30);
-        // Every test row saved 1300 − 1234 = 66 nanos.
-        assert_eq!(pc.saved(), Money::from_nanos(66 * 30));
-        let by_group: i64 = r.groups.iter().map(|g| g.1[0].saved().nanos()).sum();
-        assert_eq!(by_group, 66 * 30);
-        let by_group: i64 = r.groups.iter().map(|g| g.1[1].saved().nanos()).sum();
+        // Every test row saved 1300 − 1234 = 66 nanos on provider caching; the six rows
+        // (i % 5 == 1) whose breakpoints the gateway injected count apart, three of them
+        // (even i) missed.
+        assert_eq!(pc.requests, 24);
+        assert_eq!(pc.saved(), Money::from_nanos(66 * 24));
+        let injected = by(Mechanism::PromptCacheInjected);
+        assert_eq!((injected.requests, injected.misses), (6, 3));
+        assert_eq!(injected.saved(), Money::from_nanos(66 * 6));
+        // Six semantic hits (i % 5 == 0), each avoiding 777 nanos.
+        let semantic = by(Mechanism::ResponseCacheSemantic);
+        assert_eq!(semantic.requests, 6);
+        assert_eq!(semantic.saved(), Money::from_nanos(777 * 6));
+        // Ten pruned rows (i % 3 == 0), each 5,000 − (1234 + i) nanos.
+        let pruning = by(Mechanism::Pruning);
+        assert_eq!(pruning.requests, 10);
+        let want: i64 = (0..30)
+            .filter(|i| i % 3 == 0)
+            .map(|i| 5_000 - 1234 - i)
+            .sum();
+        assert_eq!(pruning.saved(), Money::from_nanos(want));
+        let line = |g: &(Option<String>, Vec<Savings>), m: Mechanism| {
+            g.1.iter()
+                .find(|s| s.mechanism == m)
+                .map_or(0, |s| s.saved().nanos())
+        };
+        let by_group: i64 = r
+            .groups
+            .iter()
+            .map(|g| line(g, Mechanism::PromptCache))
+            .sum();
+        assert_eq!(by_group, 66 * 24);
+        let by_group: i64 = r.groups.iter().map(|g| line(g, Mechanism::Routing)).sum();
         assert_eq!(by_group, routing.saved().nanos());
         assert!(s.optional_table("no_such_panel", 10).unwrap().is_none());
         assert!(s.optional_table("budgets", 10).unwrap().is_some());

@@ -386,6 +386,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         "with_usd",
         "saved_usd",
         "saved",
+        "misses",
     ];
     let cells = |g: &str, s: &tollgate_domain::value::Savings| {
         vec![
@@ -396,6 +397,11 @@ pub fn savings_table(r: &SavingsReport) -> String {
             usd(s.actual),
             usd(s.saved()),
             pct_opt(s.saved_share()),
+            if s.mechanism == tollgate_domain::value::Mechanism::PromptCacheInjected {
+                s.misses.to_string()
+            } else {
+                "-".to_string()
+            },
         ]
     };
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -429,7 +435,7 @@ pub fn savings_table(r: &SavingsReport) -> String {
         ));
     }
     out.push_str(
-        "routing_shadow is what routing would have saved (shadow mode forwards the route's default); it is not in any total of money saved.\npruning: not part of this build; it gets a line here when it is.\n",
+        "routing_shadow is what routing would have saved (shadow mode forwards the route's default); it is not in any total of money saved.\nmisses: injected prompt-cache breakpoints the provider did not act on as expected (no write or no read reported).\n",
     );
     out
 }
@@ -443,6 +449,7 @@ fn savings_csv(r: &SavingsReport) -> String {
         "without_usd",
         "actual_usd",
         "saved_usd",
+        "misses",
     ];
     let mut rows = Vec::new();
     for (g, lines) in &r.groups {
@@ -454,6 +461,7 @@ fn savings_csv(r: &SavingsReport) -> String {
                 s.baseline.to_string(),
                 s.actual.to_string(),
                 s.saved().to_string(),
+                s.misses.to_string(),
             ]);
         }
     }
@@ -512,6 +520,8 @@ pub(crate) mod tests {
             stream: false,
             partial: false,
             routing: None,
+            cache: None,
+            prune: None,
         }
     }
 
@@ -761,7 +771,12 @@ pub(crate) mod tests {
         let mut c = s.connect(tollgate_store::sqlite::Sync::Normal).unwrap();
         tollgate_store::ledger::insert_batch(&mut c, rows.iter()).unwrap();
         let sv = s.savings_report(Some(GroupBy::Agent), T0, UNTIL).unwrap();
-        let routing = sv.total[1];
+        let routing = sv
+            .total
+            .iter()
+            .find(|s| s.mechanism == tollgate_domain::value::Mechanism::Routing)
+            .copied()
+            .unwrap();
         // (4.5 − 0.27) + (2.25 − 0.135) + (0 − 0.06) + 0 = 6.285 mUSD.
         assert_eq!(routing.saved(), Money::from_nanos(6_285_000));
         insta::assert_snapshot!("savings_table_routed", savings_table(&sv));

@@ -80,6 +80,8 @@ impl Rows {
                 stream: true,
                 partial: i < cut,
                 routing: None,
+                cache: None,
+                prune: None,
             });
         }
     }

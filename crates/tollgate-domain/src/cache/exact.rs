@@ -125,6 +125,17 @@ impl ExactIndex {
         std::mem::take(&mut self.expired)
     }
 
+    /// Removes `key` if it maps to `value` (a value being dropped must not take a newer
+    /// value under the same key with it). Returns whether it did.
+    pub fn remove_value(&mut self, key: u128, value: ValueId) -> bool {
+        if self.map.get(&key).is_some_and(|e| e.value == value) {
+            self.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Removes `key`; returns its value id if it was held.
     pub fn remove(&mut self, key: u128) -> Option<ValueId> {
         let e = self.map.remove(&key)?;

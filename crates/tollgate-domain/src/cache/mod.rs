@@ -8,8 +8,10 @@
 //! - [`exact::ExactIndex`]: key → value id.
 //! - [`semantic::SemanticIndex`]: (context key, last-turn embedding) → best value id with
 //!   cosine ≥ the threshold.
+//! - [`key`]: the keys themselves (what an answer depends on, hashed prefix-free).
 
 pub mod exact;
+pub mod key;
 pub mod semantic;
 
 /// Hash of everything in a request but the last user turn (tenant, deployment, system

@@ -22,6 +22,9 @@ pub struct RawDeployment {
     pub price_model: Option<String>,
     /// Explicit prices in USD per million tokens (override the catalog).
     pub price: Option<RawPrice>,
+    /// The shortest prefix the provider caches, when it differs from the documented
+    /// minimum for the model family (see `cache` misses).
+    pub prompt_cache_min_tokens: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub struct Deployment {
     pub encoding: Encoding,
     /// The upstream URLs this deployment calls, parsed on first use.
     pub urls: EndpointUrls,
+    /// The minimum cacheable prefix, when the config overrides the model family's.
+    pub prompt_cache_min_tokens: Option<u64>,
 }
 
 /// A deployment's upstream endpoints, each parsed once (the path depends only on the
@@ -121,6 +126,7 @@ pub fn validate(
                 price_key,
                 price,
                 urls: EndpointUrls::default(),
+                prompt_cache_min_tokens: d.prompt_cache_min_tokens,
             }),
         );
     }

@@ -16,7 +16,7 @@
 //! [`alerts`] `[alerts]` (the four together are [`LimitsConfig`]), [`store`] `[store]`,
 //! [`outcomes`]
 //! `[outcomes]`, [`telemetry`] `[telemetry]`, [`routing`] `[routing]`, [`routes`]
-//! `[[routes]]`; [`usd`] the one dollar-amount type, [`env`] the overrides.
+//! `[[routes]]`, [`cache`] `[cache]`; [`usd`] the one dollar-amount type, [`env`] the overrides.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +26,7 @@ use tollgate_domain::pricing::PriceTable;
 
 pub mod alerts;
 pub mod budgets;
+pub mod cache;
 pub mod deployments;
 mod env;
 pub mod guard;
@@ -88,6 +89,8 @@ pub struct RawConfig {
     pub routing: routing::RawRouting,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
+    #[serde(default)]
+    pub cache: cache::RawCache,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -111,6 +114,8 @@ pub struct Config {
     pub routing: RoutingSettings,
     /// Routed model names (`auto`) → their ladder and policy.
     pub routes: BTreeMap<String, Arc<Route>>,
+    /// Provider prompt caching and the response cache.
+    pub cache: cache::CacheSettings,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -216,6 +221,7 @@ impl RawConfig {
         let telemetry = telemetry::validate(&self.telemetry, &mut errs);
         let routing = routing::validate(&self.routing, &mut errs);
         let routes = routes::validate(&self.routes, &deployments, &mut errs);
+        let cache = cache::validate(&self.cache, &ledger.path, &mut errs);
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -232,6 +238,7 @@ impl RawConfig {
             telemetry,
             routing,
             routes,
+            cache,
         })
     }
 }

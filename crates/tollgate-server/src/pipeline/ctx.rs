@@ -1,15 +1,46 @@
 //! [`RequestCtx`]: the one plain struct a request carries through the stages. Which
 //! stage writes and which reads each field is listed at the top of [`super`].
 
+use crate::config::cache::CachePolicy;
 use crate::config::{Config, Deployment};
 use crate::ingress::{Ingress, Prompt};
 use crate::limits::Ticket;
+use crate::response_cache::Keys;
 use crate::routing::Routed;
 use crate::telemetry::otel::TraceContext;
 use http::HeaderMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::Attribution;
+use tollgate_domain::ledger::{CacheRecord, PruneRecord};
+
+/// What the response cache did for a request (the `x-tollgate-cache` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Answered from the cache.
+    Hit,
+    /// Looked up (or refreshed) and not found: the answer may be stored.
+    Miss,
+    /// Not looked up (off, not deterministic, or the client said so).
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+/// Where a fresh answer goes in the response cache once it is complete.
+#[derive(Debug, Clone)]
+pub struct CacheFill {
+    pub keys: Keys,
+    pub ttl_ms: u64,
+}
 
 /// Everything the pipeline knows about one request.
 pub struct RequestCtx {
@@ -45,6 +76,17 @@ pub struct RequestCtx {
     pub upstream_called: bool,
     /// Time to the first response byte, in microseconds.
     pub ttft_us: Option<u64>,
+    /// The caching that applies to the request (its deployment's, route's, key's or
+    /// team's, under `[cache]`).
+    pub cache_policy: Option<CachePolicy>,
+    /// What the response cache did.
+    pub cache_status: Option<CacheStatus>,
+    /// A miss whose answer should be stored.
+    pub cache_fill: Option<CacheFill>,
+    /// The row's cache columns: a hit, or the breakpoints the gateway injected.
+    pub cache: Option<CacheRecord>,
+    /// What pruning took out of the prompt.
+    pub prune: Option<PruneRecord>,
 }
 
 impl RequestCtx {
@@ -73,6 +115,11 @@ impl RequestCtx {
             prompt: Prompt::None,
             upstream_called: false,
             ttft_us: None,
+            cache_policy: None,
+            cache_status: None,
+            cache_fill: None,
+            cache: None,
+            prune: None,
         }
     }
 

@@ -26,8 +26,9 @@ use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 use tollgate_domain::cost::{cost, cost_without_prompt_cache};
-use tollgate_domain::ledger::{LedgerRow, Route, RouteRecord};
+use tollgate_domain::ledger::{CacheKind, LedgerRow, Route, RouteRecord};
 use tollgate_domain::money::Money;
+use tollgate_domain::prompt_cache::{Plan, missed};
 use tollgate_domain::routing::sticky::Stuck;
 use tollgate_domain::usage::{Usage, UsageSource};
 use tollgate_providers::stream::StreamTap;
@@ -205,6 +206,22 @@ impl Meter {
                 .route
                 .as_ref()
                 .map(|r| route_record(r, &usage, outcome.service_tier.as_deref())),
+            cache: ctx.cache.clone().map(|mut c| {
+                // Injected breakpoints: did the provider write and read what was expected?
+                if c.kind == CacheKind::PromptInjected && source == UsageSource::Reported {
+                    c.miss = missed(
+                        &Plan {
+                            breakpoints: Vec::new(),
+                            expected_write: c.expected_write,
+                            expected_read: c.expected_read,
+                        },
+                        usage.cache_read,
+                        usage.cache_write_5m + usage.cache_write_1h,
+                    ) && (200..300).contains(&outcome.status);
+                }
+                c
+            }),
+            prune: ctx.prune.clone(),
         };
         if let Some(r) = &ctx.route
             && let Some(id) = r.conversation

@@ -12,10 +12,12 @@
 //!    key owner, then `x-tollgate-*` headers, then body metadata.
 //! 3. [`resolve`]: the deployment (404/403); a routed name (`auto`) is scored and
 //!    resolved to a tier's deployment, so admission prices the tier served.
-//! 4. cache lookup: arrives with the gateway response cache; a hit answers here and
-//!    reserves nothing (the cache phase runs before admission).
-//! 5. [`shape`]: the request as it will be sent (tollgate's metadata removed; prompt-cache
-//!    breakpoints and pruning go here), so budgets and the guard see what is sent.
+//! 4. [`cache`]: the response cache (exact, then a similar last turn in the same
+//!    context); a hit answers here, metered at $0, and reserves nothing (the cache phase
+//!    runs before admission). A halted task is refused (409) before any replay.
+//! 5. [`shape`]: the request as it will be sent (tollgate's metadata removed, provider
+//!    prompt-cache breakpoints placed where they pay; pruning goes here), so budgets and
+//!    the guard see what is sent.
 //! 6. [`admission`]: task guard (409), worst-case reservation across every budget and
 //!    rate limit (402/429), maybe a clamped output cap.
 //! 7. [`egress`]: the upstream call, native or translated (400 naming a feature that
@@ -45,10 +47,18 @@
 //! 10. `retry_of`: W8 (escalation's follow-up context); R6 (the guard does not count a
 //!     retry).
 //! 11. `prompt`, `upstream_called`: W7; R9 (estimates when the upstream reports nothing).
-//! 12. `ttft_us`: W8; R9.
+//! 12. `ttft_us`: W4 (a hit), W8; R9.
+//! 13. `cache_policy`: W4; R5 (prompt caching's mode).
+//! 14. `cache_status`: W4; R8 (`x-tollgate-cache`).
+//! 15. `cache_fill`: W4 (a miss that may be stored); R8 (stored once complete).
+//! 16. `cache`: W4 (a hit: kind, similarity, avoided cost), W5 (breakpoints injected,
+//!     expected cache tokens); R9 (the row's cache columns; a miss checked against the
+//!     provider's reported cache tokens).
+//! 17. `prune`: W5; R9.
 
 pub mod admission;
 pub mod attribute;
+pub mod cache;
 pub mod ctx;
 pub mod egress;
 pub mod identify;
@@ -67,6 +77,8 @@ use crate::config::Config;
 use crate::headers;
 use crate::ingress::{Ingress, IngressRequest};
 use crate::limits::Limits;
+use crate::prompt_cache::PromptCache;
+use crate::response_cache::ResponseCache;
 use crate::routing::RoutingState;
 use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
@@ -93,6 +105,8 @@ pub struct Pipeline {
     pub client: UpstreamClient,
     pub telemetry: Arc<Telemetry>,
     pub settlement: Arc<Settlement>,
+    pub prompt_cache: Arc<PromptCache>,
+    pub response_cache: Arc<ResponseCache>,
 }
 
 impl Pipeline {
@@ -121,9 +135,34 @@ impl Pipeline {
         if let Err(e) = resolve::resolve(&self.routing, &mut m.ctx, &key, &req, &headers) {
             return m.reject(e).await;
         }
-        // 4. cache lookup: none yet.
+        // 4. cache lookup
+        match cache::lookup(
+            &self.response_cache,
+            &self.limits,
+            &mut m,
+            &key,
+            &req,
+            &headers,
+            now_ms(),
+        )
+        .await
+        {
+            Ok(Some(hit)) => return hit,
+            Ok(None) => {}
+            Err(e) => return m.reject(e).await,
+        }
         // 5. shape
-        shape::shape(&mut req);
+        if let Err(e) = shape::shape(
+            &mut m.ctx,
+            &mut req,
+            &self.prompt_cache,
+            &self.limits.tokens,
+            &key,
+            &headers,
+            now_ms(),
+        ) {
+            return m.reject(e).await;
+        }
         // Escalation applies to enforced, non-streaming requests below the heaviest tier
         // (a streamed answer has reached the client before it could be judged): keep a
         // copy of the request as it was before admission, for one retry.
@@ -196,9 +235,9 @@ impl Pipeline {
             && sent.resp.status().is_success()
             && crate::upstream::is_stream(sent.upstream, sent.resp.headers())
         {
-            return Answered::Done(respond::stream(m, sent));
+            return Answered::Done(respond::stream(m, sent, self.response_cache.clone()));
         }
-        respond::json(m, sent, escalation).await
+        respond::json(m, sent, escalation, &self.response_cache).await
     }
 
     /// The meter of an escalation's second call: the next tier of the same route.

@@ -9,7 +9,7 @@ use super::meter::{Consumed, Meter, Outcome, stream_consumed};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::headers;
-use crate::routing::Routed;
+use crate::response_cache::ResponseCache;
 use crate::upstream;
 use axum::body::Body;
 use axum::response::Response;
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use std::convert::Infallible;
+use std::sync::Arc;
 use tollgate_domain::routing::check::Failure;
 use tollgate_providers::client;
 use tollgate_providers::stream::StreamTap;
@@ -42,27 +43,6 @@ pub struct Escalation {
     pub json_requested: bool,
 }
 
-/// `x-tollgate-route`, `-route-tier`, `-route-deployment`, `-route-score`, `-route-mode`
-/// on a routed answer.
-pub fn route_headers(r: &Routed, h: &mut HeaderMap) {
-    let mut set = |name: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(name, v);
-        }
-    };
-    set(headers::ROUTE, &r.route.name);
-    set(headers::ROUTE_TIER, &r.tier.to_string());
-    set(headers::ROUTE_DEPLOYMENT, &r.tier_deployment().name);
-    set(headers::ROUTE_SCORE, &format!("{:.4}", r.score));
-    set(headers::ROUTE_MODE, r.mode.as_str());
-}
-
-pub fn request_id_header(resp: &mut Response, id: &str) {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        resp.headers_mut().insert(headers::REQUEST_ID, v);
-    }
-}
-
 /// Copy the upstream's response headers a client may want (content type, rate limits,
 /// request ids, ...), leaving out hop-by-hop and framing headers.
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
@@ -85,7 +65,12 @@ fn upstream_status_code(status: StatusCode) -> &'static str {
 /// A non-streaming upstream answer: read it whole, meter it, pass it through (or
 /// translate it). With `escalation`, a failed answer is handed back for a retry on the
 /// next tier (its row committed, marked escalated).
-pub async fn json(mut meter: Meter, sent: Sent, escalation: Option<Escalation>) -> Answered {
+pub async fn json(
+    mut meter: Meter,
+    sent: Sent,
+    escalation: Option<Escalation>,
+    cache: &ResponseCache,
+) -> Answered {
     let (max, timeout) = (
         meter.ctx.cfg.server.max_response_bytes,
         meter.ctx.cfg.server.upstream_timeout,
@@ -129,7 +114,7 @@ pub async fn json(mut meter: Meter, sent: Sent, escalation: Option<Escalation>) 
         let mut out = Response::new(Body::from(body));
         *out.status_mut() = status;
         copy_headers(&upstream_headers, out.headers_mut());
-        request_id_header(&mut out, &row.request_id);
+        headers::set_request_id(out.headers_mut(), &row.request_id);
         return Answered::Done(out);
     }
     let metered = match upstream::json_usage(upstream, &body) {
@@ -180,9 +165,41 @@ pub async fn json(mut meter: Meter, sent: Sent, escalation: Option<Escalation>) 
     {
         r.escalated = Some(failure);
     }
+    // A complete answer the cache may keep: usage reported, not stopped at its token
+    // cap, and not one that failed its escalation check.
+    let fill = meter.ctx.cache_fill.take().filter(|_| failure.is_none());
+    let store = match (&consumed, fill) {
+        (Consumed::Reported(u), Some(fill)) if !upstream::stopped_at_cap(upstream, &body) => {
+            Some((fill, *u))
+        }
+        _ => None,
+    };
+    let tier = metered.service_tier.clone();
     let row = meter
         .commit(Outcome::ok(consumed, metered.service_tier))
         .await;
+    if let Some((fill, usage)) = store {
+        let ct = if translated {
+            "application/json".to_string()
+        } else {
+            upstream_headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string()
+        };
+        cache.insert(
+            fill.keys,
+            out_body.clone(),
+            ct,
+            false,
+            usage,
+            tier,
+            &row.route.deployment,
+            fill.ttl_ms,
+            now_ms(),
+        );
+    }
     let mut out = Response::new(Body::from(out_body));
     *out.status_mut() = status;
     if translated {
@@ -201,12 +218,13 @@ pub async fn json(mut meter: Meter, sent: Sent, escalation: Option<Escalation>) 
     out.headers_mut()
         .extend(std::mem::take(&mut meter.ctx.response_headers));
     if let Some(r) = &meter.ctx.route {
-        route_headers(r, out.headers_mut());
+        r.write_headers(out.headers_mut());
     }
-    request_id_header(&mut out, &row.request_id);
+    headers::set_request_id(out.headers_mut(), &row.request_id);
     if let Ok(v) = HeaderValue::from_str(&row.cost.to_string()) {
         out.headers_mut().insert(headers::COST_USD, v);
     }
+    super::cache::status_header(&meter.ctx, out.headers_mut());
     match failure {
         Some(failure) => Answered::Escalate {
             first: out,
@@ -220,7 +238,7 @@ pub async fn json(mut meter: Meter, sent: Sent, escalation: Option<Escalation>) 
 /// A streamed answer: whole events go to the client as they come (the upstream's own
 /// bytes, or translated), through the tee, and the stream is metered when it ends,
 /// fails, or the client goes away.
-pub fn stream(mut meter: Meter, sent: Sent) -> Response {
+pub fn stream(mut meter: Meter, sent: Sent, cache: Arc<ResponseCache>) -> Response {
     let Sent {
         resp,
         upstream,
@@ -250,9 +268,23 @@ pub fn stream(mut meter: Meter, sent: Sent) -> Response {
     }
     head.extend(std::mem::take(&mut meter.ctx.response_headers));
     if let Some(r) = &meter.ctx.route {
-        route_headers(r, &mut head);
+        r.write_headers(&mut head);
     }
+    super::cache::status_header(&meter.ctx, &mut head);
     let request_id = meter.request_id().to_string();
+    // A stream is cached only once complete: its bytes are kept as they go out (up to
+    // the cache's entry size), and stored after the last one.
+    let mut record = match meter.ctx.cache_fill.take() {
+        Some(fill) => {
+            let ct = head
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("text/event-stream")
+                .to_string();
+            Some((cache, fill, ct, Vec::<u8>::new()))
+        }
+        _ => None,
+    };
     let body = async_stream::stream! {
         let mut meter = meter;
         let mut upstream = resp.bytes_stream();
@@ -266,6 +298,13 @@ pub fn stream(mut meter: Meter, sent: Sent) -> Response {
                     };
                     if !out.is_empty() {
                         meter.ctx.first_byte();
+                        if let Some((c, _, _, buf)) = record.as_mut() {
+                            if buf.len() + out.len() <= c.max_entry_bytes() {
+                                buf.extend_from_slice(&out);
+                            } else {
+                                record = None;
+                            }
+                        }
                         yield Ok::<Bytes, Infallible>(out);
                     }
                     if malformed {
@@ -312,7 +351,27 @@ pub fn stream(mut meter: Meter, sent: Sent) -> Response {
             None => (Bytes::new(), Outcome::ok(Consumed::Nothing, None), Bytes::new()),
         };
         let cut = outcome.error_code.is_some_and(|c| c != "upstream_error");
-        meter.commit(outcome).await;
+        let store_usage = match (&outcome.consumed, outcome.error_code) {
+            (Consumed::Reported(u), None) => Some((*u, outcome.service_tier.clone())),
+            _ => None,
+        };
+        let row = meter.commit(outcome).await;
+        if let (Some((c, fill, ct, mut buf)), Some((usage, tier))) = (record.take(), store_usage)
+            && buf.len() + tail.len() <= c.max_entry_bytes()
+        {
+            buf.extend_from_slice(&tail);
+            c.insert(
+                fill.keys,
+                Bytes::from(buf),
+                ct,
+                true,
+                usage,
+                tier,
+                &row.route.deployment,
+                fill.ttl_ms,
+                now_ms(),
+            );
+        }
         if !tail.is_empty() {
             yield Ok(tail);
         }
@@ -328,7 +387,7 @@ pub fn stream(mut meter: Meter, sent: Sent) -> Response {
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    request_id_header(&mut out, &request_id);
+    headers::set_request_id(out.headers_mut(), &request_id);
     if client == Format::Bedrock
         && let Ok(v) = HeaderValue::from_str(&request_id)
     {

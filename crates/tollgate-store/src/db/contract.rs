@@ -16,7 +16,9 @@ use crate::ledger::{Durability, LedgerConfig};
 use futures_util::FutureExt;
 use std::path::{Path, PathBuf};
 use tollgate_domain::budget::ScopeKind;
-use tollgate_domain::ledger::{Endpoint, RouteMode, RouteRecord, RouteSample};
+use tollgate_domain::ledger::{
+    CacheKind, Endpoint, LedgerRow, RouteMode, RouteRecord, RouteSample,
+};
 use tollgate_domain::outcome::{OutcomeStatus, ValueBasis};
 use tollgate_domain::value::Mechanism;
 
@@ -598,19 +600,61 @@ async fn reports_sum_to_the_ledger(s: &Store) {
         .savings_report(Some(GroupBy::Agent), 0, i64::MAX)
         .await
         .unwrap();
-    assert_eq!(r.total.len(), 3);
-    // Rows 0, 14, 28 were routed (enforce) against a heavy tier of 99 999 nanos.
-    assert_eq!(r.total[1].mechanism, Mechanism::Routing);
-    assert_eq!(r.total[1].requests, 3);
+    // Every mechanism has a line, in the order of Mechanism::ALL, touched or not.
     assert_eq!(
-        r.total[1].saved(),
+        r.total.iter().map(|m| m.mechanism).collect::<Vec<_>>(),
+        Mechanism::ALL.to_vec()
+    );
+    let line = |m: Mechanism| r.total.iter().find(|l| l.mechanism == m).unwrap();
+    // Rows 0, 14, 28 were routed (enforce) against a heavy tier of 99 999 nanos.
+    assert_eq!(line(Mechanism::Routing).requests, 3);
+    assert_eq!(
+        line(Mechanism::Routing).saved(),
         Money::from_nanos((99_999 - 1234) * 3 - 14 - 28)
     );
-    assert_eq!(r.total[2].mechanism, Mechanism::RoutingShadow);
-    assert_eq!(r.total[2].saved(), Money::from_nanos(234 * 2));
-    assert_eq!(r.total[0].saved(), Money::from_nanos(66 * 30));
+    assert_eq!(
+        line(Mechanism::RoutingShadow).saved(),
+        Money::from_nanos(234 * 2)
+    );
+    // Client-placed prompt caching: every row read 20 cached tokens, except the rows
+    // whose breakpoints the gateway injected (every fifth from row 1), which count there.
+    let rows: Vec<_> = (0..30).map(row).collect();
+    let saved_on = |pick: &dyn Fn(&LedgerRow) -> bool, base: &dyn Fn(&LedgerRow) -> i64| {
+        let picked: Vec<_> = rows.iter().filter(|r| pick(r)).collect();
+        let saved: i64 = picked.iter().map(|r| base(r) - r.cost.nanos()).sum();
+        (picked.len() as u64, Money::from_nanos(saved))
+    };
+    let kind = |k: CacheKind| move |r: &LedgerRow| r.cache.as_ref().is_some_and(|c| c.kind == k);
+    let without = |r: &LedgerRow| r.cost_without_cache.nanos();
+    let client = saved_on(
+        &|r| r.cache.is_none() || !kind(CacheKind::PromptInjected)(r),
+        &without,
+    );
+    assert_eq!(client, (24, Money::from_nanos(66 * 24)));
+    let at = |m: Mechanism| (line(m).requests, line(m).saved());
+    assert_eq!(at(Mechanism::PromptCache), client);
+    assert_eq!(
+        at(Mechanism::PromptCacheInjected),
+        saved_on(&kind(CacheKind::PromptInjected), &without)
+    );
+    assert_eq!(line(Mechanism::PromptCacheInjected).misses, 3);
+    let avoided = |r: &LedgerRow| r.cost.nanos() + r.cache.as_ref().unwrap().avoided_cost.nanos();
+    assert_eq!(
+        at(Mechanism::ResponseCacheSemantic),
+        saved_on(&kind(CacheKind::ResponseSemantic), &avoided)
+    );
+    assert_eq!(
+        at(Mechanism::ResponseCacheSemantic),
+        (6, Money::from_nanos(777 * 6))
+    );
+    assert_eq!(at(Mechanism::ResponseCacheExact), (0, Money::ZERO));
+    let pruned = saved_on(&|r| r.prune.is_some(), &|r| {
+        r.prune.as_ref().unwrap().cost_without.nanos()
+    });
+    assert_eq!(pruned.0, 10);
+    assert_eq!(at(Mechanism::Pruning), pruned);
     let by_group: i64 = r.groups.iter().map(|g| g.1[0].saved().nanos()).sum();
-    assert_eq!(by_group, 66 * 30);
+    assert_eq!(by_group, 66 * 24);
 
     let series = s
         .spend_series(GroupBy::Agent, 0, i64::MAX, 10)

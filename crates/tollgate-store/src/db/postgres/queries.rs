@@ -21,14 +21,16 @@ use crate::keys::{NewKey, SecretSealer, VirtualKey, new_key};
 use crate::ledger::{LedgerConfig, ReplicaSequence, SEQ_GAPS, SEQ_SOURCE, StoredSample, sequences};
 use crate::outcomes::{Recorded, StoredOutcome, TaskParty};
 use crate::tasks::{AlertRecord, Incident, NewIncident, TaskRecord, TaskUsage};
-use crate::value::{HourlyUsage, SpendPoint, mechanism_sql};
+use crate::value::{HourlyUsage, MechanismSql, SpendPoint, mechanism_sql};
 use crate::{Ledger, LedgerWriter};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use tokio_postgres::Row;
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::budget::{BudgetRule, Period, ScopeKind, ScopeSpec};
-use tollgate_domain::ledger::{Endpoint, LedgerRow, Route, RouteMode, RouteRecord};
+use tollgate_domain::ledger::{
+    CacheKind, CacheRecord, Endpoint, LedgerRow, PruneRecord, Route, RouteMode, RouteRecord,
+};
 use tollgate_domain::money::Money;
 use tollgate_domain::outcome::{OutcomeStatus, TaskOutcome, ValueBasis};
 use tollgate_domain::report::{GroupBy, UsageGroup, UsageReport};
@@ -87,7 +89,9 @@ const SELECT_ROW: &str = "SELECT ts_ms, request_id, endpoint, key_id, \"user\", 
     usage_source, cost_nanos, priced, price_hash, latency_us, ttft_us, status, error_code, stream, partial,
     COALESCE(cost_without_cache_nanos, cost_nanos),
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
-    route_tier_cost_nanos, route_escalated
+    route_tier_cost_nanos, route_escalated,
+    cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos
     FROM ledger";
 
 fn row_from_pg(r: &Row) -> R<LedgerRow> {
@@ -135,7 +139,41 @@ fn row_from_pg(r: &Row) -> R<LedgerRow> {
         stream: r.try_get(27)?,
         partial: r.try_get(28)?,
         routing: route_from_pg(r)?,
+        cache: cache_from_pg(r)?,
+        prune: prune_from_pg(r)?,
     })
+}
+
+/// Columns 38..=43 of [`SELECT_ROW`].
+fn cache_from_pg(r: &Row) -> R<Option<CacheRecord>> {
+    let Some(kind) = r
+        .try_get::<_, Option<String>>(38)?
+        .and_then(|k| CacheKind::parse(&k))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(CacheRecord {
+        kind,
+        similarity_ppm: r
+            .try_get::<_, Option<i64>>(39)?
+            .and_then(|v| u32::try_from(v).ok()),
+        avoided_cost: nanos(r.try_get(40)?),
+        expected_write: count(r.try_get(41)?),
+        expected_read: count(r.try_get(42)?),
+        miss: r.try_get::<_, Option<bool>>(43)?.unwrap_or(false),
+    }))
+}
+
+/// Columns 44..=46 of [`SELECT_ROW`].
+fn prune_from_pg(r: &Row) -> R<Option<PruneRecord>> {
+    let Some(before) = r.try_get::<_, Option<i64>>(44)? else {
+        return Ok(None);
+    };
+    Ok(Some(PruneRecord {
+        tokens_before: before.max(0) as u64,
+        tokens_after: count(r.try_get(45)?),
+        cost_without: nanos(r.try_get(46)?),
+    }))
 }
 
 fn route_from_pg(r: &Row) -> R<Option<RouteRecord>> {
@@ -1122,11 +1160,17 @@ impl ReportStore for PostgresStore {
         let mut total = Vec::new();
         let mut groups: BTreeMap<Option<String>, Vec<Savings>> = BTreeMap::new();
         for m in Mechanism::ALL {
-            let (touched, actual, baseline) = mechanism_sql(m);
+            let MechanismSql {
+                touched,
+                actual,
+                baseline,
+                missed,
+            } = mechanism_sql(m);
             let sums = format!(
                 "SUM(CASE WHEN {touched} THEN 1 ELSE 0 END)::BIGINT,
                  SUM(CASE WHEN {touched} THEN {actual} ELSE 0 END)::BIGINT,
-                 SUM(CASE WHEN {touched} THEN {baseline} ELSE 0 END)::BIGINT"
+                 SUM(CASE WHEN {touched} THEN {baseline} ELSE 0 END)::BIGINT,
+                 SUM(CASE WHEN {missed} THEN 1 ELSE 0 END)::BIGINT"
             );
             let line = |r: &Row, at: usize| -> R<Savings> {
                 Ok(Savings {
@@ -1134,6 +1178,7 @@ impl ReportStore for PostgresStore {
                     requests: count(r.try_get(at)?),
                     actual: nanos(r.try_get(at + 1)?),
                     baseline: nanos(r.try_get(at + 2)?),
+                    misses: count(r.try_get(at + 3)?),
                 })
             };
             total.push(line(

@@ -189,6 +189,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (replica_id, replica_seq)
     );
     "#,
+    // 7: what the gateway's caching and pruning did for a row.
+    r#"
+    ALTER TABLE ledger ADD COLUMN cache_kind TEXT;
+    ALTER TABLE ledger ADD COLUMN cache_similarity_ppm BIGINT;
+    ALTER TABLE ledger ADD COLUMN cache_avoided_nanos BIGINT;
+    ALTER TABLE ledger ADD COLUMN cache_expected_write BIGINT;
+    ALTER TABLE ledger ADD COLUMN cache_expected_read BIGINT;
+    ALTER TABLE ledger ADD COLUMN cache_miss BOOLEAN;
+    ALTER TABLE ledger ADD COLUMN prune_tokens_before BIGINT;
+    ALTER TABLE ledger ADD COLUMN prune_tokens_after BIGINT;
+    ALTER TABLE ledger ADD COLUMN prune_cost_without_nanos BIGINT;
+    "#,
 ];
 
 /// The ledger's columns in write order (staging table, COPY, merge).
@@ -233,6 +245,15 @@ pub(crate) const LEDGER_COLUMNS: &[&str] = &[
     "route_escalated",
     "replica_id",
     "replica_seq",
+    "cache_kind",
+    "cache_similarity_ppm",
+    "cache_avoided_nanos",
+    "cache_expected_write",
+    "cache_expected_read",
+    "cache_miss",
+    "prune_tokens_before",
+    "prune_tokens_after",
+    "prune_cost_without_nanos",
 ];
 
 #[cfg(test)]

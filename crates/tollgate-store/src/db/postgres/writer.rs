@@ -46,7 +46,7 @@ const SHIP_CHUNKS_PER_TURN: usize = 4;
 /// At shutdown, how long the writer keeps shipping a backlog before leaving the rest in
 /// the spool for the next start.
 const SHUTDOWN_SHIP: Duration = Duration::from_secs(3);
-/// Rows per multi-row INSERT statement (43 parameters each; PostgreSQL allows 65,535).
+/// Rows per multi-row INSERT statement (52 parameters each; PostgreSQL allows 65,535).
 const INSERT_CHUNK: usize = 1_000;
 
 /// A row and its writer stream and number (`None`: written outside the writer).
@@ -83,6 +83,15 @@ fn stage_types() -> Vec<Type> {
         T::TEXT,   // route_escalated
         T::TEXT,   // replica_id
         T::INT8,   // replica_seq
+        T::TEXT,   // cache_kind
+        T::INT8,   // cache_similarity_ppm
+        T::INT8,   // cache_avoided_nanos
+        T::INT8,   // cache_expected_write
+        T::INT8,   // cache_expected_read
+        T::BOOL,   // cache_miss
+        T::INT8,   // prune_tokens_before
+        T::INT8,   // prune_tokens_after
+        T::INT8,   // prune_cost_without_nanos
         T::TEXT,   // sample_model
         T::INT8,   // sample_tokens
         T::TEXT,   // sample_features
@@ -183,6 +192,15 @@ struct Values<'a> {
     route_escalated: Option<&'a str>,
     replica_id: Option<&'a str>,
     replica_seq: Option<i64>,
+    cache_kind: Option<&'static str>,
+    cache_similarity_ppm: Option<i64>,
+    cache_avoided: Option<i64>,
+    cache_expected_write: Option<i64>,
+    cache_expected_read: Option<i64>,
+    cache_miss: Option<bool>,
+    prune_tokens_before: Option<i64>,
+    prune_tokens_after: Option<i64>,
+    prune_cost_without: Option<i64>,
     sample_model: Option<&'a str>,
     sample_tokens: Option<i64>,
     sample_features: Option<&'a str>,
@@ -193,6 +211,8 @@ impl<'a> Values<'a> {
         let a = &r.attribution;
         let rt = r.routing.as_ref();
         let sample = rt.and_then(|x| x.sample.as_ref());
+        let c = r.cache.as_ref();
+        let p = r.prune.as_ref();
         Values {
             ts_ms: r.ts_ms,
             request_id: &r.request_id,
@@ -237,13 +257,22 @@ impl<'a> Values<'a> {
             route_escalated: rt.and_then(|x| x.escalated.as_deref()),
             replica_id: stamp.map(|s| s.0),
             replica_seq: stamp.map(|s| s.1),
+            cache_kind: c.map(|c| c.kind.as_str()),
+            cache_similarity_ppm: c.and_then(|c| c.similarity_ppm).map(i64::from),
+            cache_avoided: c.map(|c| c.avoided_cost.nanos()),
+            cache_expected_write: c.map(|c| sql_u64(c.expected_write)),
+            cache_expected_read: c.map(|c| sql_u64(c.expected_read)),
+            cache_miss: c.map(|c| c.miss),
+            prune_tokens_before: p.map(|p| sql_u64(p.tokens_before)),
+            prune_tokens_after: p.map(|p| sql_u64(p.tokens_after)),
+            prune_cost_without: p.map(|p| p.cost_without.nanos()),
             sample_model: sample.map(|s| s.model.as_str()),
             sample_tokens: sample.map(|s| i64::from(s.tokens)),
             sample_features: sample.map(|s| s.features.as_str()),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 43] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 52] {
         [
             &self.ts_ms,
             &self.request_id,
@@ -285,6 +314,15 @@ impl<'a> Values<'a> {
             &self.route_escalated,
             &self.replica_id,
             &self.replica_seq,
+            &self.cache_kind,
+            &self.cache_similarity_ppm,
+            &self.cache_avoided,
+            &self.cache_expected_write,
+            &self.cache_expected_read,
+            &self.cache_miss,
+            &self.prune_tokens_before,
+            &self.prune_tokens_after,
+            &self.prune_cost_without,
             &self.sample_model,
             &self.sample_tokens,
             &self.sample_features,
