@@ -495,9 +495,12 @@ pub fn plan(
         }
     }
     // Arrivals: an earlier prompt this one extends (its history prefix came back), and
-    // this prompt's own prefixes.
+    // this prompt's own prefixes. Only message boundaries can be an earlier prompt's
+    // end: the system prefix recurring is counted once, as a system prefix, below.
     for i in 0..parts.len().saturating_sub(1) {
-        if tracker.peek(scope, hashes[i]).is_some() {
+        if matches!(parts[i].kind, PartKind::Message { .. })
+            && tracker.peek(scope, hashes[i]).is_some()
+        {
             tracker.arrive(scope, PrefixKind::History, hashes[i], totals[i], now_ms);
         }
     }
@@ -690,13 +693,11 @@ mod tests {
         let mut q = parts.clone();
         q[1].hash = 999; // another question, same handbook
         let p = plan(&mut tr, 7, &q, &claude(), &rates(), Mode::Auto, 60_000);
-        let sys: Vec<_> = p
-            .breakpoints
-            .iter()
-            .filter(|b| b.kind == PrefixKind::System)
-            .collect();
-        assert_eq!(sys.len(), 1);
-        assert_eq!(sys[0].part, 0);
+        // Only on the handbook: questions that never come back extended are not worth
+        // a write of their own.
+        assert_eq!(p.breakpoints.len(), 1, "{p:?}");
+        assert_eq!(p.breakpoints[0].kind, PrefixKind::System);
+        assert_eq!(p.breakpoints[0].part, 0);
         assert_eq!(p.expected_read, 0);
         assert!(p.expected_write >= 5000);
         // A third question within the TTL: the handbook is expected to be read.

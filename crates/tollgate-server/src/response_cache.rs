@@ -242,6 +242,39 @@ impl ResponseCache {
         self.max_entry_bytes
     }
 
+    /// The cache's own series in the Prometheus text format (appended to `/metrics`).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (entries, bytes) = self.size();
+        let st = &self.stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "# HELP tollgate_response_cache_lookups_total Response-cache lookups by result.\n\
+             # TYPE tollgate_response_cache_lookups_total counter\n\
+             tollgate_response_cache_lookups_total{{result=\"hit_exact\"}} {}\n\
+             tollgate_response_cache_lookups_total{{result=\"hit_semantic\"}} {}\n\
+             tollgate_response_cache_lookups_total{{result=\"miss\"}} {}\n\
+             # HELP tollgate_response_cache_stored_total Answers stored in the response cache.\n\
+             # TYPE tollgate_response_cache_stored_total counter\n\
+             tollgate_response_cache_stored_total {}\n\
+             # HELP tollgate_response_cache_evicted_total Entries dropped (LRU, TTL, size bounds).\n\
+             # TYPE tollgate_response_cache_evicted_total counter\n\
+             tollgate_response_cache_evicted_total {}\n\
+             # HELP tollgate_response_cache_entries Entries held.\n\
+             # TYPE tollgate_response_cache_entries gauge\n\
+             tollgate_response_cache_entries {entries}\n\
+             # HELP tollgate_response_cache_bytes Bytes charged to the cache (answers and index).\n\
+             # TYPE tollgate_response_cache_bytes gauge\n\
+             tollgate_response_cache_bytes {bytes}\n",
+            load(&st.hits_exact),
+            load(&st.hits_semantic),
+            load(&st.misses),
+            load(&st.stored),
+            load(&st.evicted),
+        );
+    }
+
     /// Entries held and bytes charged.
     pub fn size(&self) -> (usize, usize) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -121,7 +121,8 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Result<Response, ApiError> {
             "metrics are disabled ([telemetry] metrics = false)".into(),
         ));
     }
-    let body = gw.telemetry.metrics.render(Some(gw.ledger.stats()));
+    let mut body = gw.telemetry.metrics.render(Some(gw.ledger.stats()));
+    gw.pipeline.response_cache.render_metrics(&mut body);
     Ok((
         [(
             http::header::CONTENT_TYPE,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tollgate_domain::ledger::{LedgerRow, RouteMode};
+use tollgate_domain::ledger::{CacheKind, LedgerRow, RouteMode};
 use tollgate_domain::outcome::OutcomeStatus;
 
 /// Distinct values kept per label before new ones become `other`.
@@ -79,7 +79,22 @@ struct Series {
     /// have saved).
     shadow_baseline_nanos: AtomicI64,
     shadow_saved_nanos: AtomicI64,
+    /// The gateway's own mechanisms ([`GATEWAY_MECHANISMS`]): calls, baseline, saved.
+    mech_requests: [AtomicU64; 4],
+    mech_baseline_nanos: [AtomicI64; 4],
+    mech_saved_nanos: [AtomicI64; 4],
+    /// Injected prompt-cache breakpoints the provider did not honour as planned.
+    prompt_cache_misses: AtomicU64,
 }
+
+/// Savings the gateway makes by itself, beside the client's own prompt caching and
+/// routing: one slot each in [`Series`].
+const GATEWAY_MECHANISMS: [&str; 4] = [
+    "prompt_cache_injected",
+    "response_cache_exact",
+    "response_cache_semantic",
+    "pruning",
+];
 
 const TOKEN_KINDS: [&str; 5] = ["input", "cache_read", "cache_write", "output", "reasoning"];
 
@@ -193,7 +208,33 @@ impl Metrics {
             for (slot, n) in s.tokens.iter().zip(kinds) {
                 slot.fetch_add(n, Ordering::Relaxed);
             }
-            if u.cache_read + u.cache_write_5m + u.cache_write_1h > 0 {
+            let injected = row
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.kind == CacheKind::PromptInjected);
+            let mech = |i: usize, base: i64| {
+                s.mech_requests[i].fetch_add(1, Ordering::Relaxed);
+                s.mech_baseline_nanos[i].fetch_add(base, Ordering::Relaxed);
+                s.mech_saved_nanos[i].fetch_add(base - row.cost.nanos(), Ordering::Relaxed);
+            };
+            if let Some(c) = &row.cache {
+                match c.kind {
+                    CacheKind::PromptInjected => {
+                        mech(0, row.cost_without_cache.nanos());
+                        if c.miss {
+                            s.prompt_cache_misses.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    CacheKind::ResponseExact => mech(1, row.cost.nanos() + c.avoided_cost.nanos()),
+                    CacheKind::ResponseSemantic => {
+                        mech(2, row.cost.nanos() + c.avoided_cost.nanos())
+                    }
+                }
+            }
+            if let Some(p) = &row.prune {
+                mech(3, p.cost_without.nanos());
+            }
+            if !injected && u.cache_read + u.cache_write_5m + u.cache_write_1h > 0 {
                 let base = row.cost_without_cache.nanos();
                 s.cache_baseline_nanos.fetch_add(base, Ordering::Relaxed);
                 s.cache_saved_nanos
@@ -370,6 +411,16 @@ impl Metrics {
                     );
                 }
             }
+            for (i, mech) in GATEWAY_MECHANISMS.iter().enumerate() {
+                if s.mech_requests[i].load(Ordering::Relaxed) > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_cost_baseline_usd_total{{{},mechanism=\"{mech}\"}} {}",
+                        labels(w),
+                        usd(s.mech_baseline_nanos[i].load(Ordering::Relaxed))
+                    );
+                }
+            }
         }
         header(
             &mut out,
@@ -399,6 +450,32 @@ impl Metrics {
                         usd(v.load(Ordering::Relaxed))
                     );
                 }
+            }
+            for (i, mech) in GATEWAY_MECHANISMS.iter().enumerate() {
+                if s.mech_requests[i].load(Ordering::Relaxed) > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_savings_usd{{{},mechanism=\"{mech}\"}} {}",
+                        labels(w),
+                        usd(s.mech_saved_nanos[i].load(Ordering::Relaxed))
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "tollgate_prompt_cache_misses_total",
+            "counter",
+            "Calls with gateway-placed prompt-cache breakpoints where the provider reported no cache read (or no write) where one was expected: a model whose real minimum or TTL differs from the documented one.",
+        );
+        for (w, s) in &who {
+            let n = s.prompt_cache_misses.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "tollgate_prompt_cache_misses_total{{{}}} {n}",
+                    labels(w)
+                );
             }
         }
         header(
