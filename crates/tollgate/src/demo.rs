@@ -370,6 +370,35 @@ async fn copywriter(w: &Workload, a: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// FAQ bot: a large shared handbook (no cache markers of its own) and repeated or
+/// reworded questions at temperature 0. The gateway places the prompt-cache breakpoint
+/// once the handbook recurs (`prompt_cache_injected`), answers the repeat from the exact
+/// response cache and the rewording from the semantic one (`response_cache_exact`,
+/// `response_cache_semantic`), each at $0 with the avoided cost as the saving.
+async fn faq(w: &Workload, a: &Agent) -> Result<()> {
+    let handbook = (1..=3)
+        .map(|part| policy_prompt().replace("Section ", &format!("Part {part}, section ")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for q in [
+        "How do I reset my password?",
+        "What is the refund policy for annual plans?",
+        "How do I reset my password?",
+        "What is the refund policy for annual subscriptions?",
+        "How can I reset my password?",
+        "Can I change the email address on my account?",
+    ] {
+        w.messages(
+            a,
+            "faq-desk",
+            json!({"model": "claude-haiku-4-5", "max_tokens": 200, "temperature": 0,
+                "system": handbook, "messages": [{"role": "user", "content": q}]}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Helpdesk: asks for the routed model `auto` (gpt-4o-mini → gpt-4o, routed to keep 95 %
 /// of the heavy model's quality on the router's calibration set). Questions the router
 /// judges routine go to the light tier, the others to the heavy tier; the ledger records what the heavy tier
@@ -607,6 +636,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         ("writer-assistant", "marketing", "erin"),
         ("ops-agent", "platform", "frank"),
         ("helpdesk-router", "customer-support", "grace"),
+        ("faq-bot", "customer-support", "heidi"),
     ] {
         let (_, key) = store.create_key(
             &NewKey {
@@ -673,6 +703,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode> {
         Box::pin(triage(&w, &agents[3])),
         Box::pin(copywriter(&w, &agents[4])),
         Box::pin(helpdesk(&w, &agents[6])),
+        Box::pin(faq(&w, &agents[7])),
     ])
     .await;
     for r in results {
