@@ -122,6 +122,8 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
     let config = Arc::new(ArcSwap::from_pointee(config));
     let settlement = Arc::new(Settlement {
         ledger: ledger.clone(),
+        alerts: alerts.clone(),
+        suspect_alerted: std::sync::Mutex::new(std::collections::HashMap::new()),
         limits: limits.clone(),
         routing: routing.clone(),
         telemetry: telemetry.clone(),

@@ -46,7 +46,8 @@
 //! 9. `response_headers`: W6 (budget, rate limits, clamping); R8.
 //! 10. `retry_of`: W8 (escalation's follow-up context); R6 (the guard does not count a
 //!     retry).
-//! 11. `prompt`, `upstream_called`: W7; R9 (estimates when the upstream reports nothing).
+//! 11. `prompt`, `upstream_called`: W7; R9 (estimates when the upstream reports nothing;
+//!     the local count that widens a suspect prompt's bound).
 //! 12. `ttft_us`: W4 (a hit), W8; R9.
 //! 13. `cache_policy`: W4; R5 (prompt caching's mode).
 //! 14. `cache_status`: W4; R8 (`x-tollgate-cache`).
@@ -55,6 +56,8 @@
 //!     expected cache tokens); R9 (the row's cache columns; a miss checked against the
 //!     provider's reported cache tokens).
 //! 17. `prune`: W5; R9.
+//! 18. `output_cap`: W7 (the cap as sent); R9 (reported output past it is clamped and
+//!     the row flagged `usage_suspect`).
 
 pub mod admission;
 pub mod attribute;

@@ -135,6 +135,8 @@ pub struct Metrics {
     /// Registered only once a budget reports (issue 4's budgets call
     /// [`Metrics::set_budget_remaining`]); absent otherwise.
     budgets: RwLock<BTreeMap<BudgetKey, i64>>,
+    /// deployment → rows whose reported usage was past what the request could use.
+    suspect: RwLock<HashMap<String, Arc<AtomicU64>>>,
     /// Spans dropped because the export queue was full.
     pub spans_dropped: AtomicU64,
     pub spans_exported: AtomicU64,
@@ -224,6 +226,11 @@ impl Metrics {
                 }
             }
         }
+        if row.usage_suspect
+            && let Some(c) = entry(&self.suspect, deployment.clone())
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(c) = entry(&self.by_status, (deployment.clone(), status_class(row))) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -308,6 +315,29 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "tollgate_responses_total{{deployment=\"{}\",status_class=\"{class}\"}} {n}",
+                esc(d)
+            );
+        }
+        let mut suspect: Vec<(String, u64)> = self
+            .suspect
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        suspect.sort();
+        header(
+            &mut out,
+            "tollgate_usage_suspect_total",
+            "counter",
+            "Rows whose upstream reported more tokens than the request could use (priced at the bound, flagged usage_suspect).",
+        );
+        for (d, n) in &suspect {
+            let _ = writeln!(
+                out,
+                "tollgate_usage_suspect_total{{deployment=\"{}\"}} {n}",
                 esc(d)
             );
         }
