@@ -204,7 +204,9 @@ impl LedgerRow {
             money.push(p.cost_without);
         }
         tokens.iter().any(|n| *n > STORED_TOKENS_MAX)
-            || money.iter().any(|m| m.nanos().unsigned_abs() > STORED_NANOS_MAX as u64)
+            || money
+                .iter()
+                .any(|m| m.nanos().unsigned_abs() > STORED_NANOS_MAX as u64)
     }
 
     /// The `usage_suspect` column: flagged by the meter, or clamped by the store.

@@ -179,8 +179,19 @@ mod tests {
     #[test]
     fn usage_past_the_bound_is_clamped_to_it() {
         let b = UsageBound::of(Some(1000), Some(500), Some(50));
-        assert_eq!(b, UsageBound { prompt: 1000, output: 50 });
-        let fine = Usage { input: 900, cache_read: 100, output: 50, ..Usage::default() };
+        assert_eq!(
+            b,
+            UsageBound {
+                prompt: 1000,
+                output: 50
+            }
+        );
+        let fine = Usage {
+            input: 900,
+            cache_read: 100,
+            output: 50,
+            ..Usage::default()
+        };
         assert!(!fine.exceeds(b));
         assert_eq!(fine.clamped(b), fine);
         let wild = Usage {
@@ -192,8 +203,17 @@ mod tests {
         };
         assert!(wild.exceeds(b));
         let c = wild.clamped(b);
-        assert_eq!((c.input, c.cache_read, c.output, c.reasoning), (1000, 0, 50, 50));
-        let split = Usage { input: 600, cache_read: 600, cache_write_5m: 9, output: 1, ..Usage::default() };
+        assert_eq!(
+            (c.input, c.cache_read, c.output, c.reasoning),
+            (1000, 0, 50, 50)
+        );
+        let split = Usage {
+            input: 600,
+            cache_read: 600,
+            cache_write_5m: 9,
+            output: 1,
+            ..Usage::default()
+        };
         let c = split.clamped(b);
         assert_eq!((c.input, c.cache_read, c.cache_write_5m), (600, 400, 0));
         assert_eq!(c.prompt_total(), 1000);
@@ -207,8 +227,18 @@ mod tests {
         assert_eq!(UsageBound::of(Some(8000), None, None).output, 8000);
         assert_eq!(UsageBound::of(Some(8000), Some(100), None).output, 100);
         // A stale context window: the local count widens it, never narrows it.
-        assert_eq!(UsageBound::of(Some(1000), None, None).with_local_prompt(900).prompt, 3600);
-        assert_eq!(UsageBound::of(Some(1000), None, None).with_local_prompt(10).prompt, 1000);
+        assert_eq!(
+            UsageBound::of(Some(1000), None, None)
+                .with_local_prompt(900)
+                .prompt,
+            3600
+        );
+        assert_eq!(
+            UsageBound::of(Some(1000), None, None)
+                .with_local_prompt(10)
+                .prompt,
+            1000
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::ledger::{
-    stored_nanos, stored_tokens,
     CacheKind, CacheRecord, Endpoint, LedgerRow, PruneRecord, Route, RouteMode, RouteRecord,
+    stored_nanos, stored_tokens,
 };
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};

@@ -346,7 +346,8 @@ mod tests {
             let tx = c.transaction().unwrap();
             for (i, sql) in MIGRATIONS.iter().enumerate().take(7) {
                 tx.execute_batch(sql).unwrap();
-                tx.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
             }
             tx.commit().unwrap();
             for (id, tokens, cost) in [("bad", i64::MAX, i64::MAX), ("ok", 10, 1_000)] {
@@ -361,7 +362,9 @@ mod tests {
                 )
                 .unwrap();
             }
-            let sum = c.query_row("SELECT SUM(cost_nanos) FROM ledger", [], |r| r.get::<_, i64>(0));
+            let sum = c.query_row("SELECT SUM(cost_nanos) FROM ledger", [], |r| {
+                r.get::<_, i64>(0)
+            });
             assert!(sum.is_err(), "the old ledger's sum overflows: {sum:?}");
         }
         let store = SqliteStore::open(&p).unwrap();

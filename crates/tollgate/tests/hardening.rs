@@ -146,3 +146,141 @@ async fn absurd_reported_usage_is_bounded_flagged_and_bricks_nothing() {
     drop(stopped);
     gw.stop().await;
 }
+
+async fn task_call(
+    gw: &TestGateway,
+    key: &str,
+    task: &str,
+    messages: Vec<Value>,
+) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("x-tollgate-task", task)
+        .json(&json!({"model": "gpt-4.1", "messages": messages, "max_tokens": 50}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Issue 18, item 3: a key of team A looping on team B's task id. Before, A's calls
+/// counted in B's task and halted it (B's next call got 409). Now A is refused (403,
+/// OpenAI-shaped) before the guard counts anything, its rows do not name the task, and
+/// B's task runs on, also after a restart (the owner is learnt from the ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_team_cannot_count_in_or_halt_your_task() {
+    use tollgate_testkit::agents::{self, Runaway};
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let cfg = config_for(
+        &up.base_url(),
+        &[("gpt-4.1", "gpt-4.1")],
+        "[guard]\nloop_max_repeats = 3\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let store = tollgate_store::SqliteStore::open(&db).unwrap();
+    let (_, key_b) = store
+        .create_key(
+            &tollgate_store::NewKey {
+                team: Some("team-b".into()),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    let gw = TestGateway::start_on(&cfg, HashMap::new(), &db).await;
+
+    let (goal, steps) = agents::healthy(5, 12);
+    for i in 0..2 {
+        let r = task_call(
+            &gw,
+            &key_b,
+            "task-b",
+            agents::conversation(&goal, &steps, i + 1),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    // Team A replays the same call on B's task id, far past the loop limit.
+    let (rgoal, rsteps) = agents::runaway(7, Runaway::Replay, 1, 10);
+    let before = up.calls();
+    for i in 0..rsteps.len() {
+        let r = task_call(
+            &gw,
+            &gw.key,
+            "task-b",
+            agents::conversation(&rgoal, &rsteps, i + 1),
+        )
+        .await;
+        assert_eq!(r.status(), 403, "call {i} of the other team");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "permission_error", "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("task-b"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        up.calls(),
+        before,
+        "no call of the other team went upstream"
+    );
+    // B's task runs on.
+    for i in 2..6 {
+        let r = task_call(
+            &gw,
+            &key_b,
+            "task-b",
+            agents::conversation(&goal, &steps, i + 1),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "B's call {i}");
+    }
+    let stopped = gw.stop().await;
+    let rows = stopped.ledger_rows(0, i64::MAX, 1000).unwrap();
+    let in_b: Vec<_> = rows
+        .iter()
+        .filter(|r| r.attribution.task.as_deref() == Some("task-b"))
+        .collect();
+    assert_eq!(in_b.len(), 6, "only B's calls are in B's task");
+    assert!(
+        in_b.iter()
+            .all(|r| r.attribution.team.as_deref() == Some("team-b"))
+    );
+    assert!(
+        stopped.task_record("task-b").unwrap().is_none(),
+        "never halted"
+    );
+
+    // After a restart the other team calls first: still refused (learnt from the ledger).
+    let gw = TestGateway::start_on(&cfg, HashMap::new(), &db).await;
+    let r = task_call(
+        &gw,
+        &gw.key,
+        "task-b",
+        agents::conversation(&rgoal, &rsteps, 1),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let r = task_call(
+        &gw,
+        &key_b,
+        "task-b",
+        agents::conversation(&goal, &steps, 7),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // A's own task ids are A's.
+    let r = task_call(
+        &gw,
+        &gw.key,
+        "task-a",
+        agents::conversation(&rgoal, &rsteps, 1),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+    drop(stopped);
+}

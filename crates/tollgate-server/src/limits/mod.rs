@@ -30,6 +30,8 @@
 //! - [`guard`]: per-task state and halted tasks at run time ([`guard::TaskGuard`]).
 //! - [`halts`]: the guard at admission (shared verdicts, trips, their incidents and
 //!   alerts) and halts kept in step with Redis.
+//! - [`owners`]: task ids scoped to their owner (team, or key), checked before the
+//!   cache and the guard.
 //! - [`refresh`]: run-time budgets and halted tasks re-read from the store; seeding.
 //! - [`settle`]: settlement, overage, threshold alerts.
 
@@ -54,6 +56,7 @@ use tollgate_store::{BudgetStore, Store, StoreError, TaskStore};
 pub mod admit;
 pub mod guard;
 mod halts;
+pub mod owners;
 mod refresh;
 mod settle;
 
@@ -102,6 +105,8 @@ pub struct Limits {
     /// Held only to copy or replace it, never across an `.await`.
     halt_cursor: std::sync::Mutex<HaltCursor>,
     pub tokens: TokenCache,
+    /// Who owns each task id.
+    pub owners: owners::TaskOwners,
     pub stats: LimitStats,
     /// Budgets, incidents and halts live here; spend is summed from its ledger.
     store: Store,
@@ -177,11 +182,21 @@ impl Limits {
             seeded_at_ms: AtomicI64::new(i64::MIN),
             halt_cursor: std::sync::Mutex::new(HaltCursor::default()),
             tokens: TokenCache::default(),
+            owners: owners::TaskOwners::default(),
             stats: LimitStats::default(),
             store,
             alerts,
             tasks,
         })
+    }
+
+    /// Refuse (403) a call naming a task id another owner uses.
+    pub async fn check_task_owner(
+        &self,
+        task: &str,
+        key: &tollgate_store::VirtualKey,
+    ) -> Result<(), crate::error::ApiError> {
+        self.owners.check(&self.store, task, key).await
     }
 
     /// The budgets in force.

@@ -20,12 +20,12 @@ use super::ctx::RequestCtx;
 use crate::alerts::{Alert, Alerts};
 use crate::clock::now_ms;
 use crate::config::Deployment;
-use std::collections::HashMap;
 use crate::error::ApiError;
 use crate::ingress::Prompt;
 use crate::limits::Limits;
 use crate::routing::{Routed, RoutingState};
 use crate::telemetry::Telemetry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 use tollgate_domain::cost::{cost, cost_without_prompt_cache};
@@ -143,7 +143,11 @@ impl Meter {
     /// by the local count of what was sent, in case the catalog is stale) and the
     /// request's output cap (else the model's).
     fn bound(&self, usage: &Usage) -> Option<UsageBound> {
-        let price = self.ctx.deployment.as_ref().and_then(|d| d.price.as_deref());
+        let price = self
+            .ctx
+            .deployment
+            .as_ref()
+            .and_then(|d| d.price.as_deref());
         let mut b = UsageBound::of(
             price.and_then(|p| p.max_input_tokens),
             price.and_then(|p| p.max_output_tokens),

@@ -9,7 +9,8 @@
 //!    key is known are answered unmetered; from the key on, the [`Meter`] exists and
 //!    stage 9 runs whatever happens.
 //! 2. [`attribute`]: the body parsed into a format-tagged request (400); attribution:
-//!    key owner, then `x-tollgate-*` headers, then body metadata.
+//!    key owner, then `x-tollgate-*` headers, then body metadata; a task id another
+//!    owner (team, or key without a team) uses is refused (403, `limits::owners`).
 //! 3. [`resolve`]: the deployment (404/403); a routed name (`auto`) is scored and
 //!    resolved to a tier's deployment, so admission prices the tier served.
 //! 4. [`cache`]: the response cache (exact, then a similar last turn in the same
@@ -35,7 +36,8 @@
 //! 1. `cfg`: W1 (one snapshot per request; an escalation retry keeps it); R2–R9.
 //! 2. `request_id`, `started`, `ts_ms`, `ingress`: W1; R6 (id), R8 (format, latency),
 //!    R9 (row).
-//! 3. `attribution`: W1 (key owner), W2 (headers, body); R3 (route allow-lists),
+//! 3. `attribution`: W1 (key owner), W2 (headers, body; the task cleared when refused);
+//!    R3 (route allow-lists),
 //!    R6 (scopes, task), R9 (row).
 //! 4. `requested_model`, `stream`: W2; R9.
 //! 5. `deployment`: W3; R6 (tokenizer, prices, clamped field), R7 (upstream), R9 (price).
@@ -134,6 +136,15 @@ impl Pipeline {
             Err(e) => return m.reject(e).await,
         };
         drop(bytes);
+        // A task id is its owner's: another team's (or key's) call naming it is refused
+        // before the cache or the guard see it, and its row does not name the task.
+        if let Some(task) = m.ctx.attribution.task.clone()
+            && let Err(e) = self.limits.check_task_owner(&task, &key).await
+        {
+            tracing::warn!(request_id = %m.ctx.request_id, task = %task, key = %key.id, "call refused: the task id belongs to another owner");
+            m.ctx.attribution.task = None;
+            return m.reject(e).await;
+        }
         // 3. resolve
         if let Err(e) = resolve::resolve(&self.routing, &mut m.ctx, &key, &req, &headers) {
             return m.reject(e).await;
