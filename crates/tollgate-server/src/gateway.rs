@@ -8,7 +8,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::config::store::StoreSettings;
 use crate::limits::{Limits, LimitsError};
-use crate::pipeline::{Pipeline, RequestIds, Settlement};
+use crate::pipeline::{BodyBudget, Pipeline, RequestIds, Settlement};
 use crate::prompt_cache::PromptCache;
 use crate::response_cache::ResponseCache;
 use crate::routing::RoutingState;
@@ -141,6 +141,7 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
         keys: keys.clone(),
         sealer: sealer.clone(),
         ids: RequestIds::new(),
+        bodies: BodyBudget::new(config.load().server.max_body_bytes_in_flight),
         routing: routing.clone(),
         limits: limits.clone(),
         client: client.clone(),

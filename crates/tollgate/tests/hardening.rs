@@ -284,3 +284,201 @@ async fn another_team_cannot_count_in_or_halt_your_task() {
     gw.stop().await;
     drop(stopped);
 }
+
+/// An HTTP/1.1 request written by hand: the head, then as much body as the test says.
+async fn raw_head(gw: &TestGateway, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Read one response (head and a `content-length` body): status, head, body.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    (status, head, body)
+}
+
+/// Send one chunk of `n` bytes of a chunked body (not the last); `false` once the
+/// gateway has closed the connection.
+async fn send_chunk(s: &mut tokio::net::TcpStream, n: usize) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut c = format!("{n:x}\r\n").into_bytes();
+    c.extend(std::iter::repeat_n(b' ', n));
+    c.extend_from_slice(b"\r\n");
+    s.write_all(&c).await.is_ok()
+}
+
+/// Issue 18, item 4: 12 concurrent 30 MB chunked bodies with a wrong bearer key or an
+/// unknown SigV4 key id. Each is answered (401 / 403, in its API's shape) after the
+/// client has sent only its first 64 KiB chunk: nothing waits for, or buffers, the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_bodies_are_refused_before_they_are_read() {
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let cfg = config_for(&up.base_url(), &[("gpt-4.1", "gpt-4.1")], "");
+    let gw = TestGateway::start(&cfg, HashMap::new()).await;
+    let amz = tollgate_providers::sigv4::amz_date(tollgate_server::clock::now_ms() / 1000);
+    let heads = [
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tgk_wrong\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_string(),
+        format!(
+            "POST /model/gpt-4.1/converse HTTP/1.1\r\nhost: x\r\nx-amz-date: {amz}\r\n\
+             authorization: AWS4-HMAC-SHA256 Credential=tgk_unknown0000/{}/us-east-1/bedrock/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature={}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            &amz[..8],
+            "0".repeat(64)
+        ),
+    ];
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let head = heads[i % 2].clone();
+        let gw_addr = gw.addr;
+        joins.spawn(async move {
+            let fake = TestGatewayAddr(gw_addr);
+            let mut s = fake.connect(&head).await;
+            // 64 KiB of the announced 30 MB, then wait for the answer.
+            assert!(send_chunk(&mut s, 64 << 10).await);
+            let (status, head, body) = read_response(&mut s).await;
+            (i % 2, status, head, body)
+        });
+    }
+    while let Some(j) = joins.join_next().await {
+        let (kind, status, head, body) = j.unwrap();
+        if kind == 0 {
+            assert_eq!(status, 401, "{head}{body}");
+            assert!(body.contains("\"invalid_api_key\""), "{body}");
+        } else {
+            assert_eq!(status, 403, "{head}{body}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("x-amzn-errortype: unrecognizedclientexception"),
+                "{head}"
+            );
+        }
+    }
+    assert_eq!(up.calls(), 0);
+    gw.stop().await;
+}
+
+/// A gateway's address, to connect from spawned tasks.
+struct TestGatewayAddr(std::net::SocketAddr);
+
+impl TestGatewayAddr {
+    async fn connect(&self, head: &str) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(self.0).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s
+    }
+}
+
+/// The global budget of body bytes being read: with 1.5 MB in flight allowed, a
+/// second 1 MB body while the first is still arriving gets 503 (OpenAI's shape, with
+/// `retry-after`); once the first is done the budget is back; a body over
+/// `max_body_bytes` gets 413, declared or chunked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_share_one_byte_budget() {
+    use tokio::io::AsyncWriteExt;
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let cfg = config_for(
+        &up.base_url(),
+        &[("gpt-4.1", "gpt-4.1")],
+        "[server]\nmax_body_bytes = 1000000\nmax_body_bytes_in_flight = 1500000\n",
+    );
+    let gw = TestGateway::start(&cfg, HashMap::new()).await;
+    // A valid 1 MB JSON body: the chat request padded with spaces.
+    let json = serde_json::to_string(&chat(5)).unwrap();
+    let pad = 1_000_000 - json.len();
+    let head = |len: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {len}\r\n\r\n",
+            gw.key
+        )
+    };
+    let mut first = raw_head(&gw, &head(1_000_000)).await;
+    first.write_all(json.as_bytes()).await.unwrap();
+    first.write_all(&vec![b' '; pad / 2]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let mut second = raw_head(&gw, &head(1_000_000)).await;
+    let (status, h, body) = read_response(&mut second).await;
+    assert_eq!(status, 503, "{h}{body}");
+    assert!(h.to_ascii_lowercase().contains("retry-after: 1"), "{h}");
+    let e: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"]["code"], "overloaded", "{e}");
+
+    first.write_all(&vec![b' '; pad - pad / 2]).await.unwrap();
+    let (status, h, body) = read_response(&mut first).await;
+    assert_eq!(status, 200, "{h}{body}");
+
+    let mut third = raw_head(&gw, &head(1_000_000)).await;
+    third.write_all(json.as_bytes()).await.unwrap();
+    third.write_all(&vec![b' '; pad]).await.unwrap();
+    assert_eq!(
+        read_response(&mut third).await.0,
+        200,
+        "the budget came back"
+    );
+
+    let mut declared = raw_head(&gw, &head(1_000_001)).await;
+    assert_eq!(read_response(&mut declared).await.0, 413);
+    let mut chunked = raw_head(
+        &gw,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            gw.key
+        ),
+    )
+    .await;
+    for _ in 0..16 {
+        if !send_chunk(&mut chunked, 100_000).await {
+            break;
+        }
+    }
+    let (status, _, body) = read_response(&mut chunked).await;
+    assert_eq!(status, 413, "{body}");
+    gw.stop().await;
+}

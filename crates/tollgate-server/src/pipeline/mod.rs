@@ -5,9 +5,11 @@
 //! whole gateway.
 //!
 //! 1. [`identify`]: request id, the config snapshot, auth (bearer key, `x-api-key`, or
-//!    AWS SigV4, which covers the body), the body read with a size cap. 401/403 before a
-//!    key is known are answered unmetered; from the key on, the [`Meter`] exists and
-//!    stage 9 runs whatever happens.
+//!    AWS SigV4, whose key, scope and date are checked before the body is read and its
+//!    signature after), the body read with a size cap (413) within a global budget of
+//!    bytes being read (503); unsigned `x-tollgate-*` headers of a SigV4 request
+//!    dropped. 401/403 before a key is known are answered unmetered; from the key on,
+//!    the [`Meter`] exists and stage 9 runs whatever happens.
 //! 2. [`attribute`]: the body parsed into a format-tagged request (400); attribution:
 //!    key owner, then `x-tollgate-*` headers, then body metadata; a task id another
 //!    owner (team, or key without a team) uses is refused (403, `limits::owners`).
@@ -73,7 +75,7 @@ pub mod respond;
 pub mod shape;
 
 pub use ctx::RequestCtx;
-pub use identify::RequestIds;
+pub use identify::{BodyBudget, RequestIds};
 pub use meter::{Meter, Settlement};
 
 use crate::auth::KeyCache;
@@ -105,6 +107,8 @@ pub struct Pipeline {
     /// Opens sealed key secrets for SigV4 verification; `None` without a master key.
     pub sealer: Option<Arc<SecretSealer>>,
     pub ids: RequestIds,
+    /// The bytes of request bodies being read at once.
+    pub bodies: identify::BodyBudget,
     pub routing: Arc<RoutingState>,
     pub limits: Arc<Limits>,
     pub client: UpstreamClient,
@@ -121,12 +125,12 @@ impl Pipeline {
         ingress: Ingress,
         method: Method,
         uri: Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Body,
     ) -> Response {
         // 1. identify
-        let (mut m, key, bytes) =
-            match identify::identify(self, ingress, &method, &uri, &headers, body).await {
+        let (mut m, key, bytes, permit) =
+            match identify::identify(self, ingress, &method, &uri, &mut headers, body).await {
                 Ok(v) => v,
                 Err(resp) => return resp,
             };
@@ -136,6 +140,7 @@ impl Pipeline {
             Err(e) => return m.reject(e).await,
         };
         drop(bytes);
+        drop(permit);
         // A task id is its owner's: another team's (or key's) call naming it is refused
         // before the cache or the guard see it, and its row does not name the task.
         if let Some(task) = m.ctx.attribution.task.clone()
