@@ -193,7 +193,8 @@ impl SseScanner {
             // delimiters are checked here (payloads that matter are parsed below): text
             // such as `data: hello` marks the stream malformed.
             let trimmed = payload.trim_ascii();
-            if !trimmed.is_empty() && !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
+            let object = trimmed.starts_with(b"{") && trimmed.ends_with(b"}");
+            if !trimmed.is_empty() && !object {
                 self.not_json = true;
             }
             let mentions = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();

@@ -195,6 +195,12 @@ impl Ledger {
         &self.stats
     }
 
+    /// Rows queued for the writer and not yet taken into a batch: in batched mode, what
+    /// a crash would lose beyond the batch being committed.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
+    }
+
     /// Record a row. Batched: returns once queued (waits while the queue is full).
     /// Strict: returns once the row is durable on disk.
     pub async fn record(&self, row: LedgerRow) -> Result<(), LedgerClosed> {

@@ -112,6 +112,10 @@ async fn absurd_reported_usage_is_bounded_flagged_and_bricks_nothing() {
         metrics.contains("tollgate_usage_suspect_total{deployment=\"gpt-4.1\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("\ntollgate_ledger_queue_depth "),
+        "{metrics}"
+    );
     let stopped = gw.stop().await;
     let row = stopped.ledger_row(&bad_id).unwrap().unwrap();
     assert!(row.usage_suspect);
@@ -481,4 +485,111 @@ async fn bodies_in_flight_share_one_byte_budget() {
     let (status, _, body) = read_response(&mut chunked).await;
     assert_eq!(status, 413, "{body}");
     gw.stop().await;
+}
+
+/// Issue 18, item 2: a provider that counts the prompt `factor` times what the local
+/// tokenizer does. After three sequential calls have taught the deployment's
+/// correction, 30 concurrent calls against what is left of a $1.00 hard budget settle
+/// within it. Without the correction each call reserved a fifth of its cost (at 5×)
+/// and all 30 were admitted: $1.65 settled on a $1.00 budget.
+async fn overcounting_provider(factor_pct: u64) -> (i64, u64, String) {
+    let messages = vec![
+        json!({"role": "user", "content": "Summarise the quarterly report for the finance team, \
+        listing revenue, costs, margins and the three largest risks, each with one line of context, \
+        and end with a recommendation for the board about next year's budget and hiring plan."}),
+    ];
+    let local = tollgate_providers::tokenizer::Encoding::O200kBase.count_chat_prompt(&messages);
+    let mut f = chat_answer(local * factor_pct / 100, 1);
+    f.delay = std::time::Duration::from_millis(20);
+    let up = FixtureUpstream::start(f).await.unwrap();
+    // $0.0005 per prompt token as the provider counts it: a call costs local × factor ×
+    // $0.0005 (≈ $0.05 at 5×); output is free.
+    let cfg = format!(
+        r#"
+[[budgets.limits]]
+scope = "org"
+period = "lifetime"
+limit_usd = "1.00"
+
+[[upstreams]]
+name = "up"
+base_url = "{}"
+
+[[deployments]]
+name = "m"
+upstream = "up"
+model = "gpt-4.1"
+price = {{ input = "500", output = "0" }}
+"#,
+        up.base_url()
+    );
+    let gw = TestGateway::start(&cfg, HashMap::new()).await;
+    let http = client();
+    let body = json!({"model": "m", "messages": messages, "max_tokens": 1});
+    for _ in 0..3 {
+        let r = http
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let mut joins = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let req = http
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .json(&body);
+        joins.spawn(async move { req.send().await.unwrap().status().as_u16() });
+    }
+    while let Some(s) = joins.join_next().await {
+        let s = s.unwrap();
+        assert!(s == 200 || s == 402, "{s}");
+    }
+    let metrics = http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ratio = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_prompt_correction_ratio{deployment=\"m\"}"))
+        .unwrap_or_default()
+        .to_string();
+    let overages = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_budget_overages_total "))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let stopped = gw.stop().await;
+    let spent = stopped
+        .usage_report(None, 0, i64::MAX)
+        .unwrap()
+        .total
+        .cost
+        .nanos();
+    (spent, overages, ratio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_counting_more_prompt_tokens_cannot_overspend_a_budget() {
+    for factor in [130, 500] {
+        let (spent, overages, ratio) = overcounting_provider(factor).await;
+        eprintln!(
+            "provider counts {factor}% of the local prompt: settled ${:.6} on a $1.00 budget, \
+             {overages} overages, {ratio}",
+            spent as f64 / 1e9
+        );
+        assert!(
+            spent <= 1_000_000_000,
+            "{factor}%: settled {spent} nano-USD"
+        );
+        assert!(ratio.contains("deployment=\"m\""), "{ratio}");
+    }
 }
