@@ -201,6 +201,7 @@ fn row(i: usize, t: Tasks) -> LedgerRow {
         routing: None,
         cache: None,
         prune: None,
+        usage_suspect: false,
     }
 }
 

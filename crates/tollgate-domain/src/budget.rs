@@ -541,8 +541,87 @@ pub fn merge_rules(config: &[BudgetRule], db: &[BudgetRule]) -> Vec<BudgetRule> 
     out
 }
 
+/// How many more prompt tokens a provider counts than the local tokenizer, learnt from
+/// each reported call (reported ÷ counted), so a reservation is not an underestimate:
+/// Claude, Nova or Llama prompts estimated with `o200k_base` differ by tens of percent,
+/// and a budget reserved on the local count overspends by that much.
+///
+/// Rises at once to a higher ratio and falls back slowly (an eighth of the way per
+/// call), so a burst after a dear call is still covered. The factor applied is the
+/// ratio plus [`PromptCorrection::MARGIN_PPM`], never below 1.0, never above
+/// [`PromptCorrection::MAX_PPM`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptCorrection {
+    ratio_ppm: u64,
+    pub samples: u64,
+}
+
+impl PromptCorrection {
+    /// Safety margin over the learnt ratio: 10 %.
+    pub const MARGIN_PPM: u64 = 100_000;
+    /// The largest factor applied (a ratio past it is a bad count, not a tokenizer).
+    pub const MAX_PPM: u64 = 20_000_000;
+    /// Prompts smaller than this say little about the tokenizer (message framing).
+    pub const MIN_TOKENS: u64 = 16;
+
+    /// Learn from one call: `local` tokens counted, `reported` by the provider.
+    pub fn observe(&mut self, local: u64, reported: u64) {
+        if local < Self::MIN_TOKENS {
+            return;
+        }
+        let r = (u128::from(reported) * 1_000_000 / u128::from(local))
+            .min(u128::from(Self::MAX_PPM)) as u64;
+        self.ratio_ppm = if self.samples == 0 || r >= self.ratio_ppm {
+            r
+        } else {
+            (self.ratio_ppm * 7 + r) / 8
+        };
+        self.samples += 1;
+    }
+
+    /// The factor a local count is multiplied by, in ppm (1,000,000 = 1.0).
+    pub fn factor_ppm(&self) -> u64 {
+        if self.samples == 0 {
+            return 1_000_000;
+        }
+        (self.ratio_ppm + Self::MARGIN_PPM).clamp(1_000_000, Self::MAX_PPM)
+    }
+
+    /// `local` corrected (rounded up).
+    pub fn apply(&self, local: u64) -> u64 {
+        let f = u128::from(self.factor_ppm());
+        (u128::from(local) * f)
+            .div_ceil(1_000_000)
+            .min(u128::from(u64::MAX)) as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prompt_correction_learns_up_fast_down_slowly_never_below_one() {
+        use super::PromptCorrection;
+        let mut c = PromptCorrection::default();
+        assert_eq!(c.apply(1000), 1000, "nothing learnt: the local count");
+        c.observe(1000, 800);
+        assert_eq!(
+            c.factor_ppm(),
+            1_000_000,
+            "a provider counting fewer: floor 1.0"
+        );
+        c.observe(1000, 1300);
+        assert_eq!(c.factor_ppm(), 1_400_000, "1.3 plus the margin, at once");
+        assert_eq!(c.apply(1000), 1400);
+        c.observe(1000, 1000);
+        assert_eq!(c.factor_ppm(), 1_362_500, "down an eighth of the way");
+        c.observe(1000, 5000);
+        assert_eq!(c.factor_ppm(), 5_100_000);
+        c.observe(10, 10_000);
+        assert_eq!(c.factor_ppm(), 5_100_000, "tiny prompts are ignored");
+        c.observe(1000, u64::MAX);
+        assert_eq!(c.factor_ppm(), PromptCorrection::MAX_PPM);
+    }
+
     use super::*;
     use crate::money::Rate;
     use proptest::prelude::*;

@@ -154,6 +154,65 @@ pub struct LedgerRow {
     /// What pruning took out of the prompt before it was sent.
     #[serde(default)]
     pub prune: Option<PruneRecord>,
+    /// The upstream reported more than the request could have used (past the model's
+    /// context window or the request's output cap): the row is priced at that bound
+    /// instead of the reported figures.
+    #[serde(default)]
+    pub usage_suspect: bool,
+}
+
+/// The most any one stored token count can be: 10^10 (a thousand times the largest
+/// context window). Past it the row is stored clamped and flagged `usage_suspect`, so
+/// that sums over any realistic number of rows fit in `i64` (SQLite's `SUM` fails on
+/// overflow, PostgreSQL's cast back to `BIGINT` too).
+pub const STORED_TOKENS_MAX: u64 = 10_000_000_000;
+/// The most any one stored amount can be: $100,000 (10^14 nano-USD) for one request,
+/// a thousand times the dearest real request today.
+pub const STORED_NANOS_MAX: i64 = 100_000_000_000_000;
+
+/// A token count as stored (clamped to [`STORED_TOKENS_MAX`]).
+pub fn stored_tokens(n: u64) -> i64 {
+    n.min(STORED_TOKENS_MAX) as i64
+}
+
+/// An amount as stored (clamped to ±[`STORED_NANOS_MAX`]).
+pub fn stored_nanos(m: Money) -> i64 {
+    m.nanos().clamp(-STORED_NANOS_MAX, STORED_NANOS_MAX)
+}
+
+impl LedgerRow {
+    /// Whether storing this row clamps one of its figures (it is then flagged
+    /// `usage_suspect`).
+    pub fn past_storage_caps(&self) -> bool {
+        let u = &self.usage;
+        let tokens = [
+            u.input,
+            u.cache_read,
+            u.cache_write_5m,
+            u.cache_write_1h,
+            u.output,
+            u.reasoning,
+        ];
+        let mut money = vec![self.cost, self.cost_without_cache];
+        if let Some(r) = &self.routing {
+            money.extend([r.heavy_cost, r.tier_cost]);
+        }
+        if let Some(c) = &self.cache {
+            money.push(c.avoided_cost);
+        }
+        if let Some(p) = &self.prune {
+            money.push(p.cost_without);
+        }
+        tokens.iter().any(|n| *n > STORED_TOKENS_MAX)
+            || money
+                .iter()
+                .any(|m| m.nanos().unsigned_abs() > STORED_NANOS_MAX as u64)
+    }
+
+    /// The `usage_suspect` column: flagged by the meter, or clamped by the store.
+    pub fn stored_suspect(&self) -> bool {
+        self.usage_suspect || self.past_storage_caps()
+    }
 }
 
 /// Which of the gateway's caches acted on a request.

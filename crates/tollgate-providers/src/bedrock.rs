@@ -40,6 +40,29 @@ impl ConverseRequest {
                 });
             }
         }
+        // The output cap bounds the reservation and the usage believed: it must be what
+        // Bedrock accepts, a positive integer (not "ten", -5, 2^64 or 1e30).
+        match body.get("inferenceConfig") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(c)) => match c.get("maxTokens") {
+                None | Some(Value::Null) => {}
+                Some(v)
+                    if v.as_u64()
+                        .is_some_and(|n| n >= 1 && n <= u64::from(u32::MAX)) => {}
+                Some(_) => {
+                    return Err(RequestError::WrongType {
+                        field: "inferenceConfig.maxTokens",
+                        expected: "a positive integer",
+                    });
+                }
+            },
+            Some(_) => {
+                return Err(RequestError::WrongType {
+                    field: "inferenceConfig",
+                    expected: "an object",
+                });
+            }
+        }
         Ok(ConverseRequest {
             body,
             model: model.to_string(),
@@ -222,6 +245,18 @@ mod tests {
         );
         assert_eq!((ttl.cache_write_5m, ttl.cache_write_1h), (200, 100));
         assert_eq!(usage_from_wire(&usage_to_wire(&ttl)), ttl);
+    }
+
+    #[test]
+    fn converse_max_tokens_must_be_a_positive_integer() {
+        for bad in [r#""ten""#, "-5", "18446744073709551616", "1e30", "0", "2.5"] {
+            let body = format!(r#"{{"messages":[],"inferenceConfig":{{"maxTokens":{bad}}}}}"#);
+            let e = ConverseRequest::parse(body.as_bytes(), "m", false).unwrap_err();
+            assert_eq!(e.param(), Some("inferenceConfig.maxTokens"), "{bad}");
+        }
+        let ok = br#"{"messages":[],"inferenceConfig":{"maxTokens":512}}"#;
+        assert!(ConverseRequest::parse(ok, "m", false).is_ok());
+        assert!(ConverseRequest::parse(br#"{"inferenceConfig":5}"#, "m", false).is_err());
     }
 
     #[test]

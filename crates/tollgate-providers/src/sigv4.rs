@@ -242,6 +242,19 @@ pub fn sign(
             signed.push((name.into(), canonical_header_value(&[v])));
         }
     }
+    // Attribution headers are signed too (botocore signs every header a client adds),
+    // so a gateway that ignores unsigned ones still sees them.
+    for name in headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-tollgate-"))
+    {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        signed.push((name.as_str().into(), canonical_header_value(&values)));
+    }
     signed.sort();
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = string_to_sign(
@@ -330,15 +343,24 @@ pub struct Received<'a> {
     pub body: &'a [u8],
 }
 
-/// Check a request's signature against `secret` at time `now_unix`.
-pub fn verify(
+/// The service a Bedrock client signs for (`bedrock-runtime`'s signing name).
+pub const SERVICE: &str = "bedrock";
+
+/// What can be checked from the headers alone, before the body is read: the credential
+/// scope names the `bedrock` service, `x-amz-date` is within [`MAX_SKEW_SECS`] of
+/// `now_unix` and on the credential's date. Returns `x-amz-date`.
+pub fn check_scope<'h>(
     auth: &AuthHeader,
-    secret: &str,
-    req: &Received<'_>,
+    headers: &'h HeaderMap,
     now_unix: i64,
-) -> Result<(), SigV4Error> {
-    let amz_date = req
-        .headers
+) -> Result<&'h str, SigV4Error> {
+    if auth.service != SERVICE {
+        return Err(SigV4Error::Malformed(format!(
+            "the Credential scope's service must be {SERVICE}, not {:?}",
+            auth.service
+        )));
+    }
+    let amz_date = headers
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| SigV4Error::Malformed("missing x-amz-date".into()))?;
@@ -352,6 +374,18 @@ pub fn verify(
             "the Credential date does not match x-amz-date".into(),
         ));
     }
+    Ok(amz_date)
+}
+
+/// Check a request's signature against `secret` at time `now_unix` (the scope and date
+/// included: [`check_scope`]).
+pub fn verify(
+    auth: &AuthHeader,
+    secret: &str,
+    req: &Received<'_>,
+    now_unix: i64,
+) -> Result<(), SigV4Error> {
+    let amz_date = check_scope(auth, req.headers, now_unix)?;
     let mut signed = Vec::with_capacity(auth.signed_headers.len());
     for name in &auth.signed_headers {
         let values: Vec<&str> = req
@@ -529,6 +563,46 @@ mod tests {
             verify(&auth, secret, &req(body, path), t + MAX_SKEW_SECS + 1),
             Err(SigV4Error::Expired(_))
         ));
+    }
+
+    /// A signature made for another service (here `s3`, a valid signature with the
+    /// right secret) does not authenticate a Bedrock call.
+    #[test]
+    fn the_scope_must_name_bedrock() {
+        let t = 1_760_000_000;
+        let path = "/model/m/converse";
+        let body = b"{}";
+        let mut h = HeaderMap::new();
+        h.insert("host", "127.0.0.1:4000".parse().unwrap());
+        sign(
+            "POST",
+            "127.0.0.1:4000",
+            path,
+            "",
+            &mut h,
+            body,
+            &creds(),
+            "us-west-2",
+            "s3",
+            t,
+        );
+        let auth = parse_authorization(h["authorization"].to_str().unwrap()).unwrap();
+        let req = Received {
+            method: "POST",
+            raw_path: path,
+            raw_query: "",
+            headers: &h,
+            body,
+        };
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let e = verify(&auth, secret, &req, t).unwrap_err();
+        assert!(
+            matches!(&e, SigV4Error::Malformed(m) if m.contains("bedrock")),
+            "{e:?}"
+        );
+        assert!(check_scope(&auth, &h, t).is_err());
+        let (h2, auth2) = signed_request(path, body, t);
+        assert!(check_scope(&auth2, &h2, t).is_ok());
     }
 
     #[test]

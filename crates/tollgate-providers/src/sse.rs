@@ -42,6 +42,8 @@ pub struct SseScanner {
     pub error: Option<String>,
     /// An event larger than [`MAX_EVENT_BYTES`] arrived: the stream is malformed.
     pub overflow: bool,
+    /// A `data:` payload that is not a JSON object (nor `[DONE]`) arrived: malformed.
+    pub not_json: bool,
     pub events: u64,
 }
 
@@ -186,6 +188,14 @@ impl SseScanner {
                     verdict = Verdict::Hold;
                 }
                 continue;
+            }
+            // Every other payload of a Chat Completions stream is a JSON object. Only its
+            // delimiters are checked here (payloads that matter are parsed below): text
+            // such as `data: hello` marks the stream malformed.
+            let trimmed = payload.trim_ascii();
+            let object = trimmed.starts_with(b"{") && trimmed.ends_with(b"}");
+            if !trimmed.is_empty() && !object {
+                self.not_json = true;
             }
             let mentions = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
             if (mentions(b"\"usage\"") || mentions(b"\"error\""))
@@ -363,6 +373,17 @@ data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\
         out.extend_from_slice(&s.finish(false));
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\n\n") && STREAM.starts_with(&text));
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_is_malformed() {
+        let mut s = SseScanner::new(false, false);
+        s.feed(Bytes::from_static(b"data: {\"choices\":[]}\n\n"));
+        assert!(!s.not_json);
+        s.feed(Bytes::from_static(b": keep-alive\n\ndata: [DONE]\n\n"));
+        assert!(!s.not_json);
+        s.feed(Bytes::from_static(b"data: this is not json\n\n"));
+        assert!(s.not_json);
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl StreamTap {
     /// Bytes arrived that do not frame or decode.
     pub fn malformed(&self) -> bool {
         match &self.kind {
-            Kind::OpenAiNative(s) => s.overflow,
+            Kind::OpenAiNative(s) => s.overflow || s.not_json,
             Kind::Decoded { decoder, .. } => decoder.malformed(),
         }
     }

@@ -173,6 +173,7 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 routing: None,
                 cache: None,
                 prune: None,
+                usage_suspect: false,
             };
             row.cost = Money::from_nanos(600_000);
             gw.limits.settle(ticket, &row);

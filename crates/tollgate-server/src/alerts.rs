@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tollgate_domain::money::Money;
+use tollgate_domain::usage::{Usage, UsageBound};
 use tollgate_providers::{UpstreamClient, UpstreamRequest, Url};
 use tollgate_store::{Store, TaskStore};
 
@@ -58,6 +60,47 @@ impl Alert {
             json!({"type": "context", "elements": [{"type": "mrkdwn", "text": self.footer}]}),
         );
         json!({"text": self.text, "blocks": blocks})
+    }
+}
+
+impl Alert {
+    /// An upstream reported more usage than the request could have used: the row was
+    /// priced at the bound and flagged `usage_suspect`.
+    pub fn usage_suspect(
+        deployment: &str,
+        request_id: &str,
+        reported: &Usage,
+        bound: UsageBound,
+        charged: Money,
+    ) -> Alert {
+        Alert {
+            kind: "usage_suspect",
+            subject: deployment.to_string(),
+            title: format!("Impossible usage reported: {deployment}"),
+            text: format!(
+                "The upstream of {deployment} reported {} prompt and {} output tokens for request {request_id}, \
+                 past what the request could use ({} prompt, {} output). The row is flagged usage_suspect \
+                 and charged ${charged}, the bound.",
+                reported.prompt_total(),
+                reported.output,
+                bound.prompt,
+                bound.output
+            ),
+            fields: vec![
+                ("Deployment".into(), deployment.to_string()),
+                ("Request".into(), request_id.to_string()),
+                (
+                    "Reported".into(),
+                    format!("{} in / {} out", reported.prompt_total(), reported.output),
+                ),
+                (
+                    "Bound".into(),
+                    format!("{} in / {} out", bound.prompt, bound.output),
+                ),
+            ],
+            excerpt: None,
+            footer: "Check the upstream; rows: `usage_suspect` in the ledger.".into(),
+        }
     }
 }
 

@@ -112,21 +112,43 @@ pub fn sigv4_header(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| v.trim_start().starts_with(sigv4::ALGORITHM))
 }
 
-/// Authenticate a SigV4-signed request (Bedrock clients): the access key id is a
+/// A SigV4 request's signer, found from its headers alone (before the body is read):
+/// an active key whose secret can be opened, a `bedrock` credential scope, a date
+/// within the allowed skew. [`Signer::verify`] then checks the signature over the body.
+pub struct Signer {
+    auth: sigv4::AuthHeader,
+    pub key: Arc<VirtualKey>,
+    secret: String,
+}
+
+impl Signer {
+    /// Check the signature (the body's hash included).
+    pub fn verify(&self, req: &Received<'_>, now_unix: i64) -> Result<(), ApiError> {
+        sigv4::verify(&self.auth, &self.secret, req, now_unix).map_err(ApiError::BadSignature)
+    }
+
+    /// Whether `name` (lower case) is one of the signed headers.
+    pub fn signed(&self, name: &str) -> bool {
+        self.auth.signed_headers.iter().any(|h| h == name)
+    }
+}
+
+/// The signer of a SigV4-signed request (Bedrock clients): the access key id is a
 /// tollgate key id, the secret access key that key's secret. The secret is read from
 /// its sealed copy (see `tollgate_store::keys`), so this needs the master key.
-pub fn authenticate_sigv4(
+pub fn sigv4_signer(
     cache: &KeyCache,
     sealer: Option<&SecretSealer>,
     master_key_env: &str,
     authorization: &str,
-    req: &Received<'_>,
+    headers: &HeaderMap,
     now_unix: i64,
-) -> Result<Arc<VirtualKey>, ApiError> {
+) -> Result<Signer, ApiError> {
     let auth = sigv4::parse_authorization(authorization).map_err(ApiError::BadSignature)?;
     let key = cache
         .lookup_id(&auth.access_key_id)
         .ok_or(ApiError::UnknownAccessKey)?;
+    sigv4::check_scope(&auth, headers, now_unix).map_err(ApiError::BadSignature)?;
     let sealer = sealer.ok_or_else(|| {
         ApiError::SigV4Unavailable(format!(
             "AWS SigV4 authentication is disabled: start tollgate with a master key ({master_key_env}) so key secrets can be verified."
@@ -142,8 +164,7 @@ pub fn authenticate_sigv4(
                 key.id
             ))
         })?;
-    sigv4::verify(&auth, &secret, req, now_unix).map_err(ApiError::BadSignature)?;
-    Ok(key)
+    Ok(Signer { auth, key, secret })
 }
 
 /// The master key, kept as a hash so comparisons take the same time whatever matches.

@@ -94,6 +94,9 @@ pub enum ApiError {
     },
     #[error("Forbidden: {0}")]
     Forbidden(String),
+    /// The gateway is at its limit of request bodies being read at once.
+    #[error("{0}")]
+    Busy(String),
     #[error(
         "The routed model `{route}` is not available to {who}: its configuration lists the teams and agents that may use it."
     )]
@@ -119,6 +122,7 @@ impl ApiError {
             ApiError::TaskHalted { .. } => "task_halted",
             ApiError::CountersUnavailable(_) => "budget_unavailable",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Busy(_) => "overloaded",
             ApiError::Untranslatable(TranslateError::Unsupported { .. }) => "unsupported_feature",
             ApiError::Untranslatable(TranslateError::Invalid(_)) => "invalid_request",
             ApiError::MissingSignature | ApiError::UnknownAccessKey => "invalid_api_key",
@@ -137,7 +141,9 @@ impl ApiError {
         match self {
             ApiError::Upstream(e) => e.fault(),
             ApiError::UpstreamMalformed(_) | ApiError::UpstreamStatus { .. } => Fault::Upstream,
-            ApiError::Internal(_) | ApiError::CountersUnavailable(_) => Fault::Internal,
+            ApiError::Internal(_) | ApiError::CountersUnavailable(_) | ApiError::Busy(_) => {
+                Fault::Internal
+            }
             _ => Fault::Client,
         }
     }
@@ -146,7 +152,9 @@ impl ApiError {
         match self {
             ApiError::Upstream(e) => e.retryable(),
             ApiError::UpstreamMalformed(_) | ApiError::Internal(_) => true,
-            ApiError::RateLimited { .. } | ApiError::CountersUnavailable(_) => true,
+            ApiError::RateLimited { .. } | ApiError::CountersUnavailable(_) | ApiError::Busy(_) => {
+                true
+            }
             ApiError::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -182,7 +190,7 @@ impl ApiError {
             ApiError::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TaskHalted { .. } => StatusCode::CONFLICT,
-            ApiError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CountersUnavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -325,6 +333,10 @@ impl ApiError {
                 set("x-should-retry", "false".into());
             }
             ApiError::TaskHalted { .. } => set("x-should-retry", "false".into()),
+            ApiError::Busy(_) => {
+                set("retry-after", "1".into());
+                set("x-should-retry", "true".into());
+            }
             _ => {}
         }
     }

@@ -8,7 +8,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::config::store::StoreSettings;
 use crate::limits::{Limits, LimitsError};
-use crate::pipeline::{Pipeline, RequestIds, Settlement};
+use crate::pipeline::{BodyBudget, Pipeline, RequestIds, Settlement};
 use crate::prompt_cache::PromptCache;
 use crate::response_cache::ResponseCache;
 use crate::routing::RoutingState;
@@ -122,6 +122,8 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
     let config = Arc::new(ArcSwap::from_pointee(config));
     let settlement = Arc::new(Settlement {
         ledger: ledger.clone(),
+        alerts: alerts.clone(),
+        suspect_alerted: std::sync::Mutex::new(std::collections::HashMap::new()),
         limits: limits.clone(),
         routing: routing.clone(),
         telemetry: telemetry.clone(),
@@ -139,6 +141,7 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
         keys: keys.clone(),
         sealer: sealer.clone(),
         ids: RequestIds::new(),
+        bodies: BodyBudget::new(config.load().server.max_body_bytes_in_flight),
         routing: routing.clone(),
         limits: limits.clone(),
         client: client.clone(),

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::ledger::{
     CacheKind, CacheRecord, Endpoint, LedgerRow, PruneRecord, Route, RouteMode, RouteRecord,
+    stored_nanos, stored_tokens,
 };
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
@@ -192,6 +193,12 @@ impl Ledger {
 
     pub fn stats(&self) -> &LedgerStats {
         &self.stats
+    }
+
+    /// Rows queued for the writer and not yet taken into a batch: in batched mode, what
+    /// a crash would lose beyond the batch being committed.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
     }
 
     /// Record a row. Batched: returns once queued (waits while the queue is full).
@@ -419,9 +426,9 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
     route_tier_cost_nanos, route_escalated, replica_id, replica_seq,
     cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
-    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos)
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos, usage_suspect)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
-    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49)
+    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50)
     ON CONFLICT (request_id) DO NOTHING";
 
 /// A stamped row skipped because its request id was written already (by another row):
@@ -479,14 +486,14 @@ pub fn insert_stamped<'a, 's>(
                 r.route.deployment,
                 r.route.upstream,
                 r.route.upstream_model,
-                sql_u64(r.usage.input),
-                sql_u64(r.usage.cache_read),
-                sql_u64(r.usage.cache_write_5m),
-                sql_u64(r.usage.cache_write_1h),
-                sql_u64(r.usage.output),
-                sql_u64(r.usage.reasoning),
+                stored_tokens(r.usage.input),
+                stored_tokens(r.usage.cache_read),
+                stored_tokens(r.usage.cache_write_5m),
+                stored_tokens(r.usage.cache_write_1h),
+                stored_tokens(r.usage.output),
+                stored_tokens(r.usage.reasoning),
                 r.usage_source.as_str(),
-                r.cost.nanos(),
+                stored_nanos(r.cost),
                 r.priced,
                 r.price_hash,
                 sql_u64(r.latency_us),
@@ -495,14 +502,14 @@ pub fn insert_stamped<'a, 's>(
                 r.error_code,
                 r.stream,
                 r.partial,
-                r.cost_without_cache.nanos(),
+                stored_nanos(r.cost_without_cache),
                 rt.map(|x| x.name.as_str()),
                 rt.map(|x| i64::from(x.tier)),
                 rt.map(|x| x.tier_deployment.as_str()),
                 rt.map(|x| f64::from(x.score_ppm) / 1e6),
                 rt.map(|x| x.mode.as_str()),
-                rt.map(|x| x.heavy_cost.nanos()),
-                rt.map(|x| x.tier_cost.nanos()),
+                rt.map(|x| stored_nanos(x.heavy_cost)),
+                rt.map(|x| stored_nanos(x.tier_cost)),
                 rt.and_then(|x| x.escalated.as_deref()),
                 stamp.map(|s| s.0),
                 stamp.map(|s| s.1),
@@ -511,13 +518,14 @@ pub fn insert_stamped<'a, 's>(
                     .as_ref()
                     .and_then(|c| c.similarity_ppm)
                     .map(i64::from),
-                r.cache.as_ref().map(|c| c.avoided_cost.nanos()),
-                r.cache.as_ref().map(|c| sql_u64(c.expected_write)),
-                r.cache.as_ref().map(|c| sql_u64(c.expected_read)),
+                r.cache.as_ref().map(|c| stored_nanos(c.avoided_cost)),
+                r.cache.as_ref().map(|c| stored_tokens(c.expected_write)),
+                r.cache.as_ref().map(|c| stored_tokens(c.expected_read)),
                 r.cache.as_ref().map(|c| c.miss),
-                r.prune.as_ref().map(|p| sql_u64(p.tokens_before)),
-                r.prune.as_ref().map(|p| sql_u64(p.tokens_after)),
-                r.prune.as_ref().map(|p| p.cost_without.nanos()),
+                r.prune.as_ref().map(|p| stored_tokens(p.tokens_before)),
+                r.prune.as_ref().map(|p| stored_tokens(p.tokens_after)),
+                r.prune.as_ref().map(|p| stored_nanos(p.cost_without)),
+                r.stored_suspect(),
             ])?;
             written += n as u64;
             if n == 0
@@ -556,7 +564,8 @@ const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, ag
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
     route_tier_cost_nanos, route_escalated,
     cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
-    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos,
+    COALESCE(usage_suspect, 0)
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -606,6 +615,7 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         routing: route_from_sql(r)?,
         cache: cache_from_sql(r)?,
         prune: prune_from_sql(r)?,
+        usage_suspect: r.get(47)?,
     })
 }
 
@@ -894,6 +904,7 @@ pub(crate) mod tests {
                 tokens_after: 3_000,
                 cost_without: Money::from_nanos(5_000),
             }),
+            usage_suspect: i.is_multiple_of(7),
         }
     }
 
@@ -941,6 +952,41 @@ pub(crate) mod tests {
             let plain = store.ledger_row("req-8").unwrap().unwrap();
             assert_eq!((plain, row(8).routing), (row(8), None));
         }
+    }
+
+    /// Figures past the storage caps (u64::MAX tokens, i64::MAX nano-USD) are stored
+    /// clamped and flagged, so thousands of such rows still sum.
+    #[test]
+    fn rows_past_the_storage_caps_are_clamped_flagged_and_sum() {
+        use tollgate_domain::ledger::{STORED_NANOS_MAX, STORED_TOKENS_MAX};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("caps.db")).unwrap();
+        let wild: Vec<LedgerRow> = (0..1000)
+            .map(|i| {
+                let mut r = row(i);
+                r.usage.output = u64::MAX;
+                r.usage.input = 10u64.pow(17);
+                r.cost = Money::from_nanos(i64::MAX);
+                r.cost_without_cache = Money::from_nanos(i64::MAX);
+                r.usage_suspect = false;
+                r
+            })
+            .collect();
+        let mut c = store.connect(Sync::Normal).unwrap();
+        insert_batch(&mut c, wild.iter()).unwrap();
+        insert_batch(&mut c, [row(5000)].iter()).unwrap();
+        let back = store.ledger_row("req-3").unwrap().unwrap();
+        assert!(back.usage_suspect, "clamped by the store, so flagged");
+        assert_eq!(back.usage.output, STORED_TOKENS_MAX);
+        assert_eq!(back.usage.input, STORED_TOKENS_MAX);
+        assert_eq!(back.cost.nanos(), STORED_NANOS_MAX);
+        assert!(!store.ledger_row("req-5000").unwrap().unwrap().usage_suspect);
+        let rep = store.usage_report(None, 0, i64::MAX).unwrap();
+        assert_eq!(rep.total.requests, 1001);
+        assert_eq!(
+            rep.total.cost.nanos(),
+            1000 * STORED_NANOS_MAX + row(5000).cost.nanos()
+        );
     }
 
     #[test]

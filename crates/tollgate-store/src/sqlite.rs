@@ -198,6 +198,34 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE ledger ADD COLUMN prune_tokens_after INTEGER;
     ALTER TABLE ledger ADD COLUMN prune_cost_without_nanos INTEGER;
     "#,
+    // 8: usage an upstream reported past what the request could use (issue 18). Rows
+    // written before with figures past the storage caps (10^10 tokens, 10^14 nano-USD:
+    // `tollgate_domain::ledger::STORED_*_MAX`) are flagged and clamped, so no `SUM`
+    // over the ledger can overflow.
+    r#"
+    ALTER TABLE ledger ADD COLUMN usage_suspect INTEGER;
+    UPDATE ledger SET usage_suspect = 1
+    WHERE MAX(input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,
+              output_tokens, reasoning_tokens) > 10000000000
+       OR MAX(ABS(cost_nanos), ABS(COALESCE(cost_without_cache_nanos, 0)),
+              ABS(COALESCE(route_heavy_cost_nanos, 0)), ABS(COALESCE(route_tier_cost_nanos, 0)),
+              ABS(COALESCE(cache_avoided_nanos, 0)), ABS(COALESCE(prune_cost_without_nanos, 0)))
+          > 100000000000000;
+    UPDATE ledger SET
+        input_tokens = MIN(input_tokens, 10000000000),
+        cache_read_tokens = MIN(cache_read_tokens, 10000000000),
+        cache_write_5m_tokens = MIN(cache_write_5m_tokens, 10000000000),
+        cache_write_1h_tokens = MIN(cache_write_1h_tokens, 10000000000),
+        output_tokens = MIN(output_tokens, 10000000000),
+        reasoning_tokens = MIN(reasoning_tokens, 10000000000),
+        cost_nanos = MAX(MIN(cost_nanos, 100000000000000), -100000000000000),
+        cost_without_cache_nanos = MAX(MIN(cost_without_cache_nanos, 100000000000000), -100000000000000),
+        route_heavy_cost_nanos = MAX(MIN(route_heavy_cost_nanos, 100000000000000), -100000000000000),
+        route_tier_cost_nanos = MAX(MIN(route_tier_cost_nanos, 100000000000000), -100000000000000),
+        cache_avoided_nanos = MAX(MIN(cache_avoided_nanos, 100000000000000), -100000000000000),
+        prune_cost_without_nanos = MAX(MIN(prune_cost_without_nanos, 100000000000000), -100000000000000)
+    WHERE usage_suspect = 1;
+    "#,
 ];
 
 /// The schema version this build writes (the number of migrations).
@@ -303,5 +331,52 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// A ledger written before migration 8 with a saturated row (what an upstream
+    /// reporting 10^17 tokens left): opening it flags and clamps that row, and the sums
+    /// over the whole ledger work again.
+    #[test]
+    fn migration_8_repairs_a_saturated_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.db");
+        {
+            let store = SqliteStore { path: p.clone() };
+            let mut c = store.connect(Sync::Normal).unwrap();
+            let tx = c.transaction().unwrap();
+            for (i, sql) in MIGRATIONS.iter().enumerate().take(7) {
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+            for (id, tokens, cost) in [("bad", i64::MAX, i64::MAX), ("ok", 10, 1_000)] {
+                c.execute(
+                    "INSERT INTO ledger (ts_ms, request_id, endpoint, requested_model, deployment,
+                     upstream, upstream_model, input_tokens, cache_read_tokens, cache_write_5m_tokens,
+                     cache_write_1h_tokens, output_tokens, reasoning_tokens, usage_source, cost_nanos,
+                     priced, price_hash, latency_us, status, stream, partial, cost_without_cache_nanos)
+                     VALUES (1, ?1, 'chat_completions', 'm', 'm', 'up', 'm', 10, 0, 0, 0, ?2, 0,
+                     'reported', ?3, 1, '', 0, 200, 0, 0, ?3)",
+                    rusqlite::params![id, tokens, cost],
+                )
+                .unwrap();
+            }
+            let sum = c.query_row("SELECT SUM(cost_nanos) FROM ledger", [], |r| {
+                r.get::<_, i64>(0)
+            });
+            assert!(sum.is_err(), "the old ledger's sum overflows: {sum:?}");
+        }
+        let store = SqliteStore::open(&p).unwrap();
+        let bad = store.ledger_row("bad").unwrap().unwrap();
+        assert!(bad.usage_suspect);
+        assert_eq!(bad.usage.output, tollgate_domain::ledger::STORED_TOKENS_MAX);
+        assert_eq!(bad.cost.nanos(), tollgate_domain::ledger::STORED_NANOS_MAX);
+        assert!(!store.ledger_row("ok").unwrap().unwrap().usage_suspect);
+        let rep = store.usage_report(None, 0, i64::MAX).unwrap();
+        assert_eq!(
+            rep.total.cost.nanos(),
+            tollgate_domain::ledger::STORED_NANOS_MAX + 1_000
+        );
     }
 }

@@ -522,6 +522,7 @@ pub(crate) mod tests {
             routing: None,
             cache: None,
             prune: None,
+            usage_suspect: false,
         }
     }
 

@@ -246,14 +246,23 @@ limit_usd = "0.0015"
     let r = send(Some(100)).await.unwrap();
     assert_eq!(r.headers()["x-tollgate-max-tokens-clamped"], "5");
     assert_eq!(up.last_body().unwrap()["max_tokens"], 5);
-    // The fixture still reports 10 tokens: the overage is charged, and counted.
+    // The fixture still reports 10 tokens, more than the 5 the upstream was allowed:
+    // not believed, the call is charged its cap (no overage) and flagged
+    // `usage_suspect`. The budget is then spent: refused.
+    assert_eq!(r.headers()["x-tollgate-cost-usd"], "0.000500000");
+    let suspect = r.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let r = send(Some(100)).await.unwrap();
     assert_eq!(r.status(), 402);
     let stats = admin_budgets(&gw).await["stats"].clone();
     assert_eq!(stats["clamped"], 2);
-    assert_eq!(stats["overages"], 1);
-    assert_eq!(stats["overage_usd"], "0.000500000");
+    assert_eq!(stats["overages"], 0);
+    assert_eq!(stats["overage_usd"], "0.000000000");
     assert_eq!(up.calls(), 2);
+    let store = gw.stop().await;
+    assert!(store.ledger_row(&suspect).unwrap().unwrap().usage_suspect);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

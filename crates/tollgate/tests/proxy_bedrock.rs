@@ -99,7 +99,9 @@ async fn signed(
 fn body() -> Value {
     json!({"messages": [{"role": "user", "content": [{"text": "Create a list of 3 pop songs."}]}],
         "system": [{"text": "You are a music expert."}, {"cachePoint": {"type": "default"}}],
-        "inferenceConfig": {"maxTokens": 512, "temperature": 0.5},
+        // Above the documented answers' 628 output tokens: an answer past the request's
+        // cap would be priced at the cap and flagged `usage_suspect`.
+        "inferenceConfig": {"maxTokens": 1024, "temperature": 0.5},
         "requestMetadata": {"tollgate_task": "playlist-1", "campaign": "spring"}})
 }
 
@@ -407,4 +409,83 @@ async fn errors_are_bedrock_shaped() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["x-amzn-errortype"], "ValidationException");
     assert_eq!(up.calls(), 1);
+}
+
+/// Issue 18, item 7: attribution a SigV4 signature does not cover is ignored. An
+/// `x-tollgate-task` added after signing is treated as absent (the body's metadata
+/// names the task); the same header signed is used.
+#[tokio::test]
+async fn unsigned_attribution_headers_are_ignored() {
+    let (_up, gw) = setup(Fixture::json(200, Fixture::file("bedrock/converse.json"))).await;
+    let path = model_path(MODEL, false);
+    let bytes = serde_json::to_vec(&body()).unwrap();
+    let creds = Credentials {
+        access_key_id: gw.key_id.clone(),
+        secret_access_key: SecretString::from(gw.key.clone()),
+        session_token: None,
+    };
+    let send = |signed_task: bool| {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        if signed_task {
+            h.insert("x-tollgate-task", "signed-task".parse().unwrap());
+        }
+        sigv4::sign(
+            "POST",
+            &gw.addr.to_string(),
+            &path,
+            "",
+            &mut h,
+            &bytes,
+            &creds,
+            "us-west-2",
+            "bedrock",
+            now(),
+        );
+        let mut req = client().post(gw.url(&path)).headers(h).body(bytes.clone());
+        if !signed_task {
+            req = req.header("x-tollgate-task", "injected-task");
+        }
+        req.send()
+    };
+    let unsigned = send(false).await.unwrap();
+    assert_eq!(unsigned.status(), 200);
+    let unsigned_id = request_id(&unsigned);
+    let signed_r = send(true).await.unwrap();
+    assert_eq!(signed_r.status(), 200);
+    let signed_id = request_id(&signed_r);
+    let store = gw.stop().await;
+    let task = |id: &str| store.ledger_row(id).unwrap().unwrap().attribution.task;
+    assert_eq!(task(&unsigned_id).as_deref(), Some("playlist-1"));
+    assert_eq!(task(&signed_id).as_deref(), Some("signed-task"));
+}
+
+/// Issue 18, item 7: `inferenceConfig.maxTokens` that is not a positive integer is a
+/// 400 ValidationException, never forwarded (as chat and messages refuse theirs).
+#[tokio::test]
+async fn converse_max_tokens_is_validated() {
+    let (up, gw) = setup(Fixture::json(200, Fixture::file("bedrock/converse.json"))).await;
+    for bad in [json!("ten"), json!(-5), json!(1e30)] {
+        let mut b = body();
+        b["inferenceConfig"]["maxTokens"] = bad.clone();
+        let r = signed(&gw, false, &b, &gw.key_id, &gw.key, now()).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(r.headers()["x-amzn-errortype"], "ValidationException");
+    }
+    // 2^64 does not fit any integer type: sent as raw JSON text.
+    let raw = serde_json::to_string(&body())
+        .unwrap()
+        .replace("\"maxTokens\":1024", "\"maxTokens\":18446744073709551616");
+    assert!(raw.contains("18446744073709551616"));
+    let r = client()
+        .post(gw.url(&model_path(MODEL, false)))
+        .bearer_auth(&gw.key)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-amzn-errortype"], "ValidationException");
+    assert_eq!(up.calls(), 0);
 }

@@ -606,3 +606,30 @@ async fn models_and_admin_usage() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// Issue 18, item 7: a native OpenAI stream whose upstream sends a `data:` event that
+/// is not JSON stops there as `upstream_malformed` (row flagged, partial, an error
+/// chunk at the end), as every other format's undecodable frame does.
+#[tokio::test]
+async fn a_non_json_event_on_a_native_stream_is_upstream_malformed() {
+    let good = Fixture::file("openai/chat_stream.sse");
+    let first_event_end = good.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    let mut bytes = good[..first_event_end].to_vec();
+    bytes.extend_from_slice(b"data: <html>502 Bad Gateway</html>\n\n");
+    bytes.extend_from_slice(&good[first_event_end..]);
+    let (_up, gw) = setup(Fixture::sse(Bytes::from(bytes)), "").await;
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &gw.key.clone(),
+        chat_body("gpt-4.1", true),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let id = request_id(&r);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("upstream_malformed"), "{text}");
+    let row = row_after_stop(gw, &id).await;
+    assert_eq!(row.error_code.as_deref(), Some("upstream_malformed"));
+    assert!(row.partial);
+}

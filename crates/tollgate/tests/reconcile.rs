@@ -82,6 +82,7 @@ impl Rows {
                 routing: None,
                 cache: None,
                 prune: None,
+                usage_suspect: false,
             });
         }
     }

@@ -14,6 +14,7 @@ use super::positive;
 pub struct RawServer {
     pub listen: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub max_body_bytes_in_flight: Option<u64>,
     pub max_response_bytes: Option<u64>,
     pub master_key_env: Option<String>,
     pub upstream_timeout_ms: Option<u64>,
@@ -25,6 +26,8 @@ pub struct RawServer {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies read at once, across all connections (read at startup).
+    pub max_body_bytes_in_flight: usize,
     pub max_response_bytes: usize,
     pub master_key: Option<SecretString>,
     pub master_key_env: String,
@@ -48,6 +51,17 @@ pub fn validate(
         SocketAddr::from(([127, 0, 0, 1], 4000))
     });
     let max_body = positive(errs, "server.max_body_bytes", s.max_body_bytes, 32 << 20);
+    let in_flight = positive(
+        errs,
+        "server.max_body_bytes_in_flight",
+        s.max_body_bytes_in_flight,
+        (64u64 << 20).max(max_body),
+    );
+    if in_flight < max_body {
+        errs.push(format!(
+            "server.max_body_bytes_in_flight ({in_flight}) must be at least server.max_body_bytes ({max_body})"
+        ));
+    }
     let max_resp = positive(
         errs,
         "server.max_response_bytes",
@@ -79,6 +93,7 @@ pub fn validate(
     ServerSettings {
         listen,
         max_body_bytes: max_body as usize,
+        max_body_bytes_in_flight: in_flight as usize,
         max_response_bytes: max_resp as usize,
         master_key,
         master_key_env,

@@ -121,7 +121,17 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Result<Response, ApiError> {
             "metrics are disabled ([telemetry] metrics = false)".into(),
         ));
     }
-    let mut body = gw.telemetry.metrics.render(Some(gw.ledger.stats()));
+    let mut body = gw
+        .telemetry
+        .metrics
+        .render(Some((gw.ledger.stats(), gw.ledger.queued())));
+    let st = &gw.limits.stats;
+    crate::telemetry::metrics::render_overspend(
+        &mut body,
+        st.overages.load(std::sync::atomic::Ordering::Relaxed),
+        st.overage_nanos.load(std::sync::atomic::Ordering::Relaxed),
+        &gw.limits.prompt_corrections(),
+    );
     gw.pipeline.response_cache.render_metrics(&mut body);
     Ok((
         [(

@@ -43,7 +43,7 @@ pub async fn count_tokens(
 async fn count(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<u64, ApiError> {
     let key = authenticate(&gw.keys, headers)?;
     let limit = gw.config.load().server.max_body_bytes;
-    let bytes = read_body(body, headers, limit).await?;
+    let (bytes, _permit) = read_body(body, headers, limit, &gw.pipeline.bodies).await?;
     let req = CountTokensRequest::parse(&bytes)?;
     let encoding = {
         let cfg = gw.config.load();

@@ -165,7 +165,13 @@ impl Limits {
         // 3. The worst case, then one atomic reservation (clamping if allowed).
         let deployment = call.deployment;
         let enc = deployment.map_or(Encoding::O200kBase, |d| d.encoding);
-        let est = call.request.estimate(&self.tokens, enc);
+        let mut est = call.request.estimate(&self.tokens, enc);
+        // The provider may count the prompt higher than the local tokenizer: reserve
+        // what it is expected to charge (learnt per deployment, floor 1.0).
+        if let Some(d) = deployment {
+            ticket.prompt_counted = Some((d.name.clone(), est.prompt_tokens));
+            est.prompt_tokens = self.corrected_prompt(&d.name, est.prompt_tokens);
+        }
         let tier = call.request.service_tier();
         let rates: Option<EffectiveRates> = deployment
             .and_then(|d| d.price.as_ref())

@@ -30,6 +30,8 @@
 //! - [`guard`]: per-task state and halted tasks at run time ([`guard::TaskGuard`]).
 //! - [`halts`]: the guard at admission (shared verdicts, trips, their incidents and
 //!   alerts) and halts kept in step with Redis.
+//! - [`owners`]: task ids scoped to their owner (team, or key), checked before the
+//!   cache and the guard.
 //! - [`refresh`]: run-time budgets and halted tasks re-read from the store; seeding.
 //! - [`settle`]: settlement, overage, threshold alerts.
 
@@ -44,7 +46,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use tokio_util::task::TaskTracker;
 use tollgate_domain::budget::{
-    BudgetRule, Period, PeriodWindow, Scope, ScopeKind, counter_key, merge_rules, window,
+    BudgetRule, Period, PeriodWindow, PromptCorrection, Scope, ScopeKind, counter_key, merge_rules,
+    window,
 };
 use tollgate_domain::money::Money;
 use tollgate_domain::ratelimit::RateKind;
@@ -54,6 +57,7 @@ use tollgate_store::{BudgetStore, Store, StoreError, TaskStore};
 pub mod admit;
 pub mod guard;
 mod halts;
+pub mod owners;
 mod refresh;
 mod settle;
 
@@ -102,6 +106,11 @@ pub struct Limits {
     /// Held only to copy or replace it, never across an `.await`.
     halt_cursor: std::sync::Mutex<HaltCursor>,
     pub tokens: TokenCache,
+    /// Who owns each task id.
+    pub owners: owners::TaskOwners,
+    /// Per deployment: how many more prompt tokens its provider counts than the local
+    /// tokenizer (reservations are scaled by it). Never held across an `.await`.
+    corrections: std::sync::Mutex<HashMap<String, PromptCorrection>>,
     pub stats: LimitStats,
     /// Budgets, incidents and halts live here; spend is summed from its ledger.
     store: Store,
@@ -177,11 +186,59 @@ impl Limits {
             seeded_at_ms: AtomicI64::new(i64::MIN),
             halt_cursor: std::sync::Mutex::new(HaltCursor::default()),
             tokens: TokenCache::default(),
+            owners: owners::TaskOwners::default(),
+            corrections: std::sync::Mutex::new(HashMap::new()),
             stats: LimitStats::default(),
             store,
             alerts,
             tasks,
         })
+    }
+
+    /// Refuse (403) a call naming a task id another owner uses.
+    pub async fn check_task_owner(
+        &self,
+        task: &str,
+        key: &tollgate_store::VirtualKey,
+    ) -> Result<(), crate::error::ApiError> {
+        self.owners.check(&self.store, task, key).await
+    }
+
+    /// `local` prompt tokens as `deployment`'s provider is expected to count them.
+    pub fn corrected_prompt(&self, deployment: &str, local: u64) -> u64 {
+        self.corrections
+            .lock()
+            .ok()
+            .and_then(|m| m.get(deployment).map(|c| c.apply(local)))
+            .unwrap_or(local)
+    }
+
+    /// The correction factor learnt for `deployment` (1.0 before any call), in ppm.
+    pub fn prompt_correction_ppm(&self, deployment: &str) -> u64 {
+        self.corrections
+            .lock()
+            .ok()
+            .and_then(|m| m.get(deployment).map(PromptCorrection::factor_ppm))
+            .unwrap_or(1_000_000)
+    }
+
+    /// Every deployment's learnt correction (ppm), sorted by name.
+    pub fn prompt_corrections(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .corrections
+            .lock()
+            .map(|m| m.iter().map(|(k, c)| (k.clone(), c.factor_ppm())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn learn_prompt(&self, deployment: &str, local: u64, reported: u64) {
+        if let Ok(mut m) = self.corrections.lock() {
+            m.entry(deployment.to_string())
+                .or_default()
+                .observe(local, reported);
+        }
     }
 
     /// The budgets in force.
@@ -209,6 +266,9 @@ pub struct Ticket {
     reservation: Option<Reservation>,
     lines: Vec<LineInfo>,
     rate_kinds: Vec<RateKind>,
+    /// The deployment and the prompt tokens counted locally (what the provider reports
+    /// for them teaches the deployment's correction).
+    prompt_counted: Option<(String, u64)>,
 }
 
 fn period_text(p: Period, label: &str) -> String {

@@ -9,6 +9,7 @@ use tollgate_domain::budget::{SettledLine, crossed_thresholds};
 use tollgate_domain::ledger::LedgerRow;
 use tollgate_domain::money::Money;
 use tollgate_domain::ratelimit::RateKind;
+use tollgate_domain::usage::UsageSource;
 use tollgate_store::counters::{Counters, RedisCounters, TaskRun};
 
 impl Limits {
@@ -24,6 +25,12 @@ impl Limits {
             {
                 self.share_task_cost(r, task, run, row);
             }
+        }
+        if let Some((deployment, local)) = &ticket.prompt_counted
+            && row.usage_source == UsageSource::Reported
+            && !row.usage_suspect
+        {
+            self.learn_prompt(deployment, *local, row.usage.prompt_total());
         }
         let Some(res) = ticket.reservation else {
             return;

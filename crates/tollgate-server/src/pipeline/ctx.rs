@@ -72,6 +72,8 @@ pub struct RequestCtx {
     pub retry_of: Option<String>,
     /// What was sent, kept only to count its tokens if the upstream never reports.
     pub prompt: Prompt,
+    /// The request's output cap as sent (after any clamping): no answer can be longer.
+    pub output_cap: Option<u64>,
     /// Set once the upstream has been sent the request (it may bill from then on).
     pub upstream_called: bool,
     /// Time to the first response byte, in microseconds.
@@ -113,6 +115,7 @@ impl RequestCtx {
             response_headers: HeaderMap::new(),
             retry_of: None,
             prompt: Prompt::None,
+            output_cap: None,
             upstream_called: false,
             ttft_us: None,
             cache_policy: None,

@@ -43,11 +43,8 @@ pub async fn send(
     let Some(deployment) = m.ctx.deployment.clone() else {
         return Err(ApiError::Internal("no deployment resolved".into()));
     };
-    let output_cap = if want_cap {
-        req.max_output_tokens()
-    } else {
-        None
-    };
+    m.ctx.output_cap = req.max_output_tokens();
+    let output_cap = if want_cap { m.ctx.output_cap } else { None };
     let client_stream = ClientStream {
         format: req.format(),
         model: req.model().to_string(),

@@ -1,14 +1,17 @@
 //! Stage 1: the request id, the config snapshot, who is calling, and the body.
 //!
-//! The meter is created as soon as the key is known, so a body error is metered; SigV4
-//! signs the body, so for a signed request the body is read (bounded) before the key is
-//! trusted, and failures up to that point are answered unmetered (like any
-//! unauthenticated request).
+//! No body is read before the caller is known: a bearer key is checked first; a SigV4
+//! request's key id, credential scope (`bedrock`) and date are checked from its headers,
+//! then the body is read and the signature over it verified (failures up to that point
+//! are answered unmetered, like any unauthenticated request), and `x-tollgate-*`
+//! headers it did not sign are dropped (treated as absent). The meter is created as
+//! soon as the key is trusted, so a later body error is metered. Bodies being read hold
+//! their bytes from one global budget ([`BodyBudget`]): past it, 503 in the API's shape.
 
 use super::Pipeline;
 use super::ctx::RequestCtx;
 use super::meter::Meter;
-use crate::auth::{authenticate, authenticate_sigv4, sigv4_header};
+use crate::auth::{authenticate, sigv4_header, sigv4_signer};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::ingress::Ingress;
@@ -21,6 +24,7 @@ use http_body_util::{BodyExt, Limited};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tollgate_domain::attribution::Attribution;
 use tollgate_providers::sigv4::Received;
 use tollgate_providers::translate::Format;
@@ -53,21 +57,90 @@ impl Default for RequestIds {
     }
 }
 
-/// Read the request body, refusing more than `limit` bytes.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers
+/// The bytes of request bodies being read at once, across every connection: a body
+/// holds its share from its first byte until it has been parsed, so many large bodies
+/// at once are refused (503) instead of growing the heap.
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+/// A body's share of the [`BodyBudget`]; given back when dropped.
+pub struct BodyPermit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl BodyBudget {
+    pub fn new(total: usize) -> BodyBudget {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Bytes not held by a body being read.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    fn take(&self, n: usize, held: &mut Option<OwnedSemaphorePermit>) -> Result<(), ApiError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n32 = u32::try_from(n).map_err(|_| ApiError::BodyTooLarge(n))?;
+        match self.bytes.clone().try_acquire_many_owned(n32) {
+            Ok(p) => {
+                match held {
+                    Some(h) => h.merge(p),
+                    None => *held = Some(p),
+                }
+                Ok(())
+            }
+            Err(_) => Err(ApiError::Busy(format!(
+                "tollgate is reading too many request bodies at once ({} bytes in flight); retry shortly",
+                self.total
+            ))),
+        }
+    }
+}
+
+/// Read the request body, refusing more than `limit` bytes (413) and more than the
+/// budget has left (503). A declared length is taken from the budget before the first
+/// byte is read; a chunked body takes its share chunk by chunk.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, BodyPermit), ApiError> {
+    let mut held = None;
+    let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(ApiError::BodyTooLarge(limit));
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > limit as u64 {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        budget.take(len as usize, &mut held)?;
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
-        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    let mut body = Limited::new(body, limit);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ApiError::BodyTooLarge(limit));
+            }
+            Err(e) => return Err(ApiError::BodyRead(e.to_string())),
+        };
+        if let Ok(data) = frame.into_data() {
+            let past = (buf.len() + data.len()).saturating_sub(declared.unwrap_or(0) as usize);
+            let already = buf.len().saturating_sub(declared.unwrap_or(0) as usize);
+            budget.take(past - already, &mut held)?;
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok((buf.freeze(), BodyPermit(held)))
 }
 
 /// The attribution a key owner gives: its id and owner labels.
@@ -89,16 +162,16 @@ pub async fn identify(
     ingress: Ingress,
     method: &Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
     body: Body,
-) -> Result<(Meter, Arc<VirtualKey>, Bytes), Response> {
+) -> Result<(Meter, Arc<VirtualKey>, Bytes, BodyPermit), Response> {
     let started = Instant::now();
     let cfg = p.config.load_full();
     let request_id = p.ids.next();
     let format = ingress.format();
     let limit = cfg.server.max_body_bytes;
     let traces = p.telemetry.traces();
-    let start = |cfg, request_id, key: &VirtualKey| {
+    let start = |cfg, request_id, key: &VirtualKey, headers: &HeaderMap| {
         let mut ctx = RequestCtx::new(cfg, request_id, ingress, started, now_ms());
         ctx.attribution = key_attribution(key);
         if traces {
@@ -109,7 +182,21 @@ pub async fn identify(
     if format == Format::Bedrock
         && let Some(authorization) = sigv4_header(headers)
     {
-        let bytes = match read_body(body, headers, limit).await {
+        let now = now_ms() / 1000;
+        // Who signed, from the headers: an unknown key id, another service's scope or
+        // a stale date is refused before one byte of the body is read.
+        let signer = match sigv4_signer(
+            &p.keys,
+            p.sealer.as_deref(),
+            &cfg.server.master_key_env,
+            authorization,
+            headers,
+            now,
+        ) {
+            Ok(s) => s,
+            Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
+        };
+        let (bytes, permit) = match read_body(body, headers, limit, &p.bodies).await {
             Ok(b) => b,
             Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
         };
@@ -120,19 +207,21 @@ pub async fn identify(
             headers,
             body: &bytes,
         };
-        let key = match authenticate_sigv4(
-            &p.keys,
-            p.sealer.as_deref(),
-            &cfg.server.master_key_env,
-            authorization,
-            &received,
-            now_ms() / 1000,
-        ) {
-            Ok(k) => k,
-            Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
-        };
-        let meter = start(cfg, request_id, &key);
-        return Ok((meter, key, bytes));
+        if let Err(e) = signer.verify(&received, now) {
+            return Err(e.into_response_as(format, Some(&request_id)));
+        }
+        // Attribution a signature does not cover could have been added by anyone on
+        // the way: unsigned `x-tollgate-*` headers are treated as absent.
+        let unsigned: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-tollgate-") && !signer.signed(n.as_str()))
+            .cloned()
+            .collect();
+        for n in unsigned {
+            headers.remove(&n);
+        }
+        let meter = start(cfg, request_id, &signer.key, headers);
+        return Ok((meter, signer.key.clone(), bytes, permit));
     }
     let key = match authenticate(&p.keys, headers) {
         Ok(k) => k,
@@ -141,9 +230,9 @@ pub async fn identify(
         }
         Err(e) => return Err(e.into_response_as(format, Some(&request_id))),
     };
-    let mut meter = start(cfg, request_id, &key);
-    match read_body(body, headers, limit).await {
-        Ok(b) => Ok((meter, key, b)),
+    let mut meter = start(cfg, request_id, &key, headers);
+    match read_body(body, headers, limit, &p.bodies).await {
+        Ok((b, permit)) => Ok((meter, key, b, permit)),
         Err(e) => Err(meter.reject(e).await),
     }
 }

@@ -17,12 +17,15 @@
 //! conversation's tier, and feeds telemetry, through the handles in [`Settlement`].
 
 use super::ctx::RequestCtx;
+use crate::alerts::{Alert, Alerts};
+use crate::clock::now_ms;
 use crate::config::Deployment;
 use crate::error::ApiError;
 use crate::ingress::Prompt;
 use crate::limits::Limits;
 use crate::routing::{Routed, RoutingState};
 use crate::telemetry::Telemetry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 use tollgate_domain::cost::{cost, cost_without_prompt_cache};
@@ -30,7 +33,7 @@ use tollgate_domain::ledger::{CacheKind, LedgerRow, Route, RouteRecord};
 use tollgate_domain::money::Money;
 use tollgate_domain::prompt_cache::{Plan, missed};
 use tollgate_domain::routing::sticky::Stuck;
-use tollgate_domain::usage::{Usage, UsageSource};
+use tollgate_domain::usage::{Usage, UsageBound, UsageSource};
 use tollgate_providers::stream::StreamTap;
 use tollgate_providers::tokenizer::Encoding;
 use tollgate_providers::translate::Format;
@@ -40,6 +43,10 @@ use tollgate_store::{Durability, Ledger};
 /// stickiness, telemetry, and the task tracker for rows that must wait for room.
 pub struct Settlement {
     pub ledger: Ledger,
+    /// For `usage_suspect` alerts (at most one per deployment per minute).
+    pub alerts: Arc<Alerts>,
+    /// When each deployment last raised a `usage_suspect` alert (Unix ms).
+    pub suspect_alerted: std::sync::Mutex<HashMap<String, i64>>,
     pub limits: Arc<Limits>,
     pub routing: Arc<RoutingState>,
     pub telemetry: Arc<Telemetry>,
@@ -132,9 +139,67 @@ impl Meter {
         }
     }
 
+    /// The bound `usage` is past, if it is past one: the model's context window (widened
+    /// by the local count of what was sent, in case the catalog is stale) and the
+    /// request's output cap (else the model's).
+    fn bound(&self, usage: &Usage) -> Option<UsageBound> {
+        let price = self
+            .ctx
+            .deployment
+            .as_ref()
+            .and_then(|d| d.price.as_deref());
+        let mut b = UsageBound::of(
+            price.and_then(|p| p.max_input_tokens),
+            price.and_then(|p| p.max_output_tokens),
+            self.ctx.output_cap,
+        );
+        if usage.prompt_total() > b.prompt {
+            b = b.with_local_prompt(self.prompt_tokens());
+        }
+        usage.exceeds(b).then_some(b)
+    }
+
+    /// Log, and alert at most once a minute per deployment.
+    fn alert_suspect(&self, row: &LedgerRow, reported: &Usage, b: UsageBound) {
+        tracing::warn!(
+            request_id = %row.request_id,
+            deployment = %row.route.deployment,
+            reported_prompt = reported.prompt_total(),
+            reported_output = reported.output,
+            bound_prompt = b.prompt,
+            bound_output = b.output,
+            "upstream reported usage past what the request could use; priced at the bound"
+        );
+        let now = now_ms();
+        let due = match self.hook.suspect_alerted.lock() {
+            Ok(mut m) => {
+                let last = m.entry(row.route.deployment.clone()).or_insert(i64::MIN);
+                let due = now.saturating_sub(*last) >= 60_000;
+                if due {
+                    *last = now;
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            self.hook.alerts.send(Alert::usage_suspect(
+                &row.route.deployment,
+                &row.request_id,
+                reported,
+                b,
+                row.cost,
+            ));
+        }
+    }
+
     /// Turn an outcome into the final row, and settle everything that depends on it.
     fn settle(&mut self, outcome: Outcome) -> LedgerRow {
         self.settled = true;
+        let upstream_said = matches!(
+            outcome.consumed,
+            Consumed::Reported(_) | Consumed::Partial { .. }
+        );
         let (usage, source) = match outcome.consumed {
             Consumed::Reported(u) => (u, UsageSource::Reported),
             Consumed::Estimate(text) => (
@@ -155,6 +220,15 @@ impl Meter {
             ),
             Consumed::Nothing => (Usage::default(), UsageSource::None),
         };
+        // Never believe more than the request could use: past the bound, the row is
+        // priced at the bound (an upstream's word is not a blank cheque).
+        let reported = usage;
+        let (usage, suspect) = match self.bound(&usage) {
+            Some(b) => (usage.clamped(b), Some(b)),
+            None => (usage, None),
+        };
+        // A local estimate past the bound is clamped but says nothing about the upstream.
+        let suspect = suspect.filter(|_| upstream_said);
         let ctx = &self.ctx;
         let price = ctx.deployment.as_ref().and_then(|d| d.price.clone());
         let (charged, priced) = match &price {
@@ -222,7 +296,11 @@ impl Meter {
                 c
             }),
             prune: ctx.prune.clone(),
+            usage_suspect: suspect.is_some(),
         };
+        if let Some(b) = suspect {
+            self.alert_suspect(&row, &reported, b);
+        }
         if let Some(r) = &ctx.route
             && let Some(id) = r.conversation
             && row.is_success()

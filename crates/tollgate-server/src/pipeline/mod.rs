@@ -5,11 +5,14 @@
 //! whole gateway.
 //!
 //! 1. [`identify`]: request id, the config snapshot, auth (bearer key, `x-api-key`, or
-//!    AWS SigV4, which covers the body), the body read with a size cap. 401/403 before a
-//!    key is known are answered unmetered; from the key on, the [`Meter`] exists and
-//!    stage 9 runs whatever happens.
+//!    AWS SigV4, whose key, scope and date are checked before the body is read and its
+//!    signature after), the body read with a size cap (413) within a global budget of
+//!    bytes being read (503); unsigned `x-tollgate-*` headers of a SigV4 request
+//!    dropped. 401/403 before a key is known are answered unmetered; from the key on,
+//!    the [`Meter`] exists and stage 9 runs whatever happens.
 //! 2. [`attribute`]: the body parsed into a format-tagged request (400); attribution:
-//!    key owner, then `x-tollgate-*` headers, then body metadata.
+//!    key owner, then `x-tollgate-*` headers, then body metadata; a task id another
+//!    owner (team, or key without a team) uses is refused (403, `limits::owners`).
 //! 3. [`resolve`]: the deployment (404/403); a routed name (`auto`) is scored and
 //!    resolved to a tier's deployment, so admission prices the tier served.
 //! 4. [`cache`]: the response cache (exact, then a similar last turn in the same
@@ -35,7 +38,8 @@
 //! 1. `cfg`: W1 (one snapshot per request; an escalation retry keeps it); R2–R9.
 //! 2. `request_id`, `started`, `ts_ms`, `ingress`: W1; R6 (id), R8 (format, latency),
 //!    R9 (row).
-//! 3. `attribution`: W1 (key owner), W2 (headers, body); R3 (route allow-lists),
+//! 3. `attribution`: W1 (key owner), W2 (headers, body; the task cleared when refused);
+//!    R3 (route allow-lists),
 //!    R6 (scopes, task), R9 (row).
 //! 4. `requested_model`, `stream`: W2; R9.
 //! 5. `deployment`: W3; R6 (tokenizer, prices, clamped field), R7 (upstream), R9 (price).
@@ -46,7 +50,8 @@
 //! 9. `response_headers`: W6 (budget, rate limits, clamping); R8.
 //! 10. `retry_of`: W8 (escalation's follow-up context); R6 (the guard does not count a
 //!     retry).
-//! 11. `prompt`, `upstream_called`: W7; R9 (estimates when the upstream reports nothing).
+//! 11. `prompt`, `upstream_called`: W7; R9 (estimates when the upstream reports nothing;
+//!     the local count that widens a suspect prompt's bound).
 //! 12. `ttft_us`: W4 (a hit), W8; R9.
 //! 13. `cache_policy`: W4; R5 (prompt caching's mode).
 //! 14. `cache_status`: W4; R8 (`x-tollgate-cache`).
@@ -55,6 +60,8 @@
 //!     expected cache tokens); R9 (the row's cache columns; a miss checked against the
 //!     provider's reported cache tokens).
 //! 17. `prune`: W5; R9.
+//! 18. `output_cap`: W7 (the cap as sent); R9 (reported output past it is clamped and
+//!     the row flagged `usage_suspect`).
 
 pub mod admission;
 pub mod attribute;
@@ -68,7 +75,7 @@ pub mod respond;
 pub mod shape;
 
 pub use ctx::RequestCtx;
-pub use identify::RequestIds;
+pub use identify::{BodyBudget, RequestIds};
 pub use meter::{Meter, Settlement};
 
 use crate::auth::KeyCache;
@@ -100,6 +107,8 @@ pub struct Pipeline {
     /// Opens sealed key secrets for SigV4 verification; `None` without a master key.
     pub sealer: Option<Arc<SecretSealer>>,
     pub ids: RequestIds,
+    /// The bytes of request bodies being read at once.
+    pub bodies: identify::BodyBudget,
     pub routing: Arc<RoutingState>,
     pub limits: Arc<Limits>,
     pub client: UpstreamClient,
@@ -116,12 +125,12 @@ impl Pipeline {
         ingress: Ingress,
         method: Method,
         uri: Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Body,
     ) -> Response {
         // 1. identify
-        let (mut m, key, bytes) =
-            match identify::identify(self, ingress, &method, &uri, &headers, body).await {
+        let (mut m, key, bytes, permit) =
+            match identify::identify(self, ingress, &method, &uri, &mut headers, body).await {
                 Ok(v) => v,
                 Err(resp) => return resp,
             };
@@ -131,6 +140,16 @@ impl Pipeline {
             Err(e) => return m.reject(e).await,
         };
         drop(bytes);
+        drop(permit);
+        // A task id is its owner's: another team's (or key's) call naming it is refused
+        // before the cache or the guard see it, and its row does not name the task.
+        if let Some(task) = m.ctx.attribution.task.clone()
+            && let Err(e) = self.limits.check_task_owner(&task, &key).await
+        {
+            tracing::warn!(request_id = %m.ctx.request_id, task = %task, key = %key.id, "call refused: the task id belongs to another owner");
+            m.ctx.attribution.task = None;
+            return m.reject(e).await;
+        }
         // 3. resolve
         if let Err(e) = resolve::resolve(&self.routing, &mut m.ctx, &key, &req, &headers) {
             return m.reject(e).await;

@@ -150,6 +150,8 @@ pub struct Metrics {
     /// Registered only once a budget reports (issue 4's budgets call
     /// [`Metrics::set_budget_remaining`]); absent otherwise.
     budgets: RwLock<BTreeMap<BudgetKey, i64>>,
+    /// deployment → rows whose reported usage was past what the request could use.
+    suspect: RwLock<HashMap<String, Arc<AtomicU64>>>,
     /// Spans dropped because the export queue was full.
     pub spans_dropped: AtomicU64,
     pub spans_exported: AtomicU64,
@@ -265,6 +267,11 @@ impl Metrics {
                 }
             }
         }
+        if row.usage_suspect
+            && let Some(c) = entry(&self.suspect, deployment.clone())
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(c) = entry(&self.by_status, (deployment.clone(), status_class(row))) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -297,8 +304,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format (version 0.0.4). `ledger` adds the writer's counters.
-    pub fn render(&self, ledger: Option<&tollgate_store::LedgerStats>) -> String {
+    /// The text exposition format (version 0.0.4). `ledger` adds the writer's counters
+    /// and its queue depth.
+    pub fn render(&self, ledger: Option<(&tollgate_store::LedgerStats, usize)>) -> String {
         let mut out = String::with_capacity(8192);
         let mut who: Vec<(Who, Arc<Series>)> = self
             .by_who
@@ -349,6 +357,29 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "tollgate_responses_total{{deployment=\"{}\",status_class=\"{class}\"}} {n}",
+                esc(d)
+            );
+        }
+        let mut suspect: Vec<(String, u64)> = self
+            .suspect
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        suspect.sort();
+        header(
+            &mut out,
+            "tollgate_usage_suspect_total",
+            "counter",
+            "Rows whose upstream reported more tokens than the request could use (priced at the bound, flagged usage_suspect).",
+        );
+        for (d, n) in &suspect {
+            let _ = writeln!(
+                out,
+                "tollgate_usage_suspect_total{{deployment=\"{}\"}} {n}",
                 esc(d)
             );
         }
@@ -558,7 +589,14 @@ impl Metrics {
             "tollgate_trace_spans_total{{result=\"dropped\"}} {}",
             self.spans_dropped.load(Ordering::Relaxed)
         );
-        if let Some(l) = ledger {
+        if let Some((l, queued)) = ledger {
+            header(
+                &mut out,
+                "tollgate_ledger_queue_depth",
+                "gauge",
+                "Ledger rows queued for the writer, not yet in a batch (batched durability: what a crash would lose beyond the batch being committed).",
+            );
+            let _ = writeln!(out, "tollgate_ledger_queue_depth {queued}");
             for (name, help, v) in [
                 (
                     "tollgate_ledger_rows_written_total",
@@ -581,6 +619,49 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// Budget overspend (settlements that cost more than their reservation) and the prompt
+/// correction learnt per deployment (ppm), appended to [`Metrics::render`]'s text.
+pub fn render_overspend(
+    out: &mut String,
+    overages: u64,
+    overage_nanos: i64,
+    corrections: &[(String, u64)],
+) {
+    header(
+        out,
+        "tollgate_budget_overages_total",
+        "counter",
+        "Settlements whose actual cost exceeded their reservation (the provider counted more than the gateway reserved).",
+    );
+    let _ = writeln!(out, "tollgate_budget_overages_total {overages}");
+    header(
+        out,
+        "tollgate_budget_overage_usd_total",
+        "counter",
+        "What those settlements cost beyond their reservations, in USD.",
+    );
+    let _ = writeln!(
+        out,
+        "tollgate_budget_overage_usd_total {}",
+        usd(overage_nanos)
+    );
+    header(
+        out,
+        "tollgate_prompt_correction_ratio",
+        "gauge",
+        "Factor applied to locally counted prompt tokens when reserving (provider-reported / local, learnt per deployment, plus a 10% margin, at least 1).",
+    );
+    for (d, ppm) in corrections {
+        let _ = writeln!(
+            out,
+            "tollgate_prompt_correction_ratio{{deployment=\"{}\"}} {}.{:06}",
+            esc(d),
+            ppm / 1_000_000,
+            ppm % 1_000_000
+        );
     }
 }
 

@@ -91,7 +91,8 @@ const SELECT_ROW: &str = "SELECT ts_ms, request_id, endpoint, key_id, \"user\", 
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
     route_tier_cost_nanos, route_escalated,
     cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
-    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos,
+    COALESCE(usage_suspect, FALSE)
     FROM ledger";
 
 fn row_from_pg(r: &Row) -> R<LedgerRow> {
@@ -141,6 +142,7 @@ fn row_from_pg(r: &Row) -> R<LedgerRow> {
         routing: route_from_pg(r)?,
         cache: cache_from_pg(r)?,
         prune: prune_from_pg(r)?,
+        usage_suspect: r.try_get(47)?,
     })
 }
 

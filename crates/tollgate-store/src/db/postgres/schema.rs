@@ -201,6 +201,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE ledger ADD COLUMN prune_tokens_after BIGINT;
     ALTER TABLE ledger ADD COLUMN prune_cost_without_nanos BIGINT;
     "#,
+    // 8: usage past what the request could use (issue 18); rows past the storage caps
+    // (10^10 tokens, 10^14 nano-USD) flagged and clamped, as in SQLite.
+    r#"
+    ALTER TABLE ledger ADD COLUMN usage_suspect BOOLEAN;
+    UPDATE ledger SET usage_suspect = TRUE
+    WHERE GREATEST(input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,
+                   output_tokens, reasoning_tokens) > 10000000000
+       OR GREATEST(ABS(cost_nanos), ABS(COALESCE(cost_without_cache_nanos, 0)),
+                   ABS(COALESCE(route_heavy_cost_nanos, 0)), ABS(COALESCE(route_tier_cost_nanos, 0)),
+                   ABS(COALESCE(cache_avoided_nanos, 0)), ABS(COALESCE(prune_cost_without_nanos, 0)))
+          > 100000000000000;
+    UPDATE ledger SET
+        input_tokens = LEAST(input_tokens, 10000000000),
+        cache_read_tokens = LEAST(cache_read_tokens, 10000000000),
+        cache_write_5m_tokens = LEAST(cache_write_5m_tokens, 10000000000),
+        cache_write_1h_tokens = LEAST(cache_write_1h_tokens, 10000000000),
+        output_tokens = LEAST(output_tokens, 10000000000),
+        reasoning_tokens = LEAST(reasoning_tokens, 10000000000),
+        cost_nanos = GREATEST(LEAST(cost_nanos, 100000000000000), -100000000000000),
+        cost_without_cache_nanos = GREATEST(LEAST(cost_without_cache_nanos, 100000000000000), -100000000000000),
+        route_heavy_cost_nanos = GREATEST(LEAST(route_heavy_cost_nanos, 100000000000000), -100000000000000),
+        route_tier_cost_nanos = GREATEST(LEAST(route_tier_cost_nanos, 100000000000000), -100000000000000),
+        cache_avoided_nanos = GREATEST(LEAST(cache_avoided_nanos, 100000000000000), -100000000000000),
+        prune_cost_without_nanos = GREATEST(LEAST(prune_cost_without_nanos, 100000000000000), -100000000000000)
+    WHERE usage_suspect;
+    "#,
 ];
 
 /// The ledger's columns in write order (staging table, COPY, merge).
@@ -254,6 +280,7 @@ pub(crate) const LEDGER_COLUMNS: &[&str] = &[
     "prune_tokens_before",
     "prune_tokens_after",
     "prune_cost_without_nanos",
+    "usage_suspect",
 ];
 
 #[cfg(test)]

@@ -46,13 +46,13 @@ const SHIP_CHUNKS_PER_TURN: usize = 4;
 /// At shutdown, how long the writer keeps shipping a backlog before leaving the rest in
 /// the spool for the next start.
 const SHUTDOWN_SHIP: Duration = Duration::from_secs(3);
-/// Rows per multi-row INSERT statement (52 parameters each; PostgreSQL allows 65,535).
+/// Rows per multi-row INSERT statement (53 parameters each; PostgreSQL allows 65,535).
 const INSERT_CHUNK: usize = 1_000;
 
 /// A row and its writer stream and number (`None`: written outside the writer).
 pub(crate) type Stamped<'a> = (&'a LedgerRow, Option<(&'a str, i64)>);
 
-use tollgate_domain::ledger::LedgerRow;
+use tollgate_domain::ledger::{LedgerRow, stored_nanos, stored_tokens};
 
 const STAGE_EXTRA: &[&str] = &["sample_model", "sample_tokens", "sample_features"];
 
@@ -92,6 +92,7 @@ fn stage_types() -> Vec<Type> {
         T::INT8,   // prune_tokens_before
         T::INT8,   // prune_tokens_after
         T::INT8,   // prune_cost_without_nanos
+        T::BOOL,   // usage_suspect
         T::TEXT,   // sample_model
         T::INT8,   // sample_tokens
         T::TEXT,   // sample_features
@@ -201,6 +202,7 @@ struct Values<'a> {
     prune_tokens_before: Option<i64>,
     prune_tokens_after: Option<i64>,
     prune_cost_without: Option<i64>,
+    usage_suspect: bool,
     sample_model: Option<&'a str>,
     sample_tokens: Option<i64>,
     sample_features: Option<&'a str>,
@@ -229,15 +231,15 @@ impl<'a> Values<'a> {
             upstream: &r.route.upstream,
             upstream_model: &r.route.upstream_model,
             tokens: [
-                sql_u64(r.usage.input),
-                sql_u64(r.usage.cache_read),
-                sql_u64(r.usage.cache_write_5m),
-                sql_u64(r.usage.cache_write_1h),
-                sql_u64(r.usage.output),
-                sql_u64(r.usage.reasoning),
+                stored_tokens(r.usage.input),
+                stored_tokens(r.usage.cache_read),
+                stored_tokens(r.usage.cache_write_5m),
+                stored_tokens(r.usage.cache_write_1h),
+                stored_tokens(r.usage.output),
+                stored_tokens(r.usage.reasoning),
             ],
             usage_source: r.usage_source.as_str(),
-            cost: r.cost.nanos(),
+            cost: stored_nanos(r.cost),
             priced: r.priced,
             price_hash: &r.price_hash,
             latency_us: sql_u64(r.latency_us),
@@ -246,33 +248,34 @@ impl<'a> Values<'a> {
             error_code: r.error_code.as_deref(),
             stream: r.stream,
             partial: r.partial,
-            cost_without_cache: r.cost_without_cache.nanos(),
+            cost_without_cache: stored_nanos(r.cost_without_cache),
             route_name: rt.map(|x| x.name.as_str()),
             route_tier: rt.map(|x| i32::try_from(x.tier).unwrap_or(i32::MAX)),
             route_deployment: rt.map(|x| x.tier_deployment.as_str()),
             route_score: rt.map(|x| f64::from(x.score_ppm) / 1e6),
             route_mode: rt.map(|x| x.mode.as_str()),
-            route_heavy: rt.map(|x| x.heavy_cost.nanos()),
-            route_tier_cost: rt.map(|x| x.tier_cost.nanos()),
+            route_heavy: rt.map(|x| stored_nanos(x.heavy_cost)),
+            route_tier_cost: rt.map(|x| stored_nanos(x.tier_cost)),
             route_escalated: rt.and_then(|x| x.escalated.as_deref()),
             replica_id: stamp.map(|s| s.0),
             replica_seq: stamp.map(|s| s.1),
             cache_kind: c.map(|c| c.kind.as_str()),
             cache_similarity_ppm: c.and_then(|c| c.similarity_ppm).map(i64::from),
-            cache_avoided: c.map(|c| c.avoided_cost.nanos()),
-            cache_expected_write: c.map(|c| sql_u64(c.expected_write)),
-            cache_expected_read: c.map(|c| sql_u64(c.expected_read)),
+            cache_avoided: c.map(|c| stored_nanos(c.avoided_cost)),
+            cache_expected_write: c.map(|c| stored_tokens(c.expected_write)),
+            cache_expected_read: c.map(|c| stored_tokens(c.expected_read)),
             cache_miss: c.map(|c| c.miss),
-            prune_tokens_before: p.map(|p| sql_u64(p.tokens_before)),
-            prune_tokens_after: p.map(|p| sql_u64(p.tokens_after)),
-            prune_cost_without: p.map(|p| p.cost_without.nanos()),
+            prune_tokens_before: p.map(|p| stored_tokens(p.tokens_before)),
+            prune_tokens_after: p.map(|p| stored_tokens(p.tokens_after)),
+            prune_cost_without: p.map(|p| stored_nanos(p.cost_without)),
+            usage_suspect: r.stored_suspect(),
             sample_model: sample.map(|s| s.model.as_str()),
             sample_tokens: sample.map(|s| i64::from(s.tokens)),
             sample_features: sample.map(|s| s.features.as_str()),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 52] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 53] {
         [
             &self.ts_ms,
             &self.request_id,
@@ -323,6 +326,7 @@ impl<'a> Values<'a> {
             &self.prune_tokens_before,
             &self.prune_tokens_after,
             &self.prune_cost_without,
+            &self.usage_suspect,
             &self.sample_model,
             &self.sample_tokens,
             &self.sample_features,
