@@ -13,6 +13,8 @@ pub enum Endpoint {
     Embeddings,
     Messages,
     Converse,
+    /// OpenAI Responses (`POST /v1/responses`).
+    Responses,
 }
 
 impl Endpoint {
@@ -22,6 +24,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
             Endpoint::Converse => "converse",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -31,6 +34,7 @@ impl Endpoint {
             "embeddings" => Some(Endpoint::Embeddings),
             "messages" => Some(Endpoint::Messages),
             "converse" => Some(Endpoint::Converse),
+            "responses" => Some(Endpoint::Responses),
             _ => None,
         }
     }

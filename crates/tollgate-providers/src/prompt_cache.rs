@@ -109,7 +109,7 @@ fn has_tool_result(content: Option<&Value>, key: &str, type_name: &str) -> bool 
 pub fn parts(format: Format, body: &Map<String, Value>) -> Option<Vec<BodyPart<'_>>> {
     let mut out = Vec::new();
     match format {
-        Format::OpenAi => return None,
+        Format::OpenAi | Format::Responses => return None,
         Format::Anthropic => {
             if let Some(Value::Array(tools)) = body.get("tools")
                 && let (Some(t), Some(last)) = (body.get("tools"), tools.last())
@@ -241,7 +241,7 @@ pub fn apply(format: Format, body: &mut Map<String, Value>, breakpoints: &[Break
             .and_then(|t| t.get("tools"))
             .and_then(Value::as_array)
             .is_some_and(|t| !t.is_empty()),
-        Format::OpenAi => return 0,
+        Format::OpenAi | Format::Responses => return 0,
     };
     let has_system = match body.get("system") {
         Some(Value::String(_)) => format == Format::Anthropic,

@@ -14,7 +14,9 @@
 //! forwarded and never panic; the stream is then reported as malformed.
 
 use crate::sse::SseScanner;
-use crate::translate::{Delta, Event, Format, Frame, anthropic, bedrock, openai};
+use crate::translate::{
+    Delta, Event, Format, Frame, JsonAnswer, anthropic, bedrock, openai, responses,
+};
 use bytes::{Bytes, BytesMut};
 use tollgate_domain::usage::Usage;
 
@@ -59,6 +61,7 @@ enum Encoder {
     OpenAi(openai::Encoder),
     Anthropic(anthropic::Encoder),
     Bedrock(bedrock::Encoder),
+    Responses(Box<responses::Encoder>),
 }
 
 impl Encoder {
@@ -67,6 +70,7 @@ impl Encoder {
             Encoder::OpenAi(e) => e.encode(ev, out),
             Encoder::Anthropic(e) => e.encode(ev, out),
             Encoder::Bedrock(e) => e.encode(ev, out),
+            Encoder::Responses(e) => e.encode(ev, out),
         }
     }
 }
@@ -78,6 +82,9 @@ enum Kind {
         decoder: Decoder,
         /// `None`: same format, forward the upstream's frames as they are.
         encoder: Option<Encoder>,
+        /// Structured output asked of an upstream as a forced tool call: that call is
+        /// re-encoded as the answer's text.
+        json: Option<JsonAnswer>,
     },
 }
 
@@ -91,6 +98,11 @@ pub struct ClientStream {
     pub created: u64,
     /// OpenAI clients: whether they asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Responses clients: the response's id and the request fields it echoes.
+    pub responses: Option<responses::Meta>,
+    /// The upstream was asked for structured output as a forced tool call
+    /// ([`crate::translate::json_tool`]).
+    pub json_tool: bool,
 }
 
 #[derive(Debug)]
@@ -121,7 +133,8 @@ impl StreamTap {
     /// Any other pair of formats (including Anthropic → Anthropic, Bedrock → Bedrock).
     pub fn decoded(upstream: Format, client: ClientStream, hold_end: bool) -> StreamTap {
         let decoder = match upstream {
-            Format::OpenAi => Decoder::OpenAi(openai::Decoder::default()),
+            // No upstream speaks Responses; its clients are served from chat streams.
+            Format::OpenAi | Format::Responses => Decoder::OpenAi(openai::Decoder::default()),
             Format::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
             Format::Bedrock => Decoder::Bedrock(bedrock::Decoder::default()),
         };
@@ -133,8 +146,26 @@ impl StreamTap {
             )),
             Format::Anthropic => Encoder::Anthropic(anthropic::Encoder::new(&client.model)),
             Format::Bedrock => Encoder::Bedrock(bedrock::Encoder::default()),
+            Format::Responses => {
+                let meta = client.responses.clone().unwrap_or_else(|| responses::Meta {
+                    id: "resp_unknown".into(),
+                    model: client.model.clone(),
+                    created_at: client.created,
+                    echo: Default::default(),
+                });
+                Encoder::Responses(Box::new(responses::Encoder::new(meta)))
+            }
         });
-        StreamTap::with(Kind::Decoded { decoder, encoder }, client.format, hold_end)
+        let json = (client.json_tool && encoder.is_some()).then(JsonAnswer::default);
+        StreamTap::with(
+            Kind::Decoded {
+                decoder,
+                encoder,
+                json,
+            },
+            client.format,
+            hold_end,
+        )
     }
 
     fn with(kind: Kind, ingress: Format, hold_end: bool) -> StreamTap {
@@ -183,13 +214,22 @@ impl StreamTap {
     fn frames(&mut self, frames: Vec<Frame>, out: &mut BytesMut) {
         for f in frames {
             let mut bytes = BytesMut::new();
-            for ev in &f.events {
-                self.observe(ev);
+            for ev in f.events {
+                self.observe(&ev);
                 if let Kind::Decoded {
-                    encoder: Some(e), ..
+                    encoder: Some(e),
+                    json,
+                    ..
                 } = &mut self.kind
                 {
-                    e.encode(ev, &mut bytes);
+                    let ev = match json {
+                        Some(j) => match j.map(ev) {
+                            Some(ev) => ev,
+                            None => continue,
+                        },
+                        None => ev,
+                    };
+                    e.encode(&ev, &mut bytes);
                 }
             }
             if let Kind::Decoded { encoder: None, .. } = &self.kind {
@@ -283,6 +323,17 @@ impl StreamTap {
         }
     }
 
+    /// A Responses client's final response object, once the stream completed.
+    pub fn responses_completed(&self) -> Option<&serde_json::Value> {
+        match &self.kind {
+            Kind::Decoded {
+                encoder: Some(Encoder::Responses(e)),
+                ..
+            } => e.completed(),
+            _ => None,
+        }
+    }
+
     /// Bytes arrived that do not frame or decode.
     pub fn malformed(&self) -> bool {
         match &self.kind {
@@ -301,6 +352,7 @@ impl StreamTap {
             }
             Format::Anthropic => anthropic::Encoder::cut(message),
             Format::Bedrock => bedrock::Encoder::cut(message),
+            Format::Responses => responses::Encoder::cut(message, code),
         }
     }
 }
@@ -322,6 +374,8 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
             model: "claude".into(),
             created: 0,
             include_usage: false,
+            responses: None,
+            json_tool: false,
         }
     }
 
@@ -351,7 +405,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         ) {
             let formats = [Format::OpenAi, Format::Anthropic, Format::Bedrock];
             for up in formats {
-                for down in formats {
+                for down in formats.into_iter().chain([Format::Responses]) {
                     let mut t = if up == Format::OpenAi && down == Format::OpenAi {
                         StreamTap::openai_native(hold, hold)
                     } else {

@@ -97,6 +97,10 @@ pub enum ApiError {
     /// The gateway is at its limit of request bodies being read at once.
     #[error("{0}")]
     Busy(String),
+    /// An API tollgate does not serve (batches, files, legacy completions): 404, with
+    /// what to use instead.
+    #[error("{0}")]
+    EndpointNotSupported(String),
     #[error(
         "The routed model `{route}` is not available to {who}: its configuration lists the teams and agents that may use it."
     )]
@@ -114,6 +118,7 @@ impl ApiError {
             ApiError::BodyRead(_) => "invalid_request",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::RouteNotFound { .. } | ApiError::NotFound(_) => "not_found",
+            ApiError::EndpointNotSupported(_) => "unsupported_endpoint",
             ApiError::Upstream(e) => e.code(),
             ApiError::UpstreamMalformed(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
@@ -181,9 +186,10 @@ impl ApiError {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ModelNotFound(_)
+            | ApiError::RouteNotFound { .. }
+            | ApiError::NotFound(_)
+            | ApiError::EndpointNotSupported(_) => StatusCode::NOT_FOUND,
             ApiError::Upstream(ProviderError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(_) | ApiError::UpstreamMalformed(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -216,7 +222,7 @@ impl ApiError {
     pub fn into_response_as(self, format: Format, request_id: Option<&str>) -> Response {
         let status = self.status();
         let mut resp = match format {
-            Format::OpenAi => return self.into_response(request_id),
+            Format::OpenAi | Format::Responses => return self.into_response(request_id),
             Format::Anthropic => {
                 let body =
                     tollgate_providers::anthropic::error_body(self.class(), &self.to_string());

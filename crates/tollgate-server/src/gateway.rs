@@ -149,6 +149,7 @@ pub async fn build(config: Config) -> Result<(Arc<Gateway>, LedgerWriter), Serve
         settlement,
         prompt_cache,
         response_cache,
+        conversations: Arc::new(crate::conversations::Conversations::default()),
     };
     let gw = Arc::new(Gateway {
         config,

@@ -32,6 +32,8 @@ pub enum Ingress {
     Messages,
     /// `POST /model/{modelId}/converse` and `/converse-stream`
     Converse { model: String, stream: bool },
+    /// `POST /v1/responses` (OpenAI Responses)
+    Responses,
 }
 
 impl Ingress {
@@ -41,6 +43,7 @@ impl Ingress {
             Ingress::Embeddings => Endpoint::Embeddings,
             Ingress::Messages => Endpoint::Messages,
             Ingress::Converse { .. } => Endpoint::Converse,
+            Ingress::Responses => Endpoint::Responses,
         }
     }
 
@@ -49,7 +52,67 @@ impl Ingress {
             Ingress::ChatCompletions | Ingress::Embeddings => Format::OpenAi,
             Ingress::Messages => Format::Anthropic,
             Ingress::Converse { .. } => Format::Bedrock,
+            Ingress::Responses => Format::Responses,
         }
+    }
+}
+
+/// An OpenAI Responses request, held as the Chat Completions request it means (what
+/// the pipeline meters, guards, caches, shapes and sends), with what its answer needs.
+#[derive(Debug, Clone)]
+pub struct ResponsesRequest {
+    pub chat: ChatRequest,
+    /// The conversation so far (`previous_response_id`'s items) and this input, stored
+    /// with the answer's output for the next `previous_response_id`.
+    pub items: Vec<Value>,
+    /// `store` (default true): keep the answer for `previous_response_id`.
+    pub store: bool,
+    /// The request fields the response object echoes.
+    pub echo: Map<String, Value>,
+}
+
+impl ResponsesRequest {
+    /// Parse a Responses body; `history` finds the items of a `previous_response_id`.
+    pub fn parse(
+        bytes: &[u8],
+        history: impl FnOnce(&str) -> Option<std::sync::Arc<Vec<Value>>>,
+    ) -> Result<ResponsesRequest, ApiError> {
+        use tollgate_providers::openai::RequestError;
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::BadRequest(RequestError::InvalidJson(e.to_string())))?;
+        let Value::Object(body) = v else {
+            return Err(ApiError::BadRequest(RequestError::NotAnObject));
+        };
+        let mut items = Vec::new();
+        match body.get("previous_response_id") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(id)) => match history(id) {
+                Some(h) => items.extend(h.iter().cloned()),
+                None => {
+                    return Err(ApiError::InvalidParam {
+                        param: "previous_response_id".into(),
+                        message: format!(
+                            "Previous response with id '{id}' not found. tollgate keeps recent responses of each key in memory for a limited time (see the README); send the conversation as input items instead."
+                        ),
+                    });
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::BadRequest(RequestError::WrongType {
+                    field: "previous_response_id",
+                    expected: "a string",
+                }));
+            }
+        }
+        let chat = translate::responses::request_to_chat(&body, &items, Format::OpenAi)?;
+        items.extend(translate::responses::input_items(&body)?);
+        let chat = ChatRequest::parse(&serde_json::to_vec(&chat).unwrap_or_default())?;
+        Ok(ResponsesRequest {
+            chat,
+            items,
+            store: body.get("store").and_then(Value::as_bool).unwrap_or(true),
+            echo: translate::responses::echo(&body),
+        })
     }
 }
 
@@ -61,6 +124,7 @@ pub enum IngressRequest {
     Embeddings(EmbeddingsRequest),
     Messages(MessagesRequest),
     Converse(ConverseRequest),
+    Responses(Box<ResponsesRequest>),
 }
 
 fn invalid(field: &str, e: impl std::fmt::Display) -> ApiError {
@@ -215,6 +279,7 @@ impl IngressRequest {
             IngressRequest::Embeddings(r) => &r.body,
             IngressRequest::Messages(r) => &r.body,
             IngressRequest::Converse(r) => &r.body,
+            IngressRequest::Responses(r) => &r.chat.body,
         }
     }
 
@@ -224,6 +289,7 @@ impl IngressRequest {
             IngressRequest::Embeddings(r) => &mut r.body,
             IngressRequest::Messages(r) => &mut r.body,
             IngressRequest::Converse(r) => &mut r.body,
+            IngressRequest::Responses(r) => &mut r.chat.body,
         }
     }
 
@@ -233,6 +299,9 @@ impl IngressRequest {
     /// an assistant prefill) or for embeddings.
     pub fn semantic_split(&self) -> Option<(Map<String, Value>, String)> {
         let (body, text_key, block_is_text): (_, &str, fn(&Value) -> bool) = match self {
+            IngressRequest::Responses(r) => (&r.chat.body, "text", |b| {
+                b.get("type").and_then(Value::as_str) == Some("text")
+            }),
             IngressRequest::Chat(r) => (&r.body, "text", |b| {
                 b.get("type").and_then(Value::as_str) == Some("text")
             }),
@@ -283,6 +352,7 @@ impl IngressRequest {
             IngressRequest::Embeddings(_) => Endpoint::Embeddings.as_str(),
             IngressRequest::Messages(_) => Endpoint::Messages.as_str(),
             IngressRequest::Converse(_) => Endpoint::Converse.as_str(),
+            IngressRequest::Responses(_) => Endpoint::Responses.as_str(),
         }
     }
 
@@ -326,8 +396,8 @@ impl IngressRequest {
     /// `json_schema`); escalation then checks that the answer parses.
     pub fn json_requested(&self) -> bool {
         match self {
-            IngressRequest::Chat(r) => r
-                .body
+            IngressRequest::Chat(_) | IngressRequest::Responses(_) => self
+                .body()
                 .get("response_format")
                 .and_then(|f| f.get("type"))
                 .and_then(Value::as_str)
@@ -342,17 +412,31 @@ impl IngressRequest {
             IngressRequest::Chat(r) => max_output_tokens(&r.body),
             IngressRequest::Messages(r) => max_output_tokens(&r.body),
             IngressRequest::Converse(r) => max_output_tokens(&r.body),
+            IngressRequest::Responses(r) => max_output_tokens(&r.chat.body),
             IngressRequest::Embeddings(_) => None,
         }
     }
 
     pub fn parse(ingress: &Ingress, bytes: &[u8]) -> Result<IngressRequest, ApiError> {
+        IngressRequest::parse_with(ingress, bytes, |_| None)
+    }
+
+    /// Parse a body; `history` finds the stored items of a Responses
+    /// `previous_response_id`.
+    pub fn parse_with(
+        ingress: &Ingress,
+        bytes: &[u8],
+        history: impl FnOnce(&str) -> Option<std::sync::Arc<Vec<Value>>>,
+    ) -> Result<IngressRequest, ApiError> {
         Ok(match ingress {
             Ingress::ChatCompletions => IngressRequest::Chat(ChatRequest::parse(bytes)?),
             Ingress::Embeddings => IngressRequest::Embeddings(EmbeddingsRequest::parse(bytes)?),
             Ingress::Messages => IngressRequest::Messages(MessagesRequest::parse(bytes)?),
             Ingress::Converse { model, stream } => {
                 IngressRequest::Converse(ConverseRequest::parse(bytes, model, *stream)?)
+            }
+            Ingress::Responses => {
+                IngressRequest::Responses(Box::new(ResponsesRequest::parse(bytes, history)?))
             }
         })
     }
@@ -362,6 +446,7 @@ impl IngressRequest {
             IngressRequest::Chat(_) | IngressRequest::Embeddings(_) => Format::OpenAi,
             IngressRequest::Messages(_) => Format::Anthropic,
             IngressRequest::Converse(_) => Format::Bedrock,
+            IngressRequest::Responses(_) => Format::Responses,
         }
     }
 
@@ -371,6 +456,7 @@ impl IngressRequest {
             IngressRequest::Embeddings(r) => &r.model,
             IngressRequest::Messages(r) => &r.model,
             IngressRequest::Converse(r) => &r.model,
+            IngressRequest::Responses(r) => &r.chat.model,
         }
     }
 
@@ -380,6 +466,7 @@ impl IngressRequest {
             IngressRequest::Embeddings(_) => false,
             IngressRequest::Messages(r) => r.stream,
             IngressRequest::Converse(r) => r.stream,
+            IngressRequest::Responses(r) => r.chat.stream,
         }
     }
 
@@ -397,6 +484,7 @@ impl IngressRequest {
             }
             IngressRequest::Messages(r) => body_labels(r.user(), r.metadata()),
             IngressRequest::Converse(r) => body_labels(None, r.metadata()),
+            IngressRequest::Responses(r) => body_labels(r.chat.user(), r.chat.metadata()),
         }
     }
 
@@ -406,6 +494,7 @@ impl IngressRequest {
             IngressRequest::Embeddings(r) => strip_tollgate_metadata(&mut r.body, "metadata"),
             IngressRequest::Messages(r) => strip_tollgate_metadata(&mut r.body, "metadata"),
             IngressRequest::Converse(r) => strip_tollgate_metadata(&mut r.body, "requestMetadata"),
+            IngressRequest::Responses(r) => strip_tollgate_metadata(&mut r.chat.body, "metadata"),
         }
     }
 
@@ -420,6 +509,8 @@ impl IngressRequest {
             )),
             IngressRequest::Messages(r) => translate::anthropic::request_to_ir(&r.body, to),
             IngressRequest::Converse(r) => translate::bedrock::request_to_ir(&r.body, r.stream, to),
+            // The chat body it was rewritten as: from there, the chat path.
+            IngressRequest::Responses(r) => translate::openai::request_to_ir(&r.chat.body, to),
         }
     }
 
@@ -427,6 +518,10 @@ impl IngressRequest {
     pub fn into_prompt(self) -> Prompt {
         match self {
             IngressRequest::Chat(mut r) => match r.body.remove("messages") {
+                Some(Value::Array(m)) => Prompt::Chat(m),
+                _ => Prompt::None,
+            },
+            IngressRequest::Responses(mut r) => match r.chat.body.remove("messages") {
                 Some(Value::Array(m)) => Prompt::Chat(m),
                 _ => Prompt::None,
             },

@@ -18,7 +18,8 @@
 //!    [`alerts`] (webhook alerts), [`telemetry`] (Prometheus metrics, OTLP spans),
 //!    [`routing`] (routed model names), [`auth`] (virtual keys, the master key),
 //!    [`prompt_cache`] (breakpoints where provider caching pays), [`response_cache`]
-//!    (answers replayed, exactly or by a similar last turn), [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
+//!    (answers replayed, exactly or by a similar last turn), [`conversations`] (recent
+//!    Responses answers for `previous_response_id`), [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
 //!    answers are read), [`tokens`] (local token counts), [`views`] (the JSON shapes
 //!    the admin API and the CLI share).
 //! 6. Leaves: [`config`] (raw and validated configuration, one file per section),
@@ -28,6 +29,7 @@ pub mod alerts;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod conversations;
 pub mod error;
 pub mod gateway;
 pub mod headers;

@@ -115,6 +115,7 @@ pub fn turns(req: &IngressRequest) -> Vec<(&str, &str)> {
     let mut out = Vec::new();
     let (body, system_key) = match req {
         IngressRequest::Chat(r) => (&r.body, None),
+        IngressRequest::Responses(r) => (&r.chat.body, None),
         IngressRequest::Messages(r) => (&r.body, Some("system")),
         IngressRequest::Converse(r) => (&r.body, Some("system")),
         IngressRequest::Embeddings(_) => return out,

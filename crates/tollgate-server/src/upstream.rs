@@ -12,6 +12,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::time::Duration;
 use tollgate_domain::usage::Usage;
+use tollgate_providers::stream::ClientStream;
 use tollgate_providers::translate::{self, ErrorClass, Format};
 use tollgate_providers::{UpstreamRequest, anthropic, bedrock, openai, sigv4};
 
@@ -25,6 +26,9 @@ pub struct UpstreamCall {
     pub stream: bool,
     /// OpenAI → OpenAI streams: the gateway asked for the usage chunk itself.
     pub injected_usage: bool,
+    /// Structured output was asked of the upstream as a forced tool call
+    /// ([`translate::json_tool`]): its call is the answer's text.
+    pub json_tool: bool,
 }
 
 /// Build the upstream request for `req` on deployment `d`.
@@ -40,6 +44,7 @@ pub fn prepare(
     let translated = upstream != client;
     let model = d.model.as_str();
     let mut injected_usage = false;
+    let mut json_tool = false;
     let mut stream = req.stream();
     let endpoint = match (&*req, stream) {
         (IngressRequest::Embeddings(_), _) => Endpoint::Embeddings,
@@ -63,10 +68,13 @@ pub fn prepare(
             r.upstream_body(),
         ),
         (r, to) => {
-            let ir = r.to_ir(to)?;
+            let mut ir = r.to_ir(to)?;
             stream = ir.stream;
+            if matches!(to, Format::Anthropic | Format::Bedrock) {
+                json_tool = translate::json_tool(&mut ir, client, to)?;
+            }
             let (path, v) = match to {
-                Format::OpenAi => (
+                Format::OpenAi | Format::Responses => (
                     Cow::Borrowed("/chat/completions"),
                     translate::openai::request_from_ir(&ir, model, client)?,
                 ),
@@ -135,6 +143,7 @@ pub fn prepare(
         translated,
         stream,
         injected_usage,
+        json_tool,
     })
 }
 
@@ -145,7 +154,9 @@ pub fn is_stream(upstream: Format, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match upstream {
-        Format::OpenAi | Format::Anthropic => ct.starts_with("text/event-stream"),
+        Format::OpenAi | Format::Anthropic | Format::Responses => {
+            ct.starts_with("text/event-stream")
+        }
         Format::Bedrock => ct.starts_with("application/vnd.amazon.eventstream"),
     }
 }
@@ -160,7 +171,7 @@ pub struct JsonUsage {
 /// upstream's API promises.
 pub fn json_usage(upstream: Format, body: &[u8]) -> Result<JsonUsage, String> {
     match upstream {
-        Format::OpenAi => openai::response_meter(body).map(|m| JsonUsage {
+        Format::OpenAi | Format::Responses => openai::response_meter(body).map(|m| JsonUsage {
             usage: m.usage,
             service_tier: m.service_tier,
         }),
@@ -178,28 +189,37 @@ pub fn json_usage(upstream: Format, body: &[u8]) -> Result<JsonUsage, String> {
 /// Generated text of a successful non-streaming chat answer.
 pub fn json_text(upstream: Format, body: &[u8]) -> String {
     match upstream {
-        Format::OpenAi => openai::response_text(body),
+        Format::OpenAi | Format::Responses => openai::response_text(body),
         Format::Anthropic => anthropic::response_text(body),
         Format::Bedrock => bedrock::response_text(body),
     }
 }
 
+/// A successful answer in the canonical form (`Err` when it is not a chat answer).
+fn response_ir(upstream: Format, body: &[u8]) -> Result<translate::Response, String> {
+    match upstream {
+        Format::OpenAi | Format::Responses => translate::openai::response_to_ir(body),
+        Format::Anthropic => translate::anthropic::response_to_ir(body),
+        Format::Bedrock => translate::bedrock::response_to_ir(body),
+    }
+}
+
 /// The escalation check on a successful non-streaming answer (see
 /// [`tollgate_domain::routing::check`]). An answer that does not parse is not judged
-/// here (metering reports it as malformed).
+/// here (metering reports it as malformed). `json_tool`: structured output was asked
+/// as a forced tool call, whose input is the answer.
 pub fn answer_check(
     upstream: Format,
     body: &[u8],
     json_requested: bool,
+    json_tool: bool,
 ) -> Option<tollgate_domain::routing::check::Failure> {
     use tollgate_domain::routing::check::{Answer, check};
     use translate::{Block, StopReason};
-    let r = match upstream {
-        Format::OpenAi => translate::openai::response_to_ir(body),
-        Format::Anthropic => translate::anthropic::response_to_ir(body),
-        Format::Bedrock => translate::bedrock::response_to_ir(body),
+    let mut r = response_ir(upstream, body).ok()?;
+    if json_tool {
+        translate::json_answer(&mut r);
     }
-    .ok()?;
     let mut text = String::new();
     let mut tool_call = false;
     for b in &r.content {
@@ -226,43 +246,43 @@ pub fn answer_check(
 /// Whether a successful non-streaming answer stopped at its token cap (such an answer is
 /// not cached: it is cut, not finished).
 pub fn stopped_at_cap(upstream: Format, body: &[u8]) -> bool {
-    let r = match upstream {
-        Format::OpenAi => translate::openai::response_to_ir(body),
-        Format::Anthropic => translate::anthropic::response_to_ir(body),
-        Format::Bedrock => translate::bedrock::response_to_ir(body),
-    };
-    match r {
+    match response_ir(upstream, body) {
         Ok(r) => r.stop == translate::StopReason::MaxTokens,
         // Not readable as a chat answer (embeddings): nothing to stop.
         Err(_) => false,
     }
 }
 
-/// Rewrite a successful answer from the upstream's format into the client's.
+/// Rewrite a successful answer from the upstream's format into the client's
+/// (`client`: its format, model name, and for Responses the response's identity).
 pub fn translate_json(
     upstream: Format,
-    client: Format,
+    client: &ClientStream,
     body: &[u8],
-    model: &str,
     request_id: &str,
     latency_ms: u64,
     now_unix: i64,
-) -> Result<Bytes, String> {
-    let mut r = match upstream {
-        Format::OpenAi => translate::openai::response_to_ir(body)?,
-        Format::Anthropic => translate::anthropic::response_to_ir(body)?,
-        Format::Bedrock => translate::bedrock::response_to_ir(body)?,
-    };
+) -> Result<(Bytes, Option<Value>), String> {
+    let mut r = response_ir(upstream, body)?;
+    if client.json_tool {
+        translate::json_answer(&mut r);
+    }
     if r.id.is_empty() {
         r.id = request_id.to_string();
     }
-    let v = match client {
+    let model = client.model.as_str();
+    let v = match client.format {
         Format::OpenAi => translate::openai::response_from_ir(&r, model, now_unix.max(0) as u64),
         Format::Anthropic => translate::anthropic::response_from_ir(&r, model),
         Format::Bedrock => translate::bedrock::response_from_ir(&r, latency_ms),
+        Format::Responses => match &client.responses {
+            Some(meta) => translate::responses::response_from_ir(&r, meta),
+            None => return Err("a Responses answer without its identity".into()),
+        },
     };
+    let output = (client.format == Format::Responses).then(|| v["output"].clone());
     serde_json::to_vec(&v)
-        .map(Bytes::from)
+        .map(|b| (Bytes::from(b), output))
         .map_err(|e| e.to_string())
 }
 
@@ -271,7 +291,7 @@ pub fn translate_json(
 pub fn upstream_error(upstream: Format, status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
     let by_status = class_for_status(status);
     let (class, message): (ErrorClass, Option<String>) = match upstream {
-        Format::OpenAi => {
+        Format::OpenAi | Format::Responses => {
             let msg = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
                 v.get("error")
                     .and_then(|e| e.get("message"))

@@ -19,20 +19,30 @@
 //! # Layout
 //! - this module: the canonical types.
 //! - [`openai`], [`anthropic`], [`bedrock`]: one module per format.
+//! - [`responses`]: the OpenAI Responses API, a client-side format only: its requests
+//!   are rewritten as Chat Completions bodies (then read by [`openai`]), its answers and
+//!   streams written from the canonical response and events.
+//!
+//! Structured output (`response_format` / `text.format` JSON) goes to OpenAI as it is
+//! and to Anthropic and Bedrock as one forced tool, [`JSON_TOOL`], whose input is
+//! turned back into the answer's text ([`json_tool`], [`JsonAnswer`]).
 
 pub mod anthropic;
 pub mod bedrock;
 pub mod openai;
+pub mod responses;
 
 use serde_json::Value;
 use tollgate_domain::usage::Usage;
 
-/// The three wire formats.
+/// The wire formats. Upstreams speak the first three; `Responses` (the OpenAI
+/// Responses API) is only ever a client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     OpenAi,
     Anthropic,
     Bedrock,
+    Responses,
 }
 
 impl Format {
@@ -41,6 +51,15 @@ impl Format {
             Format::OpenAi => "OpenAI Chat Completions",
             Format::Anthropic => "Anthropic Messages",
             Format::Bedrock => "Bedrock Converse",
+            Format::Responses => "OpenAI Responses",
+        }
+    }
+
+    /// The error shape a client of this format reads (Responses errors are OpenAI's).
+    pub fn error_shape(self) -> Format {
+        match self {
+            Format::Responses => Format::OpenAi,
+            f => f,
         }
     }
 }
@@ -156,6 +175,160 @@ pub enum ToolChoice {
     Tool(String),
 }
 
+/// A JSON answer the client asked for (OpenAI `response_format`, Responses
+/// `text.format`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching `schema`.
+    JsonSchema {
+        name: String,
+        description: Option<String>,
+        schema: Value,
+        strict: Option<bool>,
+    },
+}
+
+/// The tool structured output becomes on upstreams without a JSON mode.
+pub const JSON_TOOL: &str = "json_answer";
+
+/// Structured output as a forced tool call, for an upstream (`to`) without a JSON mode:
+/// the request's `response_format` is taken out and [`JSON_TOOL`] added with its schema
+/// as input schema; the model is made to call it (or, when the request has tools of its
+/// own, to call one of them or it). `Ok(true)` when the tool was added: the answer's
+/// call to it is then the answer's text ([`JsonAnswer`]).
+pub fn json_tool(req: &mut Request, from: Format, to: Format) -> Result<bool, TranslateError> {
+    let Some(format) = req.response_format.take() else {
+        return Ok(false);
+    };
+    if req.tools.iter().any(|t| t.name == JSON_TOOL) {
+        return Err(TranslateError::Invalid(format!(
+            "a tool may not be named `{JSON_TOOL}` together with a JSON response format (the gateway uses that name for structured output on {})",
+            to.name()
+        )));
+    }
+    if matches!(req.tool_choice, Some(ToolChoice::None)) && !req.tools.is_empty() {
+        return Err(TranslateError::unsupported(
+            "response_format together with tool_choice none",
+            from,
+            to,
+        ));
+    }
+    let (description, schema) = match format {
+        ResponseFormat::JsonObject => (
+            "Give the answer as a JSON object.".to_string(),
+            serde_json::json!({"type": "object"}),
+        ),
+        ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            ..
+        } => (
+            description.unwrap_or_else(|| format!("Give the answer as `{name}`.")),
+            schema,
+        ),
+    };
+    req.tool_choice = match req.tool_choice.take() {
+        Some(ToolChoice::Tool(n)) => Some(ToolChoice::Tool(n)),
+        _ if req.tools.is_empty() => Some(ToolChoice::Tool(JSON_TOOL.into())),
+        _ => Some(ToolChoice::Any),
+    };
+    req.tools.push(Tool {
+        name: JSON_TOOL.into(),
+        description: Some(description),
+        schema,
+        cache: None,
+    });
+    Ok(true)
+}
+
+/// A non-streaming answer to a [`json_tool`] request: the call to [`JSON_TOOL`] becomes
+/// the answer's text (its input as a JSON string) and the stop reason the end of the
+/// turn; text beside it (a preamble) is dropped.
+pub fn json_answer(r: &mut Response) {
+    let Some(input) = r.content.iter().find_map(|b| match b {
+        Block::ToolUse { name, input, .. } if name == JSON_TOOL => Some(input.to_string()),
+        _ => None,
+    }) else {
+        return;
+    };
+    r.content.retain(|b| {
+        !matches!(b, Block::Text { .. })
+            && !matches!(b, Block::ToolUse { name, .. } if name == JSON_TOOL)
+    });
+    r.content.push(Block::Text {
+        text: input,
+        cache: None,
+    });
+    if r.stop == StopReason::ToolUse
+        && !r.content.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+    {
+        r.stop = StopReason::EndTurn;
+    }
+}
+
+/// The same for a stream: the [`JSON_TOOL`] block is re-announced as a text block, its
+/// input fragments as text, and its stop as the end of the turn; text blocks (a
+/// preamble before the forced call) are dropped.
+#[derive(Debug, Default)]
+pub struct JsonAnswer {
+    /// Indices of the blocks that are dropped or rewritten, and whether each is the tool.
+    blocks: std::collections::HashMap<usize, bool>,
+    other_tool: bool,
+}
+
+impl JsonAnswer {
+    /// The events to pass on for `ev`.
+    pub fn map(&mut self, ev: Event) -> Option<Event> {
+        match ev {
+            Event::BlockStart {
+                index,
+                block: BlockStart::ToolUse { ref name, .. },
+            } if name == JSON_TOOL => {
+                self.blocks.insert(index, true);
+                Some(Event::BlockStart {
+                    index,
+                    block: BlockStart::Text,
+                })
+            }
+            Event::BlockStart {
+                index,
+                block: BlockStart::Text,
+            } => {
+                self.blocks.insert(index, false);
+                None
+            }
+            Event::BlockStart {
+                block: BlockStart::ToolUse { .. },
+                ..
+            } => {
+                self.other_tool = true;
+                Some(ev)
+            }
+            Event::Delta { index, delta } => match (self.blocks.get(&index), delta) {
+                (Some(true), Delta::ToolInput(s)) => Some(Event::Delta {
+                    index,
+                    delta: Delta::Text(s),
+                }),
+                (Some(_), _) => None,
+                (None, delta) => Some(Event::Delta { index, delta }),
+            },
+            Event::BlockStop { index } => match self.blocks.get(&index) {
+                Some(false) => None,
+                _ => Some(ev),
+            },
+            Event::Stop {
+                reason: StopReason::ToolUse,
+            } if !self.other_tool => Some(Event::Stop {
+                reason: StopReason::EndTurn,
+            }),
+            other => Some(other),
+        }
+    }
+}
+
 /// A chat request in no particular format.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
@@ -172,6 +345,8 @@ pub struct Request {
     pub stream: bool,
     /// An end-user id (OpenAI `user`, Anthropic `metadata.user_id`).
     pub user: Option<String>,
+    /// A JSON answer asked for.
+    pub response_format: Option<ResponseFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

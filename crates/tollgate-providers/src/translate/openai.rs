@@ -2,8 +2,8 @@
 
 use super::{
     Block, BlockStart, CacheTtl, Delta, ErrorClass, Event, Format, Frame, Message, Request,
-    Response, Role, StopReason, SystemPart, Tool, ToolChoice, TranslateError, parse_arguments,
-    parse_data_url,
+    Response, ResponseFormat, Role, StopReason, SystemPart, Tool, ToolChoice, TranslateError,
+    parse_arguments, parse_data_url,
 };
 use crate::openai::WireUsage;
 use crate::sse::{SseFramer, event_fields};
@@ -142,7 +142,6 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
         }
         let harmless = match k.as_str() {
             "n" => v.as_u64() == Some(1),
-            "response_format" => v.get("type").and_then(Value::as_str) == Some("text"),
             "presence_penalty" | "frequency_penalty" => v.as_f64() == Some(0.0),
             "logprobs" => v.as_bool() == Some(false),
             other => KNOWN.contains(&other),
@@ -256,12 +255,71 @@ pub fn request_to_ir(body: &Map<String, Value>, to: Format) -> Result<Request, T
         _ => Vec::new(),
     };
     req.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    req.response_format = match body.get("response_format") {
+        None | Some(Value::Null) => None,
+        Some(f) => response_format(f, "response_format", to)?,
+    };
     req.user = body
         .get("user")
         .or_else(|| body.get("safety_identifier"))
         .and_then(Value::as_str)
         .map(str::to_string);
     Ok(req)
+}
+
+/// An OpenAI `response_format` object (`{"type": "json_schema", "json_schema": {...}}`)
+/// → the canonical one; `text` is no format at all.
+pub fn response_format(
+    f: &Value,
+    field: &str,
+    to: Format,
+) -> Result<Option<ResponseFormat>, TranslateError> {
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let js = &f["json_schema"];
+            let Some(schema) = js.get("schema").filter(|s| s.is_object()) else {
+                return Err(TranslateError::Invalid(format!(
+                    "{field}.json_schema.schema must be a JSON Schema object"
+                )));
+            };
+            Ok(Some(ResponseFormat::JsonSchema {
+                name: js["name"].as_str().unwrap_or("response").to_string(),
+                description: js["description"].as_str().map(str::to_string),
+                schema: schema.clone(),
+                strict: js["strict"].as_bool(),
+            }))
+        }
+        Some(other) => Err(TranslateError::unsupported(
+            format!("{field} type `{other}`"),
+            ME,
+            to,
+        )),
+        None => Err(TranslateError::Invalid(format!("{field} has no type"))),
+    }
+}
+
+/// The canonical response format → OpenAI's `response_format`.
+pub fn response_format_to_wire(f: &ResponseFormat) -> Value {
+    match f {
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => {
+            let mut js = json!({"name": name, "schema": schema});
+            if let Some(d) = description {
+                js["description"] = json!(d);
+            }
+            if let Some(s) = strict {
+                js["strict"] = json!(s);
+            }
+            json!({"type": "json_schema", "json_schema": js})
+        }
+    }
 }
 
 fn stop_to_wire(s: StopReason) -> &'static str {
@@ -404,6 +462,9 @@ pub fn request_from_ir(req: &Request, model: &str, from: Format) -> Result<Value
     }
     if let Some(u) = &req.user {
         o.insert("user".into(), json!(u));
+    }
+    if let Some(f) = &req.response_format {
+        o.insert("response_format".into(), response_format_to_wire(f));
     }
     if req.stream {
         o.insert("stream".into(), Value::Bool(true));

@@ -118,6 +118,7 @@ fn request(with_cache: bool) -> impl Strategy<Value = Request> {
                 stop,
                 stream,
                 user: None,
+                response_format: None,
             },
         )
 }
@@ -199,6 +200,7 @@ fn through(format: Format, r: &Request) -> Request {
             let v = bedrock::request_from_ir(r, from).unwrap();
             bedrock::request_to_ir(v.as_object().unwrap(), r.stream, from).unwrap()
         }
+        Format::Responses => unreachable!("not an upstream format"),
     }
 }
 
@@ -351,6 +353,7 @@ fn encode_stream(format: Format, events: &[Event]) -> Bytes {
                 e.encode(ev, &mut out);
             }
         }
+        Format::Responses => unreachable!("not an upstream format"),
     }
     out.freeze()
 }
@@ -371,6 +374,7 @@ fn decode_stream(format: Format, bytes: &[u8], cuts: &[usize]) -> Vec<Event> {
             Format::OpenAi => oa.feed(piece),
             Format::Anthropic => an.feed(piece),
             Format::Bedrock => br.feed(piece),
+            Format::Responses => unreachable!("not an upstream format"),
         });
     }
     frames.into_iter().flat_map(|f| f.events).collect()
@@ -425,6 +429,7 @@ proptest! {
                 let v = bedrock::response_from_ir(&r, 5);
                 bedrock::response_to_ir(v.to_string().as_bytes()).unwrap()
             }
+            Format::Responses => unreachable!("not an upstream format"),
         };
         prop_assert_eq!(without_ids(back), without_ids(r));
     }

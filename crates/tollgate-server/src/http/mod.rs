@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`proxy`]: the model endpoints, each naming its [`Ingress`] for the pipeline;
-//!   `GET /v1/models`.
+//!   `GET /v1/models` and `/v1/models/{id}`; the APIs not served (batches, files,
+//!   legacy completions) answered with a clear 404 in their own shape.
 //! - [`token_count`]: Anthropic's `count_tokens`, answered locally (no upstream, no row).
 //! - [`admin`]: usage, keys, ledger rows, budgets, the guard's tasks, alerts.
 //! - [`value`]: ROI, tasks, savings and the dashboard's data.
@@ -26,7 +27,7 @@ use crate::gateway::Gateway;
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use http::request::Parts;
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/chat/completions", post(proxy::chat_completions))
+        .route("/v1/responses", post(proxy::responses))
+        .route("/responses", post(proxy::responses))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/embeddings", post(proxy::embeddings))
         .route("/v1/messages", post(proxy::messages))
@@ -58,6 +61,15 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         )
         .route("/v1/models", get(proxy::list_models))
         .route("/models", get(proxy::list_models))
+        .route("/v1/models/{*id}", get(proxy::get_model))
+        .route("/models/{*id}", get(proxy::get_model))
+        .route("/v1/completions", any(proxy::not_served))
+        .route("/v1/batches", any(proxy::not_served))
+        .route("/v1/batches/{*rest}", any(proxy::not_served))
+        .route("/v1/files", any(proxy::not_served))
+        .route("/v1/files/{*rest}", any(proxy::not_served))
+        .route("/v1/messages/batches", any(proxy::not_served))
+        .route("/v1/messages/batches/{*rest}", any(proxy::not_served))
         .route("/healthz", get(healthz))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))

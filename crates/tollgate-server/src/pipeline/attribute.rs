@@ -3,19 +3,26 @@
 //! fills what the one before left empty).
 
 use super::ctx::RequestCtx;
+use crate::clock::now_ms;
+use crate::conversations::Conversations;
 use crate::error::ApiError;
 use crate::headers;
 use crate::ingress::IngressRequest;
 use http::HeaderMap;
 use tollgate_domain::attribution::{self, Labels};
 
-/// Parse the body and complete the attribution.
+/// Parse the body and complete the attribution. A Responses `previous_response_id` is
+/// looked up among the answers the same key stored.
 pub fn attribute(
     ctx: &mut RequestCtx,
     bytes: &[u8],
     headers: &HeaderMap,
+    conversations: &Conversations,
 ) -> Result<IngressRequest, ApiError> {
-    let req = IngressRequest::parse(&ctx.ingress, bytes)?;
+    let key = ctx.attribution.key_id.clone().unwrap_or_default();
+    let req = IngressRequest::parse_with(&ctx.ingress, bytes, |id| {
+        conversations.get(&key, id, now_ms())
+    })?;
     ctx.requested_model = req.model().to_string();
     ctx.stream = req.stream();
     let h = header_labels(headers)?;

@@ -9,9 +9,10 @@ use crate::error::ApiError;
 use crate::ingress::IngressRequest;
 use crate::upstream::{self, UpstreamCall};
 use http::HeaderMap;
+use serde_json::Value;
 use tollgate_providers::UpstreamClient;
 use tollgate_providers::stream::ClientStream;
-use tollgate_providers::translate::Format;
+use tollgate_providers::translate::{Format, responses};
 
 /// A request on its way back: the upstream's response and how to read it.
 pub struct Sent {
@@ -30,6 +31,9 @@ pub struct Sent {
     /// The request's output cap as sent (after any clamping), when asked for: an answer
     /// cut off at it is what the client asked for, not a reason to escalate.
     pub output_cap: Option<u64>,
+    /// A Responses request to remember (`store` not false): the response id and the
+    /// conversation so far, kept with the answer's output for `previous_response_id`.
+    pub conversation: Option<(String, Vec<Value>)>,
 }
 
 /// Send `req` to the context's deployment. `want_cap`: also say what output cap was sent.
@@ -45,11 +49,36 @@ pub async fn send(
     };
     m.ctx.output_cap = req.max_output_tokens();
     let output_cap = if want_cap { m.ctx.output_cap } else { None };
-    let client_stream = ClientStream {
+    let created = (now_ms() / 1000).max(0) as u64;
+    let mut conversation = None;
+    let responses = match &mut req {
+        IngressRequest::Responses(r) => {
+            let id = format!(
+                "resp_{}",
+                m.ctx
+                    .request_id
+                    .strip_prefix("req_")
+                    .unwrap_or(&m.ctx.request_id)
+            );
+            if r.store {
+                conversation = Some((id.clone(), std::mem::take(&mut r.items)));
+            }
+            Some(responses::Meta {
+                id,
+                model: r.chat.model.clone(),
+                created_at: created,
+                echo: std::mem::take(&mut r.echo),
+            })
+        }
+        _ => None,
+    };
+    let mut client_stream = ClientStream {
         format: req.format(),
         model: req.model().to_string(),
-        created: (now_ms() / 1000).max(0) as u64,
+        created,
         include_usage: req.client_wants_usage(),
+        responses,
+        json_tool: false,
     };
     let chat = !matches!(req, IngressRequest::Embeddings(_));
     let timeout = m.ctx.cfg.server.upstream_timeout;
@@ -61,7 +90,9 @@ pub async fn send(
         translated,
         stream,
         injected_usage,
+        json_tool,
     } = call;
+    client_stream.json_tool = json_tool;
     if let Some(t) = &m.ctx.trace {
         t.inject(&mut request.headers);
     }
@@ -76,5 +107,6 @@ pub async fn send(
         client: client_stream,
         chat,
         output_cap,
+        conversation,
     })
 }

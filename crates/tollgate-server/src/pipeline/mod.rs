@@ -1,5 +1,5 @@
-//! The request pipeline: every proxy request, whatever API it came in on (OpenAI chat
-//! and embeddings, Anthropic Messages, Bedrock Converse / ConverseStream), runs these
+//! The request pipeline: every proxy request, whatever API it came in on (OpenAI chat,
+//! Responses and embeddings, Anthropic Messages, Bedrock Converse / ConverseStream), runs these
 //! stages in this order, in one direction. Each stage is a module; each takes the
 //! [`RequestCtx`] (inside the [`Meter`]) and the component handles it needs, never the
 //! whole gateway.
@@ -10,7 +10,9 @@
 //!    bytes being read (503); unsigned `x-tollgate-*` headers of a SigV4 request
 //!    dropped. 401/403 before a key is known are answered unmetered; from the key on,
 //!    the [`Meter`] exists and stage 9 runs whatever happens.
-//! 2. [`attribute`]: the body parsed into a format-tagged request (400); attribution:
+//! 2. [`attribute`]: the body parsed into a format-tagged request (400; a Responses
+//!    `previous_response_id` is looked up among the key's recent answers, 400 when
+//!    unknown); attribution:
 //!    key owner, then `x-tollgate-*` headers, then body metadata; a task id another
 //!    owner (team, or key without a team) uses is refused (403, `limits::owners`).
 //! 3. [`resolve`]: the deployment (404/403); a routed name (`auto`) is scored and
@@ -26,7 +28,8 @@
 //! 7. [`egress`]: the upstream call, native or translated (400 naming a feature that
 //!    cannot be), SigV4-signed for Bedrock, with the trace context.
 //! 8. [`respond`]: JSON read whole, or a stream passed through whole event by whole event
-//!    with a usage tee (or translated event by event); errors in the client's shape. A
+//!    with a usage tee (or translated event by event); errors in the client's shape; a
+//!    Responses answer kept for `previous_response_id` (unless `store: false`). A
 //!    failed routed answer below the heaviest tier goes round stages 6–8 once more on
 //!    the next tier (escalation, a loop in [`Pipeline::run`], not a recursion).
 //! 9. [`meter`]: pricing (exact, rounded up to the nano-USD), the ticket settled, the
@@ -81,6 +84,7 @@ pub use meter::{Meter, Settlement};
 use crate::auth::KeyCache;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::conversations::Conversations;
 use crate::headers;
 use crate::ingress::{Ingress, IngressRequest};
 use crate::limits::Limits;
@@ -116,6 +120,8 @@ pub struct Pipeline {
     pub settlement: Arc<Settlement>,
     pub prompt_cache: Arc<PromptCache>,
     pub response_cache: Arc<ResponseCache>,
+    /// Recent Responses answers, for `previous_response_id`.
+    pub conversations: Arc<Conversations>,
 }
 
 impl Pipeline {
@@ -135,7 +141,8 @@ impl Pipeline {
                 Err(resp) => return resp,
             };
         // 2. attribute
-        let mut req = match attribute::attribute(&mut m.ctx, &bytes, &headers) {
+        let mut req = match attribute::attribute(&mut m.ctx, &bytes, &headers, &self.conversations)
+        {
             Ok(r) => r,
             Err(e) => return m.reject(e).await,
         };
@@ -254,9 +261,21 @@ impl Pipeline {
             && sent.resp.status().is_success()
             && crate::upstream::is_stream(sent.upstream, sent.resp.headers())
         {
-            return Answered::Done(respond::stream(m, sent, self.response_cache.clone()));
+            return Answered::Done(respond::stream(
+                m,
+                sent,
+                self.response_cache.clone(),
+                self.conversations.clone(),
+            ));
         }
-        respond::json(m, sent, escalation, &self.response_cache).await
+        respond::json(
+            m,
+            sent,
+            escalation,
+            &self.response_cache,
+            &self.conversations,
+        )
+        .await
     }
 
     /// The meter of an escalation's second call: the next tier of the same route.

@@ -7,6 +7,7 @@
 use super::egress::Sent;
 use super::meter::{Consumed, Meter, Outcome, stream_consumed};
 use crate::clock::now_ms;
+use crate::conversations::Conversations;
 use crate::error::ApiError;
 use crate::headers;
 use crate::response_cache::ResponseCache;
@@ -70,6 +71,7 @@ pub async fn json(
     sent: Sent,
     escalation: Option<Escalation>,
     cache: &ResponseCache,
+    conversations: &Conversations,
 ) -> Answered {
     let (max, timeout) = (
         meter.ctx.cfg.server.max_response_bytes,
@@ -82,6 +84,7 @@ pub async fn json(
         chat,
         client: client_stream,
         output_cap,
+        conversation,
         ..
     } = sent;
     let status = resp.status();
@@ -126,14 +129,18 @@ pub async fn json(
         let latency = meter.ctx.started.elapsed().as_millis() as u64;
         match upstream::translate_json(
             upstream,
-            client_stream.format,
+            &client_stream,
             &body,
-            &client_stream.model,
             meter.request_id(),
             latency,
             now_ms() / 1000,
         ) {
-            Ok(b) => b,
+            Ok((b, output)) => {
+                if let (Some((id, items)), Some(output)) = (conversation, output) {
+                    remember(conversations, &meter, id, items, output);
+                }
+                b
+            }
             Err(e) => return Answered::Done(meter.reject(ApiError::UpstreamMalformed(e)).await),
         }
     } else {
@@ -149,7 +156,8 @@ pub async fn json(
         _ => None,
     };
     let failure = escalation.and_then(|e| {
-        let failure = upstream::answer_check(upstream, &body, e.json_requested)?;
+        let failure =
+            upstream::answer_check(upstream, &body, e.json_requested, client_stream.json_tool)?;
         // Cut off at the client's own cap: the next tier would stop at the same place
         // (unknown output counts as reaching it).
         if failure == Failure::Length
@@ -235,16 +243,38 @@ pub async fn json(
     }
 }
 
+/// Keep a Responses answer for `previous_response_id`: the conversation so far and the
+/// answer's output items, under the key that asked.
+fn remember(
+    conversations: &Conversations,
+    meter: &Meter,
+    id: String,
+    mut items: Vec<serde_json::Value>,
+    output: serde_json::Value,
+) {
+    if let serde_json::Value::Array(out) = output {
+        items.extend(out);
+    }
+    let key = meter.ctx.attribution.key_id.as_deref().unwrap_or("");
+    conversations.put(key, &id, items, now_ms());
+}
+
 /// A streamed answer: whole events go to the client as they come (the upstream's own
 /// bytes, or translated), through the tee, and the stream is metered when it ends,
 /// fails, or the client goes away.
-pub fn stream(mut meter: Meter, sent: Sent, cache: Arc<ResponseCache>) -> Response {
+pub fn stream(
+    mut meter: Meter,
+    sent: Sent,
+    cache: Arc<ResponseCache>,
+    conversations: Arc<Conversations>,
+) -> Response {
     let Sent {
         resp,
         upstream,
         translated,
         injected_usage,
         client: client_stream,
+        conversation,
         ..
     } = sent;
     let client = client_stream.format;
@@ -260,7 +290,9 @@ pub fn stream(mut meter: Meter, sent: Sent, cache: Arc<ResponseCache>) -> Respon
     if translated {
         let ct = match client {
             Format::Bedrock => "application/vnd.amazon.eventstream",
-            Format::OpenAi | Format::Anthropic => "text/event-stream; charset=utf-8",
+            Format::OpenAi | Format::Anthropic | Format::Responses => {
+                "text/event-stream; charset=utf-8"
+            }
         };
         head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
     } else {
@@ -350,6 +382,15 @@ pub fn stream(mut meter: Meter, sent: Sent, cache: Arc<ResponseCache>) -> Respon
             }
             None => (Bytes::new(), Outcome::ok(Consumed::Nothing, None), Bytes::new()),
         };
+        if outcome.error_code.is_none()
+            && let (Some((id, items)), Some(done)) = (
+                conversation,
+                meter.scanner.as_ref().and_then(|s| s.responses_completed()),
+            )
+        {
+            let output = done["output"].clone();
+            remember(&conversations, &meter, id, items, output);
+        }
         let cut = outcome.error_code.is_some_and(|c| c != "upstream_error");
         let store_usage = match (&outcome.consumed, outcome.error_code) {
             (Consumed::Reported(u), None) => Some((*u, outcome.service_tier.clone())),

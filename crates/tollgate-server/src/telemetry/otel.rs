@@ -271,6 +271,7 @@ fn upstream_called(row: &LedgerRow) -> bool {
 fn operation(e: Endpoint) -> &'static str {
     match e {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Converse => "chat",
+        Endpoint::Responses => "responses",
         Endpoint::Embeddings => "embeddings",
     }
 }
@@ -281,6 +282,7 @@ fn path(e: Endpoint) -> &'static str {
         Endpoint::Embeddings => "/v1/embeddings",
         Endpoint::Messages => "/v1/messages",
         Endpoint::Converse => "/model/{modelId}/converse",
+        Endpoint::Responses => "/v1/responses",
     }
 }
 

@@ -5,7 +5,10 @@
 //! each provider's explicit breakpoints (`cache_control`, `cachePoint`): the prompt up
 //! to the last breakpoint, when it is 1,024 tokens or more, is written to the cache the
 //! first time and read from it afterwards. With tools declared, the simulated model
-//! calls the first tool until the conversation holds a tool result, then answers.
+//! calls the first tool until the conversation holds a tool result, then answers. A
+//! tool the request forces (`tool_choice` `{"type": "tool"}`, Bedrock `toolChoice.tool`)
+//! is always called, without text before it, with an input made from its input
+//! schema (every property filled, deterministically), as structured output needs.
 
 use super::{Fault, Sim, approx_tokens, directive, fault_of, fnv, generate};
 use axum::Json;
@@ -40,7 +43,65 @@ struct Prompt {
     texts: Vec<String>,
     breakpoint: Option<(usize, bool)>,
     has_tool_result: bool,
-    tools: Vec<String>,
+    /// Tool names and input schemas.
+    tools: Vec<(String, Value)>,
+    /// The tool the request forces.
+    forced: Option<String>,
+}
+
+/// A value matching `schema` (objects get every property; `$ref`s into `$defs` are
+/// followed), deterministic in `seed`; strings named `query` get `query`.
+fn sample(schema: &Value, root: &Value, seed: u64, query: &str, name: &str, depth: u32) -> Value {
+    if depth > 8 {
+        return Value::Null;
+    }
+    if let Some(r) = schema["$ref"].as_str() {
+        let target = r
+            .strip_prefix("#/")
+            .map(|p| p.split('/').fold(root, |v, k| &v[k]))
+            .unwrap_or(&Value::Null);
+        return sample(target, root, seed, query, name, depth + 1);
+    }
+    for k in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = schema[k].as_array().and_then(|a| a.first()) {
+            return sample(first, root, seed, query, name, depth + 1);
+        }
+    }
+    if let Some(first) = schema["enum"].as_array().and_then(|a| a.first()) {
+        return first.clone();
+    }
+    if let Some(c) = schema.get("const") {
+        return c.clone();
+    }
+    let kind = match &schema["type"] {
+        Value::String(t) => t.as_str(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    let h = fnv(format!("{seed}\u{0}{name}").as_bytes());
+    match kind {
+        "object" => {
+            let mut o = serde_json::Map::new();
+            if let Some(props) = schema["properties"].as_object() {
+                for (k, v) in props {
+                    o.insert(k.clone(), sample(v, root, seed, query, k, depth + 1));
+                }
+            }
+            Value::Object(o)
+        }
+        "array" => json!([sample(&schema["items"], root, seed, query, name, depth + 1)]),
+        "integer" => json!(h % 100),
+        "number" => json!((h % 1000) as f64 / 10.0),
+        "boolean" => json!(h % 2 == 0),
+        "null" => Value::Null,
+        _ if name == "query" => json!(query),
+        _ => json!(generate(h, 2).concat()),
+    }
 }
 
 fn plan(sim: &Sim, model: &str, p: Prompt, max: u64) -> Turn {
@@ -64,15 +125,23 @@ fn plan(sim: &Sim, model: &str, p: Prompt, max: u64) -> Turn {
     }
     let seed = fnv(format!("{model}\u{0}{}", p.texts.join("\u{1}")).as_bytes());
     let n = ((seed % 120) as usize + 12).min(max.max(1) as usize);
-    let tool = match (p.tools.first(), p.has_tool_result) {
-        (Some(name), false) => {
-            let query: Vec<&str> = last.split_whitespace().take(5).collect();
-            Some((
-                format!("toolu_sim{:012x}", seed & 0xffff_ffff_ffff),
-                name.clone(),
-                json!({"query": query.join(" ")}),
-            ))
-        }
+    let forced = p
+        .forced
+        .as_ref()
+        .and_then(|f| p.tools.iter().find(|(n, _)| n == f));
+    let query = last
+        .split_whitespace()
+        .take(5)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let id = format!("toolu_sim{:012x}", seed & 0xffff_ffff_ffff);
+    let tool = match (forced, p.tools.first(), p.has_tool_result) {
+        (Some((name, schema)), _, _) => Some((
+            id,
+            name.clone(),
+            sample(schema, schema, seed, &query, "", 0),
+        )),
+        (None, Some((name, _)), false) => Some((id, name.clone(), json!({"query": query}))),
         _ => None,
     };
     Turn {
@@ -81,7 +150,9 @@ fn plan(sim: &Sim, model: &str, p: Prompt, max: u64) -> Turn {
         cache_read,
         cache_write,
         cache_1h,
-        words: if tool.is_some() {
+        words: if forced.is_some() {
+            Vec::new()
+        } else if tool.is_some() {
             generate(seed, 6)
         } else {
             generate(seed, n)
@@ -184,10 +255,13 @@ fn anthropic_prompt(req: &Value) -> Prompt {
         .as_array()
         .map(|t| {
             t.iter()
-                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .filter_map(|t| Some((t["name"].as_str()?.to_string(), t["input_schema"].clone())))
                 .collect()
         })
         .unwrap_or_default();
+    let forced = (req["tool_choice"]["type"] == "tool")
+        .then(|| req["tool_choice"]["name"].as_str().map(str::to_string))
+        .flatten();
     // The last user message's text decides faults and tool queries: put it last.
     if let Some(last) = req["messages"].as_array().and_then(|m| m.last()) {
         let t = match &last["content"] {
@@ -208,6 +282,7 @@ fn anthropic_prompt(req: &Value) -> Prompt {
         breakpoint,
         has_tool_result,
         tools,
+        forced,
     }
 }
 
@@ -254,7 +329,10 @@ pub(super) async fn messages(State(sim): State<Arc<Sim>>, body: Bytes) -> Respon
         if let Fault::Malformed = t.fault {
             return (http::StatusCode::OK, "<html>upstream proxy error</html>").into_response();
         }
-        let mut content = vec![json!({"type": "text", "text": t.words.concat()})];
+        let mut content = Vec::new();
+        if !t.words.is_empty() || t.tool.is_none() {
+            content.push(json!({"type": "text", "text": t.words.concat()}));
+        }
         if let Some((tid, name, input)) = &t.tool {
             content.push(json!({"type": "tool_use", "id": tid, "name": name, "input": input}));
         }
@@ -398,15 +476,25 @@ fn bedrock_prompt(req: &Value) -> Prompt {
         .as_array()
         .map(|t| {
             t.iter()
-                .filter_map(|t| t["toolSpec"]["name"].as_str().map(str::to_string))
+                .filter_map(|t| {
+                    let spec = &t["toolSpec"];
+                    Some((
+                        spec["name"].as_str()?.to_string(),
+                        spec["inputSchema"]["json"].clone(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();
+    let forced = req["toolConfig"]["toolChoice"]["tool"]["name"]
+        .as_str()
+        .map(str::to_string);
     Prompt {
         texts,
         breakpoint,
         has_tool_result,
         tools,
+        forced,
     }
 }
 
@@ -464,7 +552,10 @@ async fn bedrock(sim: Arc<Sim>, model: String, body: Bytes, stream: bool) -> Res
         if let Fault::Malformed = t.fault {
             return (http::StatusCode::OK, "<html>upstream proxy error</html>").into_response();
         }
-        let mut content = vec![json!({"text": t.words.concat()})];
+        let mut content = Vec::new();
+        if !t.words.is_empty() || t.tool.is_none() {
+            content.push(json!({"text": t.words.concat()}));
+        }
         if let Some((tid, name, input)) = &t.tool {
             content.push(json!({"toolUse": {"toolUseId": tid, "name": name, "input": input}}));
         }
