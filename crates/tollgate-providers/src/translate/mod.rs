@@ -54,14 +54,6 @@ impl Format {
             Format::Responses => "OpenAI Responses",
         }
     }
-
-    /// The error shape a client of this format reads (Responses errors are OpenAI's).
-    pub fn error_shape(self) -> Format {
-        match self {
-            Format::Responses => Format::OpenAi,
-            f => f,
-        }
-    }
 }
 
 /// A request that cannot be translated, in terms the client can act on.

@@ -97,7 +97,7 @@ fn sample(schema: &Value, root: &Value, seed: u64, query: &str, name: &str, dept
         "array" => json!([sample(&schema["items"], root, seed, query, name, depth + 1)]),
         "integer" => json!(h % 100),
         "number" => json!((h % 1000) as f64 / 10.0),
-        "boolean" => json!(h % 2 == 0),
+        "boolean" => json!(h.is_multiple_of(2)),
         "null" => Value::Null,
         _ if name == "query" => json!(query),
         _ => json!(generate(h, 2).concat()),
