@@ -124,7 +124,10 @@ pub async fn read_body(
         budget.take(len as usize, &mut held)?;
     }
     let mut body = Limited::new(body, limit);
-    let mut buf = bytes::BytesMut::new();
+    // Frames are kept as they came and joined once at the end: a growing buffer would
+    // hold up to three times the body while it reallocates.
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -134,13 +137,26 @@ pub async fn read_body(
             Err(e) => return Err(ApiError::BodyRead(e.to_string())),
         };
         if let Ok(data) = frame.into_data() {
-            let past = (buf.len() + data.len()).saturating_sub(declared.unwrap_or(0) as usize);
-            let already = buf.len().saturating_sub(declared.unwrap_or(0) as usize);
+            let declared = declared.unwrap_or(0) as usize;
+            let past = (total + data.len()).saturating_sub(declared);
+            let already = total.saturating_sub(declared);
             budget.take(past - already, &mut held)?;
-            buf.extend_from_slice(&data);
+            total += data.len();
+            parts.push(data);
         }
     }
-    Ok((buf.freeze(), BodyPermit(held)))
+    let bytes = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(total);
+            for p in parts {
+                buf.extend_from_slice(&p);
+            }
+            buf.freeze()
+        }
+    };
+    Ok((bytes, BodyPermit(held)))
 }
 
 /// The attribution a key owner gives: its id and owner labels.
