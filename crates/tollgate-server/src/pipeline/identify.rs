@@ -124,10 +124,7 @@ pub async fn read_body(
         budget.take(len as usize, &mut held)?;
     }
     let mut body = Limited::new(body, limit);
-    // Frames are kept as they came and joined once at the end: a growing buffer would
-    // hold up to three times the body while it reallocates.
-    let mut parts: Vec<Bytes> = Vec::new();
-    let mut total = 0usize;
+    let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -137,26 +134,13 @@ pub async fn read_body(
             Err(e) => return Err(ApiError::BodyRead(e.to_string())),
         };
         if let Ok(data) = frame.into_data() {
-            let declared = declared.unwrap_or(0) as usize;
-            let past = (total + data.len()).saturating_sub(declared);
-            let already = total.saturating_sub(declared);
+            let past = (buf.len() + data.len()).saturating_sub(declared.unwrap_or(0) as usize);
+            let already = buf.len().saturating_sub(declared.unwrap_or(0) as usize);
             budget.take(past - already, &mut held)?;
-            total += data.len();
-            parts.push(data);
+            buf.extend_from_slice(&data);
         }
     }
-    let bytes = match parts.len() {
-        0 => Bytes::new(),
-        1 => parts.pop().unwrap_or_default(),
-        _ => {
-            let mut buf = bytes::BytesMut::with_capacity(total);
-            for p in parts {
-                buf.extend_from_slice(&p);
-            }
-            buf.freeze()
-        }
-    };
-    Ok((bytes, BodyPermit(held)))
+    Ok((buf.freeze(), BodyPermit(held)))
 }
 
 /// The attribution a key owner gives: its id and owner labels.
