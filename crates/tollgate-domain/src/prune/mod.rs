@@ -42,6 +42,10 @@ pub const MESSAGE_OVERHEAD: u64 = 4;
 const MIN_TOKENS: u64 = 16;
 /// Texts shorter than this are not compared for duplicates.
 const DEDUPE_MIN_TOKENS: u64 = 48;
+/// Segments scoring at least this share of the best one are kept first.
+const MUST_KEEP_SHARE: f32 = 0.5;
+/// A near-duplicate differing in more lines than this is not one.
+const NEAR_DUPLICATE_LINES: usize = 24;
 /// Lines longer than this are split into sentences (and, failing that, at a space).
 const LONG_LINE: usize = 320;
 /// An old tool result whose best line scores below this share of the best line
@@ -364,27 +368,46 @@ pub fn prune(conv: &Conversation<'_>, policy: &Policy) -> Pruned {
 
     let mut fate: Vec<Fate> = vec![Fate::Keep; n];
 
-    // 1. Duplicates: the latest copy stays.
+    // 1. Duplicates: the latest copy stays. A near-duplicate keeps the lines the later
+    // copy does not have (a value that changed between two reads of a file).
     if policy.strategies.dedupe {
-        let mut later: Vec<(u64, u64, u64)> = Vec::new();
+        let mut later: Vec<(u64, u64, u64, usize)> = Vec::new();
         for i in (0..n).rev() {
             if tok[i] < DEDUPE_MIN_TOKENS || texts[i].role == Role::System {
                 continue;
             }
             let (exact, sim) = fingerprint(texts[i].text);
-            let dup = later.iter().any(|&(e, s, k)| {
+            let same = later.iter().find(|&&(e, s, k, _)| {
                 e == exact
-                    || ((s ^ sim).count_ones() <= 3
-                        && k.abs_diff(tok[i]) * 5 <= k.max(tok[i]))
+                    || ((s ^ sim).count_ones() <= 3 && k.abs_diff(tok[i]) * 5 <= k.max(tok[i]))
             });
-            if dup && candidate[i] {
-                fate[i] = Fate::Replace(placeholder(
-                    &texts[i],
-                    tok[i],
-                    Some("repeated later in the conversation"),
-                ));
+            if let (Some(&(e, _, _, j)), true) = (same, candidate[i]) {
+                let why = "repeated later in the conversation";
+                if e == exact {
+                    fate[i] = Fate::Replace(placeholder(&texts[i], tok[i], Some(why)));
+                } else {
+                    let theirs: std::collections::HashSet<&str> =
+                        texts[j].text.lines().map(str::trim).collect();
+                    let own: Vec<&str> = texts[i]
+                        .text
+                        .lines()
+                        .filter(|l| !theirs.contains(l.trim()))
+                        .collect();
+                    if own.len() <= NEAR_DUPLICATE_LINES {
+                        let mut p = placeholder(
+                            &texts[i],
+                            tok[i],
+                            Some("repeated later, except these lines"),
+                        );
+                        for l in own {
+                            p.push('\n');
+                            p.push_str(l);
+                        }
+                        fate[i] = Fate::Replace(p);
+                    }
+                }
             }
-            later.push((exact, sim, tok[i]));
+            later.push((exact, sim, tok[i], i));
         }
     }
 
@@ -535,8 +558,19 @@ pub fn prune(conv: &Conversation<'_>, policy: &Policy) -> Pruned {
             for &j in &live {
                 kept[j] = false;
             }
+            // The lines that match the query best are kept even when the protected part
+            // alone fills the target (up to a quarter of it): they are what the next
+            // answer is likely to need.
+            let mut must = target / 4;
+            for &(_, j) in &order {
+                if scores[j] * norm >= MUST_KEEP_SHARE && seg_tok[j] <= must {
+                    must -= seg_tok[j];
+                    budget = budget.saturating_sub(seg_tok[j]);
+                    kept[j] = true;
+                }
+            }
             for (_, j) in order {
-                if seg_tok[j] <= budget {
+                if !kept[j] && seg_tok[j] <= budget {
                     budget -= seg_tok[j];
                     kept[j] = true;
                 }

@@ -37,8 +37,8 @@ impl Hasher for IdHasher {
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Calls `f` with the hash of each word of `text` (lowercased ASCII letters and digits;
-/// non-ASCII characters are part of words, `_` splits identifiers), skipping stop words and words of
-/// fewer than three bytes. Returns the number of words seen, stop words included.
+/// non-ASCII characters are part of words, `_` splits identifiers), skipping stop words, single characters and
+/// two-letter words without a digit. Returns the number of words seen, stop words included.
 pub fn terms(text: &str, mut f: impl FnMut(u64)) -> u32 {
     let b = text.as_bytes();
     let mut i = 0;
@@ -59,7 +59,9 @@ pub fn terms(text: &str, mut f: impl FnMut(u64)) -> u32 {
         }
         n += 1;
         let w = &b[s..i];
-        if w.len() < 3 || (w.len() <= 5 && is_stopword(w)) {
+        // Two characters are a term only with a digit in them (`v7`, `18`: versions).
+        let short = w.len() < 2 || (w.len() == 2 && !w.iter().any(u8::is_ascii_digit));
+        if short || (w.len() <= 5 && is_stopword(w)) {
             continue;
         }
         f(mix(h));
@@ -195,8 +197,8 @@ mod tests {
     #[test]
     fn stop_words_and_short_words_are_not_terms() {
         let mut seen = 0;
-        let words = terms("What is the id of it? Deploy", |_| seen += 1);
-        assert_eq!(words, 7);
-        assert_eq!(seen, 1);
+        let words = terms("What is the id of it? Deploy v7.18.2", |_| seen += 1);
+        assert_eq!(words, 10);
+        assert_eq!(seen, 3);
     }
 }
