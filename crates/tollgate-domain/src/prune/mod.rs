@@ -270,10 +270,14 @@ fn split_long(text: &str, mut start: usize, end: usize, out: &mut Vec<(u32, u32)
     out.push((start as u32, end as u32));
 }
 
-/// Exact hash and SimHash (over line hashes) of a text, for duplicate detection.
-fn fingerprint(text: &str) -> (u64, u64) {
+/// Line hashes kept in a text's sketch.
+const SKETCH: usize = 8;
+
+/// Exact hash and a bottom-k sketch (the smallest distinct line hashes) of a text, for
+/// duplicate detection: two texts that share most lines share most of their sketch.
+fn fingerprint(text: &str) -> (u64, [u64; SKETCH]) {
     let mut exact: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut votes = [0i32; 64];
+    let mut sketch = [u64::MAX; SKETCH];
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() {
@@ -288,19 +292,18 @@ fn fingerprint(text: &str) -> (u64, u64) {
         h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
         h ^= h >> 29;
         exact = (exact ^ h).wrapping_mul(0x0100_0000_01b3);
-        for (bit, v) in votes.iter_mut().enumerate() {
-            if h >> bit & 1 == 1 {
-                *v += 1;
-            } else {
-                *v -= 1;
-            }
+        if h < sketch[SKETCH - 1] && !sketch.contains(&h) {
+            let at = sketch.partition_point(|&x| x < h);
+            sketch.copy_within(at..SKETCH - 1, at + 1);
+            sketch[at] = h;
         }
     }
-    let sim = votes
-        .iter()
-        .enumerate()
-        .fold(0u64, |acc, (bit, v)| if *v > 0 { acc | 1 << bit } else { acc });
-    (exact, sim)
+    (exact, sketch)
+}
+
+/// Line hashes two sketches share.
+fn shared(a: &[u64; SKETCH], b: &[u64; SKETCH]) -> usize {
+    a.iter().filter(|x| **x != u64::MAX && b.contains(x)).count()
 }
 
 /// What happens to one text.
@@ -371,15 +374,15 @@ pub fn prune(conv: &Conversation<'_>, policy: &Policy) -> Pruned {
     // 1. Duplicates: the latest copy stays. A near-duplicate keeps the lines the later
     // copy does not have (a value that changed between two reads of a file).
     if policy.strategies.dedupe {
-        let mut later: Vec<(u64, u64, u64, usize)> = Vec::new();
+        let mut later: Vec<(u64, [u64; SKETCH], u64, usize)> = Vec::new();
         for i in (0..n).rev() {
             if tok[i] < DEDUPE_MIN_TOKENS || texts[i].role == Role::System {
                 continue;
             }
             let (exact, sim) = fingerprint(texts[i].text);
-            let same = later.iter().find(|&&(e, s, k, _)| {
-                e == exact
-                    || ((s ^ sim).count_ones() <= 3 && k.abs_diff(tok[i]) * 5 <= k.max(tok[i]))
+            let same = later.iter().find(|(e, s, k, _)| {
+                *e == exact
+                    || (shared(s, &sim) + 2 >= SKETCH && k.abs_diff(tok[i]) * 5 <= *k.max(&tok[i]))
             });
             if let (Some(&(e, _, _, j)), true) = (same, candidate[i]) {
                 let why = "repeated later in the conversation";
@@ -544,6 +547,7 @@ pub fn prune(conv: &Conversation<'_>, policy: &Policy) -> Pruned {
                 v.len() as u64
             };
             let mut budget = target.saturating_sub(fixed + texts_live * 8);
+            let mut round_budget = budget;
             let norm = if best > 0.0 { 1.0 / best } else { 0.0 };
             let messages = conv.messages.max(1) as f32;
             let priority = |j: usize| -> f32 {
@@ -555,25 +559,36 @@ pub fn prune(conv: &Conversation<'_>, policy: &Policy) -> Pruned {
             };
             let mut order: Vec<(f32, usize)> = live.iter().map(|&j| (priority(j), j)).collect();
             order.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-            for &j in &live {
-                kept[j] = false;
-            }
-            // The lines that match the query best are kept even when the protected part
-            // alone fills the target (up to a quarter of it): they are what the next
-            // answer is likely to need.
-            let mut must = target / 4;
-            for &(_, j) in &order {
-                if scores[j] * norm >= MUST_KEEP_SHARE && seg_tok[j] <= must {
-                    must -= seg_tok[j];
-                    budget = budget.saturating_sub(seg_tok[j]);
-                    kept[j] = true;
+            // The markers of the gaps are only known once chosen: a round that ends
+            // above the target runs again with the excess taken off the budget.
+            for _round in 0..3 {
+                budget = round_budget;
+                for &j in &live {
+                    kept[j] = false;
                 }
-            }
-            for (_, j) in order {
-                if !kept[j] && seg_tok[j] <= budget {
-                    budget -= seg_tok[j];
-                    kept[j] = true;
+                // The lines that match the query best are kept even when the protected
+                // part alone fills the target (up to a quarter of it): they are what the
+                // next answer is likely to need.
+                let mut must = target / 4;
+                for &(_, j) in &order {
+                    if scores[j] * norm >= MUST_KEEP_SHARE && seg_tok[j] <= must {
+                        must -= seg_tok[j];
+                        budget = budget.saturating_sub(seg_tok[j]);
+                        kept[j] = true;
+                    }
                 }
+                for &(_, j) in &order {
+                    if !kept[j] && seg_tok[j] <= budget {
+                        budget -= seg_tok[j];
+                        kept[j] = true;
+                    }
+                }
+                let total: u64 = (0..n).map(|i| current(i, &fate, &kept)).sum::<u64>()
+                    + MESSAGE_OVERHEAD * conv.messages as u64;
+                if total <= target || round_budget == 0 {
+                    break;
+                }
+                round_budget = round_budget.saturating_sub(total - target);
             }
         }
     }
