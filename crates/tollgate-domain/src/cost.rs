@@ -79,6 +79,34 @@ pub fn cost_without_prompt_cache(
     Some(cost_at(&uncached, &rates))
 }
 
+/// What `usage` would have cost had the prompt been sent unpruned: `removed` more
+/// uncached input tokens, at the context tier the longer prompt falls in, and what the
+/// pruned prompt wrote to the provider's cache read instead (pruning may have rewritten
+/// a cached prefix; counting it as a read makes the saving net of that rewrite). A call
+/// that consumed no prompt tokens (refused, failed before the upstream) saved nothing.
+pub fn cost_without_pruning(
+    usage: &Usage,
+    price: &ModelPrice,
+    removed: u64,
+    service_tier: Option<&str>,
+) -> Option<Cost> {
+    if usage.prompt_total() == 0 {
+        return cost(usage, price, service_tier);
+    }
+    let unpruned = Usage {
+        input: usage.input.saturating_add(removed),
+        cache_read: usage
+            .cache_read
+            .saturating_add(usage.cache_write_5m)
+            .saturating_add(usage.cache_write_1h),
+        cache_write_5m: 0,
+        cache_write_1h: 0,
+        output: usage.output,
+        reasoning: usage.reasoning,
+    };
+    cost(&unpruned, price, service_tier)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,8 @@
 //! - [`embed`]: sentence embeddings: the WordPiece tokenizer, the compiled-in static model,
 //!   all-MiniLM-L6-v2 from bytes.
 //! - [`cache`]: the response cache indexes: exact and semantic, bounded, TTL, LRU.
+//! - [`prune`]: token pruning of long histories (dedupe, old tool results, caps, BM25
+//!   selection against the last user turn), on a format-neutral view of the texts.
 
 pub mod attribution;
 pub mod budget;
@@ -38,6 +40,7 @@ pub mod money;
 pub mod outcome;
 pub mod pricing;
 pub mod prompt_cache;
+pub mod prune;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod report;

@@ -6,6 +6,7 @@
 //! - [`anthropic`]: the Anthropic Messages wire format (requests, usage, errors).
 //! - [`bedrock`]: the Bedrock Converse wire format (requests, usage, errors).
 //! - [`prompt_cache`]: prompt-cache breakpoints read from and written into each format.
+//! - [`prune`]: the texts pruning may rewrite, read from each format, and the edits applied.
 //! - [`eventstream`]: the `application/vnd.amazon.eventstream` binary framing.
 //! - [`sigv4`]: AWS Signature Version 4, to sign upstream calls and verify clients.
 //! - [`translate`]: the canonical request/response/stream representation and one module
@@ -24,6 +25,7 @@ pub mod error;
 pub mod eventstream;
 pub mod openai;
 pub mod prompt_cache;
+pub mod prune;
 pub mod sigv4;
 pub mod sse;
 pub mod stream;

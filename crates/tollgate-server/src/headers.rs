@@ -38,6 +38,12 @@ pub const CACHE_THRESHOLD: &str = "x-tollgate-cache-threshold";
 /// Request: `off`, `auto` or `always` for provider prompt caching. Response: the
 /// breakpoints the gateway placed (`2 (5m, 5m)`), when it placed any.
 pub const PROMPT_CACHE: &str = "x-tollgate-prompt-cache";
+/// Request: `off` (send the history whole) or `on` (prune under the request's policy
+/// even where pruning is not enabled).
+pub const PRUNE: &str = "x-tollgate-prune";
+/// Response: prompt tokens before and after pruning, when the gateway pruned.
+pub const PRUNE_TOKENS_BEFORE: &str = "x-tollgate-prune-tokens-before";
+pub const PRUNE_TOKENS_AFTER: &str = "x-tollgate-prune-tokens-after";
 /// What tollgate's own rate limits have left (`-requests`, `-tokens`, `-usd`).
 pub const RATELIMIT_REMAINING_PREFIX: &str = "x-tollgate-ratelimit-remaining-";
 

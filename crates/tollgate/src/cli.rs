@@ -41,6 +41,9 @@ pub enum Command {
     Router(crate::router::RouterArgs),
     /// The response cache's embedding model: score pairs as the semantic cache does.
     Cache(crate::cache::CacheArgs),
+    /// Prune conversations (JSON Lines of `{"messages": [...]}`) as the gateway does;
+    /// one pruned `messages` array per line on stdout.
+    Prune(crate::prune::PruneArgs),
 }
 
 #[derive(Args, Debug)]

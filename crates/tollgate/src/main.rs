@@ -12,6 +12,7 @@
 //! - `budgets`: budgets and spend per period.
 //! - `router`: train, score with and evaluate the light/heavy router.
 //! - `cache`: the semantic cache's similarity scores (`cache similarity`).
+//! - `prune`: the gateway's pruning over a file of conversations (`tollgate prune`).
 
 mod budgets;
 mod cache;
@@ -19,6 +20,7 @@ mod cli;
 mod demo;
 mod export;
 mod keys;
+mod prune;
 mod reconcile;
 mod report;
 mod router;
@@ -79,6 +81,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Sim(a) => serve::sim(a).await,
         Command::Router(a) => router::router(a),
         Command::Cache(a) => cache::cache(a),
+        Command::Prune(a) => prune::prune(a),
     }
 }
 

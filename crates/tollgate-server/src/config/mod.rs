@@ -16,7 +16,7 @@
 //! [`alerts`] `[alerts]` (the four together are [`LimitsConfig`]), [`store`] `[store]`,
 //! [`outcomes`]
 //! `[outcomes]`, [`telemetry`] `[telemetry]`, [`routing`] `[routing]`, [`routes`]
-//! `[[routes]]`, [`cache`] `[cache]`; [`usd`] the one dollar-amount type, [`env`] the overrides.
+//! `[[routes]]`, [`cache`] `[cache]`, [`pruning`] `[pruning]`; [`usd`] the one dollar-amount type, [`env`] the overrides.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +27,7 @@ use tollgate_domain::pricing::PriceTable;
 pub mod alerts;
 pub mod budgets;
 pub mod cache;
+pub mod pruning;
 pub mod deployments;
 mod env;
 pub mod guard;
@@ -91,6 +92,8 @@ pub struct RawConfig {
     pub routes: Vec<routes::RawRoute>,
     #[serde(default)]
     pub cache: cache::RawCache,
+    #[serde(default)]
+    pub pruning: pruning::RawPruning,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -116,6 +119,8 @@ pub struct Config {
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Provider prompt caching and the response cache.
     pub cache: cache::CacheSettings,
+    /// Token pruning of long histories.
+    pub pruning: pruning::PruningSettings,
 }
 
 /// Every problem found, each with the path of the field at fault.
@@ -222,6 +227,7 @@ impl RawConfig {
         let routing = routing::validate(&self.routing, &mut errs);
         let routes = routes::validate(&self.routes, &deployments, &mut errs);
         let cache = cache::validate(&self.cache, &ledger.path, &mut errs);
+        let pruning = pruning::validate(&self.pruning, &mut errs);
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -239,6 +245,7 @@ impl RawConfig {
             routing,
             routes,
             cache,
+            pruning,
         })
     }
 }

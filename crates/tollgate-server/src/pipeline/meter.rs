@@ -28,7 +28,7 @@ use crate::telemetry::Telemetry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
-use tollgate_domain::cost::{cost, cost_without_prompt_cache};
+use tollgate_domain::cost::{cost, cost_without_prompt_cache, cost_without_pruning};
 use tollgate_domain::ledger::{CacheKind, LedgerRow, Route, RouteRecord};
 use tollgate_domain::money::Money;
 use tollgate_domain::prompt_cache::{Plan, missed};
@@ -295,7 +295,16 @@ impl Meter {
                 }
                 c
             }),
-            prune: ctx.prune.clone(),
+            prune: ctx.prune.clone().map(|mut p| {
+                let removed = p.tokens_before.saturating_sub(p.tokens_after);
+                p.cost_without = price
+                    .as_ref()
+                    .and_then(|pr| {
+                        cost_without_pruning(&usage, pr, removed, outcome.service_tier.as_deref())
+                    })
+                    .map_or(charged, |c| c.charged);
+                p
+            }),
             usage_suspect: suspect.is_some(),
         };
         if let Some(b) = suspect {
