@@ -263,8 +263,8 @@ mod tests {
         StoredEntry {
             id,
             exact: u128::MAX - u128::from(id),
-            context: (id % 2 == 0).then_some(7),
-            embedding: (id % 2 == 0).then(|| vec![0.5, -0.25, 1.0]),
+            context: id.is_multiple_of(2).then_some(7),
+            embedding: id.is_multiple_of(2).then(|| vec![0.5, -0.25, 1.0]),
             body: format!("{{\"answer\":{id}}}").into_bytes(),
             content_type: "application/json".into(),
             stream: id == 3,
