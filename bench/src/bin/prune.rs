@@ -51,9 +51,9 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "account", "invoice", "ledger", "payment", "refund", "order", "customer", "session",
-    "token", "cache", "queue", "worker", "batch", "retry", "timeout", "schema", "record",
-    "handler", "request", "response", "client", "server", "config", "parser", "router",
+    "account", "invoice", "ledger", "payment", "refund", "order", "customer", "session", "token",
+    "cache", "queue", "worker", "batch", "retry", "timeout", "schema", "record", "handler",
+    "request", "response", "client", "server", "config", "parser", "router",
 ];
 
 fn line(r: &mut Rng) -> String {
@@ -106,7 +106,11 @@ fn history(tokens: u64, seed: u64) -> Map<String, Value> {
     let mut total = 40;
     let mut i = 0;
     while total < tokens {
-        let lines = if r.below(100) < 85 { 4 + r.below(36) } else { 80 + r.below(220) };
+        let lines = if r.below(100) < 85 {
+            4 + r.below(36)
+        } else {
+            80 + r.below(220)
+        };
         let out: Vec<String> = (0..lines).map(|_| line(&mut r)).collect();
         let out = out.join("\n");
         total += estimate(&out) + 30;
@@ -141,14 +145,21 @@ fn time(samples: usize, mut f: impl FnMut(usize) -> u64) -> (f64, f64, f64, u64)
         ns.push(t.elapsed().as_nanos() as u64);
     }
     ns.sort_unstable();
-    (percentile(&ns, 0.5), percentile(&ns, 0.99), percentile(&ns, 1.0), last)
+    (
+        percentile(&ns, 0.5),
+        percentile(&ns, 0.99),
+        percentile(&ns, 1.0),
+        last,
+    )
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let policy = Policy::default();
     let enc = Encoding::O200kBase;
-    println!("| prompt tokens (o200k) | cases | method | p50 µs | p99 µs | max µs | tokens after (estimate) |");
+    println!(
+        "| prompt tokens (o200k) | cases | method | p50 µs | p99 µs | max µs | tokens after (estimate) |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for size in [10_000u64, 50_000, 200_000] {
         let cases: Vec<Map<String, Value>> = (0..8).map(|s| history(size, 0x9e37 + s)).collect();
@@ -157,10 +168,16 @@ fn main() -> Result<()> {
             .map(|c| enc.count_chat_prompt(c["messages"].as_array().map_or(&[][..], |v| v)))
             .sum::<u64>()
             / cases.len() as u64;
-        let samples = if size >= 200_000 { cli.samples / 4 } else { cli.samples }.max(10);
+        let samples = if size >= 200_000 {
+            cli.samples / 4
+        } else {
+            cli.samples
+        }
+        .max(10);
         // The bodies edited in place, cloned before the clock starts.
-        let mut bodies: Vec<Map<String, Value>> =
-            (0..samples + samples.div_ceil(10)).map(|i| cases[i % cases.len()].clone()).collect();
+        let mut bodies: Vec<Map<String, Value>> = (0..samples + samples.div_ceil(10))
+            .map(|i| cases[i % cases.len()].clone())
+            .collect();
         let mut next = 0;
         let (p50, p99, max, after) = time(samples, |i| {
             let body = &cases[i % cases.len()];
@@ -176,13 +193,19 @@ fn main() -> Result<()> {
             black_box(&*out);
             after
         });
-        println!("| {real} | {} | tollgate prune (view + prune + apply) | {p50:.0} | {p99:.0} | {max:.0} | {after} |", cases.len());
+        println!(
+            "| {real} | {} | tollgate prune (view + prune + apply) | {p50:.0} | {p99:.0} | {max:.0} | {after} |",
+            cases.len()
+        );
         let base_samples = (samples / 10).max(5);
         let (p50, p99, max, n) = time(base_samples, |i| {
             let body = &cases[i % cases.len()];
             enc.count_chat_prompt(body["messages"].as_array().map_or(&[][..], |v| v))
         });
-        println!("| {real} | {} | baseline: one o200k count of the prompt | {p50:.0} | {p99:.0} | {max:.0} | ({n} counted) |", cases.len());
+        println!(
+            "| {real} | {} | baseline: one o200k count of the prompt | {p50:.0} | {p99:.0} | {max:.0} | ({n} counted) |",
+            cases.len()
+        );
     }
     Ok(())
 }

@@ -169,6 +169,36 @@ mod tests {
     }
 
     #[test]
+    fn without_pruning_adds_the_removed_tokens_and_reads_what_was_written() {
+        let t = PriceTable::from_catalog_json(
+            r#"{"claude-sonnet-4": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+                 "cache_read_input_token_cost": 3e-07,
+                 "cache_creation_input_token_cost": 3.75e-06,
+                 "input_cost_per_token_above_200k_tokens": 6e-06,
+                 "output_cost_per_token_above_200k_tokens": 2.25e-05}}"#,
+            "t",
+        )
+        .unwrap();
+        let p = t.get("claude-sonnet-4").unwrap();
+        let u = Usage {
+            input: 1000,
+            cache_write_5m: 2000,
+            output: 100,
+            ..Usage::default()
+        };
+        let c = cost_without_pruning(&u, p, 9000, None).unwrap();
+        // (1000 + 9000) × 3 + 2000 × 0.3 + 100 × 15 (µUSD) = 30000 + 600 + 1500
+        assert_eq!(c.charged, Money::from_nanos(32_100_000));
+        // The unpruned prompt may fall in the long-context tier:
+        // 201000 × 6 + 2000 × 0.3 + 100 × 22.5 (µUSD) = 1206000 + 600 + 2250
+        let c = cost_without_pruning(&u, p, 200_000, None).unwrap();
+        assert_eq!(c.charged, Money::from_nanos(1_208_850_000));
+        // Nothing consumed: nothing saved.
+        let none = cost_without_pruning(&Usage::default(), p, 5000, None).unwrap();
+        assert_eq!(none.charged, Money::ZERO);
+    }
+
+    #[test]
     fn separate_reasoning_rate_applies_to_reasoning_only() {
         let price = ModelPrice::flat(TokenRates {
             input: Some(rate("2")),

@@ -52,12 +52,18 @@ fn reader(input: &Path) -> Result<Box<dyn Read>> {
     Ok(if input.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?)
+        Box::new(
+            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
+        )
     })
 }
 
 /// The pruned messages of one conversation, and its tokens before and after.
-pub fn prune_messages(messages: Vec<Value>, base: &Policy, target: Target) -> (Vec<Value>, u64, u64) {
+pub fn prune_messages(
+    messages: Vec<Value>,
+    base: &Policy,
+    target: Target,
+) -> (Vec<Value>, u64, u64) {
     let enc = Encoding::O200kBase;
     let before = enc.count_chat_prompt(&messages);
     // The decisions use the domain's estimate; an absolute target becomes a share of
@@ -90,8 +96,12 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
     };
     let defaults = Policy::default();
     let strategies = match &a.strategies {
-        Some(names) => Strategies::parse(names.iter().map(String::as_str))
-            .map_err(|n| anyhow!("--strategies: {n:?} is not one of {}", Strategies::NAMES.join(", ")))?,
+        Some(names) => Strategies::parse(names.iter().map(String::as_str)).map_err(|n| {
+            anyhow!(
+                "--strategies: {n:?} is not one of {}",
+                Strategies::NAMES.join(", ")
+            )
+        })?,
         None => defaults.strategies,
     };
     let base = Policy {
@@ -105,17 +115,19 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
     for (i, line) in BufReader::new(reader(&a.input)?).lines().enumerate() {
         let n = i + 1;
         let line = line.with_context(|| format!("line {n}: cannot read"))?;
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| anyhow!("line {n}: expected a JSON object with a \"messages\" array: {e}"))?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| {
+            anyhow!("line {n}: expected a JSON object with a \"messages\" array: {e}")
+        })?;
         let Value::Object(mut obj) = v else {
             bail!("line {n}: expected a JSON object with a \"messages\" array");
         };
         let Some(Value::Array(messages)) = obj.remove("messages") else {
             bail!("line {n}: no \"messages\" array");
         };
-        if let Some(j) = messages.iter().position(|m| {
-            !m.is_object() || !m.get("role").is_some_and(Value::is_string)
-        }) {
+        if let Some(j) = messages
+            .iter()
+            .position(|m| !m.is_object() || !m.get("role").is_some_and(Value::is_string))
+        {
             bail!("line {n}: messages[{j}] is not an object with a string \"role\"");
         }
         conversations.push(messages);

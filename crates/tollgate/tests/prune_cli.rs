@@ -54,7 +54,11 @@ fn prune_writes_one_array_per_line_keeping_the_needed_fact() {
         "--stats",
         stats.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -62,7 +66,10 @@ fn prune_writes_one_array_per_line_keeping_the_needed_fact() {
         .collect();
     assert_eq!(lines.len(), 3);
     // Same messages, same order, roles and tool-call ids; the fact kept.
-    for (got, want) in lines.iter().zip([conversation(30), short.clone(), conversation(10)]) {
+    for (got, want) in lines
+        .iter()
+        .zip([conversation(30), short.clone(), conversation(10)])
+    {
         let got = got.as_array().unwrap();
         let want = want["messages"].as_array().unwrap();
         assert_eq!(got.len(), want.len());
@@ -99,14 +106,26 @@ fn a_bad_line_is_an_error_naming_it() {
         format!("{}\n{{\"messages\": 3}}\n", conversation(2)),
     )
     .unwrap();
-    let out = tollgate(&["prune", "--input", input.to_str().unwrap(), "--target-tokens", "100"]);
+    let out = tollgate(&[
+        "prune",
+        "--input",
+        input.to_str().unwrap(),
+        "--target-tokens",
+        "100",
+    ]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2"), "{err}");
 
     std::fs::write(&input, "not json\n").unwrap();
-    let out = tollgate(&["prune", "--input", input.to_str().unwrap(), "--ratio", "0.5"]);
+    let out = tollgate(&[
+        "prune",
+        "--input",
+        input.to_str().unwrap(),
+        "--ratio",
+        "0.5",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
 

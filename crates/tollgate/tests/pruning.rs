@@ -124,7 +124,9 @@ fn request(f: Format) -> (String, Value) {
             )
         }
         Format::Bedrock => {
-            let mut m = vec![json!({"role": "user", "content": [{"text": "Fix the failing payments build."}]})];
+            let mut m = vec![
+                json!({"role": "user", "content": [{"text": "Fix the failing payments build."}]}),
+            ];
             for i in 0..STEPS {
                 let id = format!("tooluse_{i}");
                 m.push(json!({"role": "assistant", "content": [{"toolUse": {"toolUseId": id, "name": "read_file", "input": {}}}]}));
@@ -143,7 +145,9 @@ fn request(f: Format) -> (String, Value) {
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
-    r.headers().get(name).map(|v| v.to_str().unwrap().parse().unwrap())
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().parse().unwrap())
 }
 
 #[tokio::test]
@@ -160,7 +164,10 @@ async fn long_histories_are_pruned_in_every_format_and_off_sends_them_whole() {
             }
             let r = req.send().await.unwrap();
             assert_eq!(r.status(), 200, "{f:?} off={off}");
-            let id = r.headers()["x-tollgate-request-id"].to_str().unwrap().to_string();
+            let id = r.headers()["x-tollgate-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
             let before = header(&r, "x-tollgate-prune-tokens-before");
             let after = header(&r, "x-tollgate-prune-tokens-after");
             if off {
@@ -210,16 +217,30 @@ async fn long_histories_are_pruned_in_every_format_and_off_sends_them_whole() {
         .unwrap_or_else(|| panic!("no pruning line: {sv}"))
         .clone();
     assert_eq!(line["requests"], 3, "{line}");
-    assert!(line["saved_usd"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{line}");
+    assert!(
+        line["saved_usd"].as_str().unwrap().parse::<f64>().unwrap() > 0.0,
+        "{line}"
+    );
 
     let store = gw.stop().await;
     for (f, id, b, a) in &pruned {
         let row = store.ledger_row(id).unwrap().unwrap();
-        let p = row.prune.clone().unwrap_or_else(|| panic!("{f:?}: no prune record"));
+        let p = row
+            .prune
+            .clone()
+            .unwrap_or_else(|| panic!("{f:?}: no prune record"));
         assert_eq!((p.tokens_before, p.tokens_after), (*b, *a), "{f:?}");
-        assert!(p.cost_without > row.cost, "{f:?}: {p:?} vs {}", row.cost.nanos());
+        assert!(
+            p.cost_without > row.cost,
+            "{f:?}: {p:?} vs {}",
+            row.cost.nanos()
+        );
         // What went upstream was the pruned prompt.
-        assert!(row.usage.prompt_total() * 10 < *b * 7, "{f:?}: {:?}", row.usage);
+        assert!(
+            row.usage.prompt_total() * 10 < *b * 7,
+            "{f:?}: {:?}",
+            row.usage
+        );
     }
     for (f, id) in &whole {
         let row = store.ledger_row(id).unwrap().unwrap();

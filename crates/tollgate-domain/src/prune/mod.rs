@@ -110,7 +110,8 @@ impl Strategies {
         cap_tool_output: true,
         select: true,
     };
-    pub const NAMES: [&'static str; 4] = ["dedupe", "clear_tool_results", "cap_tool_output", "select"];
+    pub const NAMES: [&'static str; 4] =
+        ["dedupe", "clear_tool_results", "cap_tool_output", "select"];
 
     /// From names (see [`Strategies::NAMES`]); `Err` names the first unknown one.
     pub fn parse<'s>(names: impl IntoIterator<Item = &'s str>) -> Result<Strategies, String> {
@@ -303,7 +304,9 @@ fn fingerprint(text: &str) -> (u64, [u64; SKETCH]) {
 
 /// Line hashes two sketches share.
 fn shared(a: &[u64; SKETCH], b: &[u64; SKETCH]) -> usize {
-    a.iter().filter(|x| **x != u64::MAX && b.contains(x)).count()
+    a.iter()
+        .filter(|x| **x != u64::MAX && b.contains(x))
+        .count()
 }
 
 /// What happens to one text.
@@ -505,9 +508,7 @@ pub fn prune(conv: &Conversation<'_>, policy: &Policy) -> Pruned {
                     keep[j - s] = true;
                 }
             }
-            for j in s..e {
-                kept[j] = keep[j - s];
-            }
+            kept[s..e].copy_from_slice(&keep);
         }
     }
 

@@ -7,10 +7,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 /// Words this short, and these, carry no topic.
 const STOPWORDS: [&str; 40] = [
-    "the", "and", "for", "are", "was", "were", "what", "which", "who", "whom", "this",
-    "that", "these", "those", "with", "from", "into", "onto", "have", "has", "had", "not",
-    "but", "you", "your", "our", "its", "they", "them", "their", "there", "here", "when",
-    "where", "how", "why", "can", "does", "did", "will",
+    "the", "and", "for", "are", "was", "were", "what", "which", "who", "whom", "this", "that",
+    "these", "those", "with", "from", "into", "onto", "have", "has", "had", "not", "but", "you",
+    "your", "our", "its", "they", "them", "their", "there", "here", "when", "where", "how", "why",
+    "can", "does", "did", "will",
 ];
 
 const K1: f32 = 1.2;
@@ -70,7 +70,9 @@ pub fn terms(text: &str, mut f: impl FnMut(u64)) -> u32 {
 }
 
 fn is_stopword(w: &[u8]) -> bool {
-    STOPWORDS.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(w))
+    STOPWORDS
+        .iter()
+        .any(|s| s.as_bytes().eq_ignore_ascii_case(w))
 }
 
 fn mix(mut h: u64) -> u64 {

@@ -12,7 +12,12 @@ fn text(msg: usize, role: Role, tool: Option<&'static str>, text: &'static str) 
 
 fn filler(seed: usize, lines: usize) -> String {
     (0..lines)
-        .map(|i| format!("    let value_{seed}_{i} = compute_{}(input, {i});\n", seed * 7 + i))
+        .map(|i| {
+            format!(
+                "    let value_{seed}_{i} = compute_{}(input, {i});\n",
+                seed * 7 + i
+            )
+        })
         .collect()
 }
 
@@ -23,12 +28,27 @@ fn leak(s: String) -> &'static str {
 /// An agent's history: system, task, then (assistant, tool) pairs, a final question.
 fn history(pairs: usize, fact_at: usize) -> Conversation<'static> {
     let mut texts = vec![
-        text(0, Role::System, None, "You are a coding agent. Use the tools."),
-        text(1, Role::User, None, "Fix the failing build of the payments service."),
+        text(
+            0,
+            Role::System,
+            None,
+            "You are a coding agent. Use the tools.",
+        ),
+        text(
+            1,
+            Role::User,
+            None,
+            "Fix the failing build of the payments service.",
+        ),
     ];
     let mut msg = 2;
     for p in 0..pairs {
-        texts.push(text(msg, Role::Assistant, None, "Let me look at the next file."));
+        texts.push(text(
+            msg,
+            Role::Assistant,
+            None,
+            "Let me look at the next file.",
+        ));
         let mut out = filler(p, 120);
         if p == fact_at {
             out.push_str("STAGING_DB_PORT=6433\n");
@@ -130,7 +150,12 @@ fn a_long_tool_output_is_capped_keeping_the_matching_line() {
         texts: vec![
             text(0, Role::User, None, "go"),
             text(1, Role::Tool, Some("grep"), out),
-            text(2, Role::User, None, "which port does the staging database use?"),
+            text(
+                2,
+                Role::User,
+                None,
+                "which port does the staging database use?",
+            ),
         ],
         messages: 3,
         floor: 0,

@@ -40,7 +40,14 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn push(&mut self, msg: usize, role: Role, tool: Option<&'a str>, text: &'a str, path: Vec<Step>) {
+    fn push(
+        &mut self,
+        msg: usize,
+        role: Role,
+        tool: Option<&'a str>,
+        text: &'a str,
+        path: Vec<Step>,
+    ) {
         self.texts.push(Text {
             msg,
             role,
@@ -51,7 +58,14 @@ impl<'a> Builder<'a> {
     }
 
     /// A string, or an array of `{"type": "text", "text": ...}` / `{"text": ...}` parts.
-    fn content(&mut self, msg: usize, role: Role, tool: Option<&'a str>, v: &'a Value, path: Vec<Step>) {
+    fn content(
+        &mut self,
+        msg: usize,
+        role: Role,
+        tool: Option<&'a str>,
+        v: &'a Value,
+        path: Vec<Step>,
+    ) {
         match v {
             Value::String(s) => self.push(msg, role, tool, s, path),
             Value::Array(parts) => {

@@ -6,7 +6,12 @@ use tollgate_domain::prune::{Policy, Target, prune};
 /// A tool output of `lines` lines; `seed` varies it (0: the same text every time).
 fn output(seed: u32, lines: u32) -> String {
     (0..lines)
-        .map(|i| format!("src/module_{seed}/file_{i}.rs:{}: let x_{i} = helper_{seed}({i});\n", i * 3))
+        .map(|i| {
+            format!(
+                "src/module_{seed}/file_{i}.rs:{}: let x_{i} = helper_{seed}({i});\n",
+                i * 3
+            )
+        })
         .collect()
 }
 
@@ -26,7 +31,10 @@ fn openai(steps: &[Step3]) -> Map<String, Value> {
         msgs.push(json!({"role": "tool", "tool_call_id": id, "content": output(*seed, *lines)}));
     }
     msgs.push(json!({"role": "user", "content": "Which file defines helper_3?"}));
-    json!({"model": "m", "messages": msgs}).as_object().cloned().unwrap_or_default()
+    json!({"model": "m", "messages": msgs})
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn anthropic(steps: &[Step3]) -> Map<String, Value> {
@@ -37,7 +45,8 @@ fn anthropic(steps: &[Step3]) -> Map<String, Value> {
             {"type": "text", "text": "Reading."},
             {"type": "tool_use", "id": id, "name": "read_file", "input": {"path": "a.rs"}}
         ]}));
-        let mut block = json!({"type": "tool_result", "tool_use_id": id, "content": output(*seed, *lines)});
+        let mut block =
+            json!({"type": "tool_result", "tool_use_id": id, "content": output(*seed, *lines)});
         if *marker {
             block["cache_control"] = json!({"type": "ephemeral"});
         }
@@ -52,13 +61,16 @@ fn anthropic(steps: &[Step3]) -> Map<String, Value> {
 }
 
 fn bedrock(steps: &[Step3]) -> Map<String, Value> {
-    let mut msgs = vec![json!({"role": "user", "content": [{"text": "Find why the payments build fails."}]})];
+    let mut msgs =
+        vec![json!({"role": "user", "content": [{"text": "Find why the payments build fails."}]})];
     for (i, (lines, seed, marker)) in steps.iter().enumerate() {
         let id = format!("tooluse_{i}");
         msgs.push(json!({"role": "assistant", "content": [
             {"toolUse": {"toolUseId": id, "name": "read_file", "input": {"path": "a.rs"}}}
         ]}));
-        let mut content = vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": output(*seed, *lines)}]}})];
+        let mut content = vec![
+            json!({"toolResult": {"toolUseId": id, "content": [{"text": output(*seed, *lines)}]}}),
+        ];
         if *marker {
             content.push(json!({"cachePoint": {"type": "default"}}));
         }
@@ -73,7 +85,12 @@ fn bedrock(steps: &[Step3]) -> Map<String, Value> {
 }
 
 /// Paths of string leaves that differ; any other difference is an `Err`.
-fn diff(a: &Value, b: &Value, path: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) -> Result<(), String> {
+fn diff(
+    a: &Value,
+    b: &Value,
+    path: &mut Vec<Step>,
+    out: &mut Vec<Vec<Step>>,
+) -> Result<(), String> {
     match (a, b) {
         (Value::String(x), Value::String(y)) => {
             if x != y {
@@ -91,7 +108,9 @@ fn diff(a: &Value, b: &Value, path: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) ->
         }
         (Value::Object(x), Value::Object(y)) if x.len() == y.len() => {
             for (k, p) in x {
-                let q = y.get(k).ok_or_else(|| format!("key {k} gone at {path:?}"))?;
+                let q = y
+                    .get(k)
+                    .ok_or_else(|| format!("key {k} gone at {path:?}"))?;
                 // Keys are only compared, never stored in a Step.
                 path.push(Step::Key("_"));
                 diff(p, q, path, out)?;
@@ -121,8 +140,13 @@ fn check(format: Format, body: Map<String, Value>, ratio: f64) -> Result<(), Tes
     let n = apply(&mut pruned, &paths, p.edits);
     prop_assert_eq!(n, edited.len());
     let mut changed = Vec::new();
-    diff(&Value::Object(body.clone()), &Value::Object(pruned), &mut Vec::new(), &mut changed)
-        .map_err(TestCaseError::fail)?;
+    diff(
+        &Value::Object(body.clone()),
+        &Value::Object(pruned),
+        &mut Vec::new(),
+        &mut changed,
+    )
+    .map_err(TestCaseError::fail)?;
     // Only the edited texts changed, each once, none protected.
     prop_assert_eq!(changed.len(), edited.len());
     for i in edited {
@@ -159,10 +183,25 @@ fn tool_names_and_floor_are_read() {
         (Format::Bedrock, bedrock(&steps)),
     ] {
         let v = view(format, &body).unwrap();
-        let tools: Vec<_> = v.conversation.texts.iter().filter(|t| t.role == Role::Tool).collect();
+        let tools: Vec<_> = v
+            .conversation
+            .texts
+            .iter()
+            .filter(|t| t.role == Role::Tool)
+            .collect();
         assert_eq!(tools.len(), 3, "{format:?}");
-        assert!(tools.iter().all(|t| t.tool == Some("read_file")), "{format:?}");
-        assert_eq!(v.conversation.texts.iter().filter(|t| t.role == Role::System).count(), 1);
+        assert!(
+            tools.iter().all(|t| t.tool == Some("read_file")),
+            "{format:?}"
+        );
+        assert_eq!(
+            v.conversation
+                .texts
+                .iter()
+                .filter(|t| t.role == Role::System)
+                .count(),
+            1
+        );
         let want_floor = if format == Format::OpenAi { 0 } else { 5 };
         assert_eq!(v.conversation.floor, want_floor, "{format:?}");
     }
@@ -178,12 +217,18 @@ fn a_long_history_is_pruned_in_every_format() {
     ] {
         let v = view(format, &body).unwrap();
         let p = prune(&v.conversation, &Policy::default());
-        assert!(p.tokens_after * 2 <= p.tokens_before + 100, "{format:?}: {p:?}");
+        assert!(
+            p.tokens_after * 2 <= p.tokens_before + 100,
+            "{format:?}: {p:?}"
+        );
         let paths = v.paths.clone();
         let mut out = body.clone();
         assert!(apply(&mut out, &paths, p.edits) > 0);
         let text = Value::Object(out).to_string();
-        assert!(text.contains("module_3/file_"), "{format:?}: the matching output survives");
+        assert!(
+            text.contains("module_3/file_"),
+            "{format:?}: the matching output survives"
+        );
         assert!(text.contains("[tollgate: "), "{format:?}");
     }
 }

@@ -127,7 +127,12 @@ impl PruningSettings {
     }
 }
 
-fn target(errs: &mut Vec<String>, at: &str, tokens: Option<u64>, ratio: Option<f64>) -> Option<Target> {
+fn target(
+    errs: &mut Vec<String>,
+    at: &str,
+    tokens: Option<u64>,
+    ratio: Option<f64>,
+) -> Option<Target> {
     if let Some(r) = ratio
         && !(r > 0.0 && r <= 1.0)
     {
@@ -169,7 +174,8 @@ pub fn validate(raw: &RawPruning, errs: &mut Vec<String>) -> PruningSettings {
             keep_last: raw.keep_last.unwrap_or(d.keep_last),
             tool_keep_last: raw.tool_keep_last.unwrap_or(d.tool_keep_last),
             tool_max_tokens: raw.tool_max_tokens.unwrap_or(d.tool_max_tokens),
-            strategies: strategies(errs, "pruning", raw.strategies.as_ref()).unwrap_or(d.strategies),
+            strategies: strategies(errs, "pruning", raw.strategies.as_ref())
+                .unwrap_or(d.strategies),
         },
     };
     let overrides = raw
@@ -178,8 +184,14 @@ pub fn validate(raw: &RawPruning, errs: &mut Vec<String>) -> PruningSettings {
         .enumerate()
         .map(|(i, o)| {
             let at = format!("pruning.overrides[{i}]");
-            if o.deployments.is_empty() && o.routes.is_empty() && o.keys.is_empty() && o.teams.is_empty() {
-                errs.push(format!("{at}: name at least one of deployments, routes, keys, teams"));
+            if o.deployments.is_empty()
+                && o.routes.is_empty()
+                && o.keys.is_empty()
+                && o.teams.is_empty()
+            {
+                errs.push(format!(
+                    "{at}: name at least one of deployments, routes, keys, teams"
+                ));
             }
             PruningOverride {
                 deployments: o.deployments.clone(),
@@ -196,7 +208,10 @@ pub fn validate(raw: &RawPruning, errs: &mut Vec<String>) -> PruningSettings {
             }
         })
         .collect();
-    PruningSettings { defaults, overrides }
+    PruningSettings {
+        defaults,
+        overrides,
+    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@
 //! 4. [`cache`]: the response cache (exact, then a similar last turn in the same
 //!    context); a hit answers here, metered at $0, and reserves nothing (the cache phase
 //!    runs before admission). A halted task is refused (409) before any replay.
-//! 5. [`shape`]: the request as it will be sent (tollgate's metadata removed, provider
-//!    prompt-cache breakpoints placed where they pay; pruning goes here), so budgets and
-//!    the guard see what is sent.
+//! 5. [`shape`]: the request as it will be sent (tollgate's metadata removed, a long
+//!    history pruned (400 on a bad `x-tollgate-prune`), then provider prompt-cache
+//!    breakpoints placed where they pay), so budgets and the guard see what is sent.
 //! 6. [`admission`]: task guard (409), worst-case reservation across every budget and
 //!    rate limit (402/429), maybe a clamped output cap.
 //! 7. [`egress`]: the upstream call, native or translated (400 naming a feature that
@@ -50,7 +50,8 @@
 //!    stickiness).
 //! 7. `trace`: W1; R7 (`traceparent`), R9 (span).
 //! 8. `ticket`: W6; R9 (settled exactly once).
-//! 9. `response_headers`: W6 (budget, rate limits, clamping); R8.
+//! 9. `response_headers`: W5 (prompt cache, pruning), W6 (budget, rate limits,
+//!    clamping); R8.
 //! 10. `retry_of`: W8 (escalation's follow-up context); R6 (the guard does not count a
 //!     retry).
 //! 11. `prompt`, `upstream_called`: W7; R9 (estimates when the upstream reports nothing;
@@ -62,7 +63,7 @@
 //! 16. `cache`: W4 (a hit: kind, similarity, avoided cost), W5 (breakpoints injected,
 //!     expected cache tokens); R9 (the row's cache columns; a miss checked against the
 //!     provider's reported cache tokens).
-//! 17. `prune`: W5; R9.
+//! 17. `prune`: W5 (tokens before and after); R9 (prices the unpruned prompt).
 //! 18. `output_cap`: W7 (the cap as sent); R9 (reported output past it is clamped and
 //!     the row flagged `usage_suspect`).
 

@@ -13,16 +13,16 @@
 
 use super::cache::scope;
 use super::ctx::RequestCtx;
+use crate::config::Deployment;
 use crate::error::ApiError;
 use crate::headers;
 use crate::ingress::IngressRequest;
-use crate::config::Deployment;
 use crate::prompt_cache::PromptCache;
 use crate::tokens::TokenCache;
 use http::{HeaderMap, HeaderValue};
 use tollgate_domain::ledger::{CacheKind, CacheRecord, PruneRecord};
-use tollgate_domain::prune::{Policy, Target};
 use tollgate_domain::prompt_cache::Mode;
+use tollgate_domain::prune::{Policy, Target};
 use tollgate_providers::prune as wire;
 use tollgate_store::VirtualKey;
 
