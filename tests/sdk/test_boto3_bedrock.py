@@ -127,6 +127,13 @@ def test_cache_point_writes_then_reads(bedrock, native_gateway, model):  # noqa:
     handbook = "".join(f"Clause {i}. Liability is limited to direct damages. " for i in range(160))
     system = [{"text": handbook}, {"cachePoint": {"type": "default"}}]
     usages, ids = [], []
+
+    # The client's own cache point alone: the gateway places none of its own here (a
+    # signed header, added before SigV4 signing as any boto3 event hook would).
+    def no_gateway_breakpoints(request, **kwargs):
+        request.headers["x-tollgate-prompt-cache"] = "off"
+
+    bedrock.meta.events.register("before-sign.bedrock-runtime.Converse", no_gateway_breakpoints)
     for q in ("Is liability limited?", "Which damages are covered?"):
         r = bedrock.converse(modelId=model, system=system, messages=[{"role": "user", "content": [{"text": q}]}])
         usages.append(r["usage"])
@@ -137,6 +144,7 @@ def test_cache_point_writes_then_reads(bedrock, native_gateway, model):  # noqa:
     second = native_gateway.assert_cost(ids[1], model)
     assert second["usage"]["cache_read"] == usages[1]["cacheReadInputTokens"]
     assert float(second["cost_usd"]) < float(first["cost_usd"])
+    bedrock.meta.events.unregister("before-sign.bedrock-runtime.Converse", no_gateway_breakpoints)
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)
