@@ -115,9 +115,9 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
   const kpi = (k) => page.textContent(`[data-kpi="${k}"]`);
   assert.equal(await kpi("cost"), usd(d.totals.cost_usd));
   assert.equal(await kpi("requests"), Number(d.totals.requests).toLocaleString("en-US"));
-  // The demo records 13 outcomes, 9 of them successes, over 14 tasks (the ops task the
-  // runaway-agent guard halts has no outcome).
-  assert.equal(await kpi("tasks"), "9 / 14");
+  // The demo records 13 outcomes, 9 of them successes, over 15 tasks (the ops task the
+  // runaway-agent guard halts and the FAQ desk have no outcome).
+  assert.equal(await kpi("tasks"), "9 / 15");
   // 72 min at $35 (support) + $120 (research) + 40 min at $60 (reviews) + 9 min at $60
   // (triage) + $25 (copy) = $236.
   assert.equal(d.totals.value_usd, "236.000000000");
@@ -132,6 +132,8 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
     "triage-agent": "$9.0000", "writer-assistant": "$25.0000",
     // The ops agent the runaway-agent guard halts records no outcome: no value.
     "ops-agent": "$0.0000",
+    // The FAQ bot's desk records no outcome either.
+    "faq-bot": "$0.0000",
   };
   for (const g of d.roi.groups) {
     const row = page.locator(`#roi-table tr[data-group="${g.group}"]`);
@@ -143,7 +145,7 @@ test("signed in, the dashboard shows the demo's numbers and charts", async () =>
     assert.equal(cells[8], pct(g.roi_pct), g.group);
   }
   assert.deepEqual(d.roi.groups.map((g) => g.group).sort(),
-    ["code-reviewer", "ops-agent", "research-agent", "support-bot", "triage-agent", "writer-assistant"]);
+    ["code-reviewer", "faq-bot", "ops-agent", "research-agent", "support-bot", "triage-agent", "writer-assistant"]);
 
   // Spend over time: a uPlot chart stacked by agent, with pixels drawn.
   const legend = await page.locator("#spend-chart .u-legend").textContent();
