@@ -26,6 +26,7 @@
 //! `no-cache` / `max-age=N`), `x-tollgate-cache-ttl: N` seconds, and
 //! `x-tollgate-prompt-cache: off | auto | always`.
 
+use super::applies::Applies;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tollgate_domain::prompt_cache::Mode;
@@ -108,10 +109,7 @@ pub enum CacheStore {
 /// An override's match and settings.
 #[derive(Debug, Clone)]
 pub struct CacheOverride {
-    pub deployments: Vec<String>,
-    pub routes: Vec<String>,
-    pub keys: Vec<String>,
-    pub teams: Vec<String>,
+    pub applies: Applies,
     pub prompt: Option<Mode>,
     pub response: Option<ResponseMode>,
     pub ttl_ms: Option<u64>,
@@ -158,13 +156,11 @@ impl CacheSettings {
             response: self.response,
             ttl_ms: self.ttl_ms,
         };
-        let hit = |o: &CacheOverride| {
-            o.deployments.iter().any(|d| d == deployment)
-                || route.is_some_and(|r| o.routes.iter().any(|x| x == r))
-                || o.keys.iter().any(|k| k == key)
-                || team.is_some_and(|t| o.teams.iter().any(|x| x == t))
-        };
-        if let Some(o) = self.overrides.iter().find(|o| hit(o)) {
+        if let Some(o) = self
+            .overrides
+            .iter()
+            .find(|o| o.applies.matches(deployment, route, key, team))
+        {
             p.prompt = o.prompt.unwrap_or(p.prompt);
             p.response = o.response.unwrap_or(p.response);
             p.ttl_ms = o.ttl_ms.unwrap_or(p.ttl_ms);
@@ -247,20 +243,14 @@ pub fn validate(raw: &RawCache, ledger_path: &Path, errs: &mut Vec<String>) -> C
         .enumerate()
         .map(|(i, o)| {
             let at = format!("cache.overrides[{i}]");
-            if o.deployments.is_empty()
-                && o.routes.is_empty()
-                && o.keys.is_empty()
-                && o.teams.is_empty()
-            {
+            let applies = Applies::new(&o.deployments, &o.routes, &o.keys, &o.teams);
+            if applies.is_empty() {
                 errs.push(format!(
                     "{at}: name at least one of deployments, routes, keys, teams"
                 ));
             }
             CacheOverride {
-                deployments: o.deployments.clone(),
-                routes: o.routes.clone(),
-                keys: o.keys.clone(),
-                teams: o.teams.clone(),
+                applies,
                 prompt: mode(errs, &format!("{at}.prompt"), o.prompt.as_deref()),
                 response: response(errs, &format!("{at}.response"), o.response.as_deref()),
                 ttl_ms: o.ttl_s.map(|s| s.saturating_mul(1000)),

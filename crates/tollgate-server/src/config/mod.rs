@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tollgate_domain::pricing::PriceTable;
 
 pub mod alerts;
+pub mod applies;
 pub mod budgets;
 pub mod cache;
 pub mod deployments;

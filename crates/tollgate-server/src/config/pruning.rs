@@ -19,6 +19,7 @@
 //! Per request: `x-tollgate-prune: off` sends the request whole; `on` prunes it under the
 //! request's policy even where pruning is not enabled.
 
+use super::applies::Applies;
 use serde::Deserialize;
 use tollgate_domain::prune::{Policy, Strategies, Target};
 
@@ -71,10 +72,7 @@ pub struct PrunePolicy {
 /// An override's match and the fields it sets.
 #[derive(Debug, Clone)]
 pub struct PruningOverride {
-    pub deployments: Vec<String>,
-    pub routes: Vec<String>,
-    pub keys: Vec<String>,
-    pub teams: Vec<String>,
+    pub applies: Applies,
     pub enabled: Option<bool>,
     pub trigger_tokens: Option<u64>,
     pub target: Option<Target>,
@@ -108,13 +106,11 @@ impl PruningSettings {
         team: Option<&str>,
     ) -> PrunePolicy {
         let mut p = self.defaults;
-        let hit = |o: &PruningOverride| {
-            o.deployments.iter().any(|d| d == deployment)
-                || route.is_some_and(|r| o.routes.iter().any(|x| x == r))
-                || o.keys.iter().any(|k| k == key)
-                || team.is_some_and(|t| o.teams.iter().any(|x| x == t))
-        };
-        if let Some(o) = self.overrides.iter().find(|o| hit(o)) {
+        if let Some(o) = self
+            .overrides
+            .iter()
+            .find(|o| o.applies.matches(deployment, route, key, team))
+        {
             p.enabled = o.enabled.unwrap_or(p.enabled);
             p.trigger_tokens = o.trigger_tokens.unwrap_or(p.trigger_tokens);
             p.policy.target = o.target.unwrap_or(p.policy.target);
@@ -184,20 +180,14 @@ pub fn validate(raw: &RawPruning, errs: &mut Vec<String>) -> PruningSettings {
         .enumerate()
         .map(|(i, o)| {
             let at = format!("pruning.overrides[{i}]");
-            if o.deployments.is_empty()
-                && o.routes.is_empty()
-                && o.keys.is_empty()
-                && o.teams.is_empty()
-            {
+            let applies = Applies::new(&o.deployments, &o.routes, &o.keys, &o.teams);
+            if applies.is_empty() {
                 errs.push(format!(
                     "{at}: name at least one of deployments, routes, keys, teams"
                 ));
             }
             PruningOverride {
-                deployments: o.deployments.clone(),
-                routes: o.routes.clone(),
-                keys: o.keys.clone(),
-                teams: o.teams.clone(),
+                applies,
                 enabled: o.enabled,
                 trigger_tokens: o.trigger_tokens,
                 target: target(errs, &at, o.target_tokens, o.ratio),
