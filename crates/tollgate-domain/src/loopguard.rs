@@ -17,6 +17,14 @@
 //! - it makes no progress: `no_progress_calls` calls in a row bring (almost) no content
 //!   the task has not already seen (a loop cycling over several calls).
 //!
+//! Sampling is not looping: evaluation harnesses send the same prompt many times on
+//! purpose (pass@k, repeated sampling). A call that asks for a fresh sample
+//! ([`sampled`]: temperature above 0, `n` above 1, or a seed) and repeats earlier calls
+//! counts as a repeat only when their answers repeat too ([`TaskState::record_answer`]
+//! feeds each answer's SimHash back after the call): under [`Sampling::Answers`] (the
+//! default) identical prompts with different answers are progress. [`Sampling::Loop`]
+//! counts them as any other repeat.
+//!
 //! Pure: the caller supplies `now` and the messages; nothing here reads a clock.
 
 use crate::money::Money;
@@ -51,6 +59,45 @@ pub struct GuardLimits {
     /// A call brings "no new content" when fewer than this percent of its shingles are
     /// new to the task.
     pub min_novelty_pct: u8,
+    /// How repeated calls that ask for a fresh sample are judged.
+    pub sampling: Sampling,
+}
+
+/// How the guard judges a sampled call ([`sampled`]) that repeats earlier calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// A repeat only when the answers repeat too: once two earlier near-identical calls
+    /// got near-identical answers.
+    #[default]
+    Answers,
+    /// A repeat like any other (the prompt alone decides).
+    Loop,
+}
+
+impl Sampling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sampling::Answers => "answers",
+            Sampling::Loop => "loop",
+        }
+    }
+}
+
+/// Whether a request body (OpenAI, Anthropic, Bedrock Converse or Responses) asks for a
+/// fresh sample: a temperature above 0, `n` above 1, or a seed (a harness varying the
+/// seed wants distinct samples; a fixed seed gives identical answers, which
+/// [`Sampling::Answers`] then counts as repeats). A request without a temperature is
+/// not a sample: agents rarely set one, and their loops must still be caught on the
+/// prompt alone.
+pub fn sampled(body: &serde_json::Map<String, Value>) -> bool {
+    let hot = |v: Option<&Value>| v.and_then(Value::as_f64).is_some_and(|t| t > 0.0);
+    hot(body.get("temperature"))
+        || hot(body
+            .get("inferenceConfig")
+            .and_then(|c| c.get("temperature")))
+        || body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1)
+        || body.get("seed").is_some_and(|s| !s.is_null())
 }
 
 impl Default for GuardLimits {
@@ -65,6 +112,7 @@ impl Default for GuardLimits {
             loop_max_distance: 3,
             no_progress_calls: Some(12),
             min_novelty_pct: 10,
+            sampling: Sampling::Answers,
         }
     }
 }
@@ -252,6 +300,8 @@ pub struct Fingerprint {
     pub shingles: Vec<u64>,
     /// The normalised text's start, for evidence.
     pub summary: String,
+    /// The call asks for a fresh sample ([`sampled`]); set by the caller.
+    pub sampled: bool,
 }
 
 impl Fingerprint {
@@ -295,6 +345,7 @@ impl Fingerprint {
             simhash,
             shingles,
             summary,
+            sampled: false,
         }
     }
 
@@ -308,11 +359,151 @@ impl Fingerprint {
     }
 }
 
+/// The SimHash of an answer's text, for [`TaskState::record_answer`].
+pub fn answer_hash(text: &str) -> u64 {
+    Fingerprint::of_text(text).simhash
+}
+
 #[derive(Debug, Clone)]
 struct Seen {
     simhash: u64,
     at_ms: i64,
     summary: String,
+    /// The SimHash of the answer, once the call is settled.
+    answer: Option<u64>,
+}
+
+/// An earlier call near-identical to the one being judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimilarCall {
+    /// SimHash bits the two differ in.
+    pub distance: u32,
+    pub at_ms: i64,
+    pub summary: String,
+    /// The SimHash of its answer, if settled.
+    pub answer: Option<u64>,
+}
+
+/// Whether near-identical calls also got near-identical answers: the newest answered
+/// one's answer is within `max_distance` bits of another's. `similar` newest first.
+pub fn answers_repeat(similar: &[SimilarCall], max_distance: u32) -> bool {
+    let mut answered = similar.iter().filter_map(|s| s.answer);
+    let Some(newest) = answered.next() else {
+        return false;
+    };
+    answered.any(|a| (a ^ newest).count_ones() <= max_distance)
+}
+
+/// One call's step through loop detection, as this process or a store shared by every
+/// replica computed it (the same rules either way): the streaks after this call, and
+/// what it repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopStep {
+    /// Calls in a row (this one included) that repeated an earlier near-identical call
+    /// and brought nothing new.
+    pub repeat_streak: u32,
+    /// Calls in a row (this one included) that brought (almost) no new content.
+    pub stale_streak: u32,
+    /// Calls remembered before this one.
+    pub window: usize,
+    /// The near-identical earlier calls, newest first.
+    pub similar: Vec<SimilarCall>,
+    /// The call was a sample whose repeat did not count (its predecessors' answers
+    /// differ).
+    pub sampling: bool,
+}
+
+impl LoopStep {
+    /// The streaks' next values for a call with `novelty_pct` new content near-identical
+    /// to `similar` (newest first).
+    pub fn next(
+        (repeat_streak, stale_streak): (u32, u32),
+        novelty_pct: usize,
+        similar: Vec<SimilarCall>,
+        window: usize,
+        sampled: bool,
+        limits: &GuardLimits,
+    ) -> LoopStep {
+        let novel = novelty_pct >= usize::from(limits.min_novelty_pct);
+        let sampling = sampled
+            && limits.sampling == Sampling::Answers
+            && !similar.is_empty()
+            && !answers_repeat(&similar, limits.loop_max_distance);
+        let (repeat_streak, stale_streak) = if sampling {
+            // A fresh sample with a different answer: progress on both counts.
+            (0, 0)
+        } else {
+            (
+                if similar.is_empty() || novel {
+                    0
+                } else {
+                    repeat_streak + 1
+                },
+                if novel { 0 } else { stale_streak + 1 },
+            )
+        };
+        LoopStep {
+            repeat_streak,
+            stale_streak,
+            window,
+            similar,
+            sampling,
+        }
+    }
+
+    /// The halt this step calls for, if any: a loop (more repeats in a row than
+    /// allowed), else no progress.
+    pub fn halt(
+        &self,
+        totals: &TaskTotals,
+        fp: &Fingerprint,
+        now_ms: i64,
+        limits: &GuardLimits,
+    ) -> Option<Halt> {
+        if let Some(max) = limits.loop_max_repeats
+            && self.repeat_streak > max
+        {
+            let first = self.similar.last().map(|s| s.at_ms).unwrap_or(now_ms);
+            return Some(Halt {
+                kind: HaltKind::Loop,
+                reason: format!(
+                    "loop detected: {} calls in a row repeated earlier near-identical calls (limit {max})",
+                    self.repeat_streak
+                ),
+                evidence: totals.evidence(
+                    now_ms,
+                    json!({
+                        "repeated": fp.summary,
+                        "repeats": self.repeat_streak,
+                        "similar_in_window": self.similar.len(),
+                        "window": self.window,
+                        "repeating_for_s": (now_ms - first) as f64 / 1000.0,
+                        "max_distance_bits": limits.loop_max_distance,
+                        "distances": self.similar.iter().rev().map(|s| s.distance).collect::<Vec<_>>(),
+                        "earlier": self.similar.iter().take(3).map(|s| s.summary.clone()).collect::<Vec<_>>(),
+                        "sampled": fp.sampled,
+                        "answers_repeat": fp.sampled && answers_repeat(&self.similar, limits.loop_max_distance),
+                    }),
+                ),
+            });
+        }
+        if let Some(max) = limits.no_progress_calls
+            && self.stale_streak >= max
+        {
+            return Some(Halt {
+                kind: HaltKind::NoProgress,
+                reason: format!(
+                    "no progress: {} calls in a row brought less than {}% new content",
+                    self.stale_streak, limits.min_novelty_pct
+                ),
+                evidence: totals.evidence(
+                    now_ms,
+                    json!({"stale_calls": self.stale_streak, "last": fp.summary}),
+                ),
+            });
+        }
+        None
+    }
 }
 
 /// A task's running totals, this call included: counted by one process
@@ -481,11 +672,18 @@ impl TaskState {
             return Some(h);
         }
         let fp = fingerprint?;
-        // Loops: near-identical earlier calls in the window.
-        let similar: Vec<&Seen> = self
+        // Loops: near-identical earlier calls in the window, newest first.
+        let similar: Vec<SimilarCall> = self
             .recent
             .iter()
+            .rev()
             .filter(|s| (s.simhash ^ fp.simhash).count_ones() <= limits.loop_max_distance)
+            .map(|s| SimilarCall {
+                distance: (s.simhash ^ fp.simhash).count_ones(),
+                at_ms: s.at_ms,
+                summary: s.summary.clone(),
+                answer: s.answer,
+            })
             .collect();
         // Progress: the share of this call's shingles the task has not seen before.
         let total = fp.shingles.len();
@@ -495,42 +693,16 @@ impl TaskState {
             .filter(|s| !self.seen.contains(s))
             .count();
         let novelty_pct = (new * 100).checked_div(total).unwrap_or(0);
-        if novelty_pct < usize::from(limits.min_novelty_pct) {
-            self.stale_streak += 1;
-        } else {
-            self.stale_streak = 0;
-        }
-        // A repeat: near-identical to a recent call, and nothing new in it.
-        if similar.is_empty() || novelty_pct >= usize::from(limits.min_novelty_pct) {
-            self.repeat_streak = 0;
-        } else {
-            self.repeat_streak += 1;
-        }
-        if let Some(max) = limits.loop_max_repeats
-            && self.repeat_streak > max
-        {
-            let first = similar.first().map(|s| s.at_ms).unwrap_or(now_ms);
-            return Some(Halt {
-                kind: HaltKind::Loop,
-                reason: format!(
-                    "loop detected: {} calls in a row repeated earlier near-identical calls (limit {max})",
-                    self.repeat_streak
-                ),
-                evidence: totals.evidence(
-                    now_ms,
-                    json!({
-                        "repeated": fp.summary,
-                        "repeats": self.repeat_streak,
-                        "similar_in_window": similar.len(),
-                        "window": self.recent.len(),
-                        "repeating_for_s": (now_ms - first) as f64 / 1000.0,
-                        "max_distance_bits": limits.loop_max_distance,
-                        "distances": similar.iter().map(|s| (s.simhash ^ fp.simhash).count_ones()).collect::<Vec<_>>(),
-                        "earlier": similar.iter().rev().take(3).map(|s| s.summary.clone()).collect::<Vec<_>>(),
-                    }),
-                ),
-            });
-        }
+        let step = LoopStep::next(
+            (self.repeat_streak, self.stale_streak),
+            novelty_pct,
+            similar,
+            self.recent.len(),
+            fp.sampled,
+            limits,
+        );
+        self.repeat_streak = step.repeat_streak;
+        self.stale_streak = step.stale_streak;
         if self.seen.len() + fp.shingles.len() > MAX_SEEN_SHINGLES {
             self.seen.clear();
         }
@@ -539,26 +711,25 @@ impl TaskState {
             simhash: fp.simhash,
             at_ms: now_ms,
             summary: fp.summary.clone(),
+            answer: None,
         });
         while self.recent.len() > limits.loop_window.max(1) {
             self.recent.pop_front();
         }
-        if let Some(max) = limits.no_progress_calls
-            && self.stale_streak >= max
+        step.halt(totals, fp, now_ms, limits)
+    }
+
+    /// A settled call's answer: the SimHash of its text ([`answer_hash`]), given to the
+    /// newest remembered call with the call's own SimHash that has no answer yet.
+    pub fn record_answer(&mut self, call_simhash: u64, answer: u64) {
+        if let Some(s) = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|s| s.simhash == call_simhash && s.answer.is_none())
         {
-            return Some(Halt {
-                kind: HaltKind::NoProgress,
-                reason: format!(
-                    "no progress: {} calls in a row brought less than {}% new content",
-                    self.stale_streak, limits.min_novelty_pct
-                ),
-                evidence: totals.evidence(
-                    now_ms,
-                    json!({"stale_calls": self.stale_streak, "last": fp.summary}),
-                ),
-            });
+            s.answer = Some(answer);
         }
-        None
     }
 }
 
@@ -778,5 +949,78 @@ mod tests {
             s.observe(None, 4, &limits).unwrap().kind,
             HaltKind::Iterations
         );
+    }
+
+    /// The same prompt sampled again and again (pass@k): distinct answers are progress,
+    /// repeating answers halt as a loop, and with `sampling = loop` the prompt alone
+    /// decides.
+    #[test]
+    fn sampling_is_not_looping_unless_the_answers_repeat() {
+        let limits = GuardLimits::default();
+        let body = serde_json::json!({"temperature": 0.8, "messages": []});
+        assert!(sampled(body.as_object().unwrap()));
+        let prompt = vec![
+            json!({"role": "user", "content": "Write a function that reverses a linked list in Rust."}),
+        ];
+        let mut fp = Fingerprint::of_chat(&prompt);
+        fp.sampled = true;
+        // Fifty samples, each answer different: never halted.
+        let mut s = TaskState::new(0);
+        for i in 0..50 {
+            assert!(s.observe(Some(&fp), i, &limits).is_none(), "sample {i}");
+            let answer = format!(
+                "fn reverse_{i}(head: Option<Box<Node>>) uses variant {} of the walk",
+                i * 7919
+            );
+            s.record_answer(fp.simhash, answer_hash(&answer));
+        }
+        // The same answer every time: a loop, caught once two earlier calls answered alike.
+        let mut s = TaskState::new(0);
+        let mut halted_at = None;
+        for i in 0..20 {
+            if let Some(h) = s.observe(Some(&fp), i, &limits) {
+                assert_eq!(h.kind, HaltKind::Loop);
+                assert_eq!(h.evidence["answers_repeat"], true);
+                halted_at = Some(i);
+                break;
+            }
+            s.record_answer(
+                fp.simhash,
+                answer_hash("I cannot help with that request today."),
+            );
+        }
+        assert_eq!(halted_at, Some(6));
+        // sampling = loop: the prompt alone decides, as for calls that are not samples.
+        let strict = GuardLimits {
+            sampling: Sampling::Loop,
+            ..GuardLimits::default()
+        };
+        let mut s = TaskState::new(0);
+        let halted = (0..20).find(|i| {
+            let h = s.observe(Some(&fp), *i, &strict);
+            s.record_answer(fp.simhash, answer_hash(&format!("answer {i}")));
+            h.is_some()
+        });
+        assert_eq!(halted, Some(5));
+        // Not a sample (no temperature): a plain repeat, halted as before.
+        let plain = Fingerprint::of_chat(&prompt);
+        let mut s = TaskState::new(0);
+        let halted = (0..20).find(|i| s.observe(Some(&plain), *i, &limits).is_some());
+        assert_eq!(halted, Some(5));
+        for b in [
+            json!({"temperature": 0}),
+            json!({}),
+            json!({"n": 1}),
+            json!({"seed": null}),
+        ] {
+            assert!(!sampled(b.as_object().unwrap()), "{b}");
+        }
+        for b in [
+            json!({"n": 4}),
+            json!({"seed": 7}),
+            json!({"inferenceConfig": {"temperature": 0.5}}),
+        ] {
+            assert!(sampled(b.as_object().unwrap()), "{b}");
+        }
     }
 }

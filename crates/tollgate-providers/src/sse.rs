@@ -29,6 +29,8 @@ const MAX_KEPT_PAYLOAD_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct SseScanner {
     strip_usage_chunk: bool,
+    /// Keep the generated text after usage arrived (the guard hashes sampled answers).
+    keep_text: bool,
     hold_done: bool,
     pending: BytesMut,
     held: BytesMut,
@@ -75,6 +77,7 @@ impl SseScanner {
     pub fn new(strip_usage_chunk: bool, hold_done: bool) -> SseScanner {
         SseScanner {
             strip_usage_chunk,
+            keep_text: false,
             hold_done,
             ..SseScanner::default()
         }
@@ -139,6 +142,12 @@ impl SseScanner {
         }
         out.extend_from_slice(&self.held.split());
         out.freeze()
+    }
+
+    /// Keep the generated text even once usage is reported ([`SseScanner::generated_text`]
+    /// then answers for the whole stream, within its bound).
+    pub fn keep_text(&mut self) {
+        self.keep_text = true;
     }
 
     /// Text the stream generated, for counting tokens locally when it reported no usage.
@@ -209,8 +218,10 @@ impl SseScanner {
                 }
                 if let Some(u) = c.usage {
                     self.usage = Some(u);
-                    // Usage is known: the kept text is no longer needed.
-                    self.kept_payloads = Vec::new();
+                    // Usage is known: the kept text is no longer needed (unless asked).
+                    if !self.keep_text {
+                        self.kept_payloads = Vec::new();
+                    }
                     let no_choices = c.choices.as_ref().is_none_or(Vec::is_empty);
                     if self.strip_usage_chunk && no_choices {
                         verdict = Verdict::Drop;
@@ -218,7 +229,7 @@ impl SseScanner {
                     continue;
                 }
             }
-            if self.usage.is_none() && !self.kept_overflow {
+            if (self.usage.is_none() || self.keep_text) && !self.kept_overflow {
                 if self.kept_payloads.len() + payload.len() > MAX_KEPT_PAYLOAD_BYTES {
                     self.kept_overflow = true;
                     self.kept_payloads = Vec::new();

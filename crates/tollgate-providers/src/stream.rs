@@ -292,6 +292,14 @@ impl StreamTap {
         }
     }
 
+    /// Keep the generated text for [`StreamTap::generated_text`] even after usage is
+    /// reported (decoded streams always keep it).
+    pub fn keep_text(&mut self) {
+        if let Kind::OpenAiNative(s) = &mut self.kind {
+            s.keep_text();
+        }
+    }
+
     /// Text generated so far, for counting tokens locally; `None` if too much to keep.
     pub fn generated_text(&self) -> Option<String> {
         match &self.kind {

@@ -176,7 +176,7 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 usage_suspect: false,
             };
             row.cost = Money::from_nanos(600_000);
-            gw.limits.settle(ticket, &row);
+            gw.limits.settle(ticket, &row, None);
         }
         let dt = t.elapsed();
         if i >= 2000 {

@@ -524,9 +524,10 @@ async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
         eventually(async || status_of(&b, "ticket-88").await.as_deref() == Some("released")).await,
         "B's copy of the halt is released within a refresh"
     );
-    // A task polling the same thing, its calls alternating replicas: each replica
-    // judges loops on the calls it saw: A's calls 0, 2, 4, 6 are the first and three
-    // repeats (the limit), call 8 its fourth repeat: halted; B refuses call 9 and after.
+    // A task polling the same thing, its calls alternating replicas: loops are judged
+    // on the history both replicas share, so calls 1, 2, 3 are three repeats (the
+    // limit) and call 4, on A, the fourth: halted, as on one gateway; B refuses call 5
+    // and after.
     let mut statuses = Vec::new();
     for i in 0..12 {
         let gw = if i % 2 == 0 { &a } else { &b };
@@ -535,7 +536,7 @@ async fn a_halt_on_one_replica_holds_on_the_other_until_released_everywhere() {
     }
     assert_eq!(
         statuses,
-        [200, 200, 200, 200, 200, 200, 200, 200, 409, 409, 409, 409]
+        [200, 200, 200, 200, 409, 409, 409, 409, 409, 409, 409, 409]
     );
     let halted_in = |gw: &TestGateway| {
         gw.store
@@ -748,5 +749,197 @@ async fn halts_survive_a_redis_that_lost_its_data() {
     assert_eq!(up.calls(), 1);
     a.stop().await;
     b.stop().await;
+    clear_redis(&url, &prefix).await;
+}
+
+/// An OpenAI answer saying `text`, as JSON or as a stream with a usage chunk.
+fn answer(text: &str, stream: bool) -> Fixture {
+    if stream {
+        let chunk = |delta: Value, usage: Value| {
+            json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1,
+                "model": "gpt-4.1", "choices": if usage.is_null() {
+                    json!([{"index": 0, "delta": delta, "finish_reason": null}])
+                } else { json!([]) }, "usage": usage})
+        };
+        let mut sse = String::new();
+        for w in text.split_inclusive(' ') {
+            sse.push_str(&format!(
+                "data: {}\n\n",
+                chunk(json!({"content": w}), Value::Null)
+            ));
+        }
+        let usage = json!({"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21});
+        sse.push_str(&format!(
+            "data: {}\n\ndata: [DONE]\n\n",
+            chunk(json!({}), usage)
+        ));
+        Fixture::sse(sse)
+    } else {
+        Fixture::json(
+            200,
+            json!({"id": "chatcmpl-j", "object": "chat.completion", "created": 1,
+                "model": "gpt-4.1", "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}})
+            .to_string(),
+        )
+    }
+}
+
+/// The same prompt sent `calls` times under one task with temperature 0.9 (what pass@k
+/// harnesses do), the answer `answer_of(i)` each time, round robin over `gateways`;
+/// the status of each call.
+async fn sample(
+    up: &FixtureUpstream,
+    gateways: &[&TestGateway],
+    task: &str,
+    calls: usize,
+    stream: bool,
+    answer_of: impl Fn(usize) -> String,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..calls {
+        up.set(answer(&answer_of(i), stream));
+        let gw = gateways[i % gateways.len()];
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .header("x-tollgate-task", task)
+            .json(&json!({"model": "m", "max_tokens": 50, "temperature": 0.9, "stream": stream,
+                "messages": [{"role": "user", "content": "Write a Rust function that reverses a singly linked list in place."}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let _ = r.bytes().await;
+        statuses.push(status);
+        // Settlement (which records the answer) runs as the response ends.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    statuses
+}
+
+fn distinct(i: usize) -> String {
+    format!(
+        "Sample {i}: walk the list keeping prev {} and next {}, variant {}",
+        i * 31,
+        i * 7 + 3,
+        i * 7919
+    )
+}
+
+/// Repeated sampling is not a loop: twenty identical prompts at temperature 0.9 with
+/// different answers all pass (JSON and streamed); the same prompts whose answers also
+/// repeat are halted (one call later than a plain repeat: two answers must agree first),
+/// and `sampling = "loop"` judges on the prompt alone.
+#[tokio::test]
+async fn sampling_with_distinct_answers_runs_on_and_repeated_answers_halt() {
+    let (up, _hook, gw) = setup("[guard]\n", 0).await;
+    for stream in [false, true] {
+        let s = sample(
+            &up,
+            &[&gw],
+            &format!("pass-at-k-{stream}"),
+            20,
+            stream,
+            distinct,
+        )
+        .await;
+        assert!(s.iter().all(|s| *s == 200), "stream {stream}: {s:?}");
+        let s = sample(&up, &[&gw], &format!("stuck-{stream}"), 8, stream, |_| {
+            "I am unable to complete this request right now.".into()
+        })
+        .await;
+        assert_eq!(
+            s,
+            [200, 200, 200, 200, 200, 200, 409, 409],
+            "stream {stream}"
+        );
+    }
+    gw.stop().await;
+    let (up, _hook, gw) = setup("[guard]\nsampling = \"loop\"\n", 0).await;
+    let s = sample(&up, &[&gw], "strict", 7, false, distinct).await;
+    assert_eq!(s, [200, 200, 200, 200, 200, 409, 409]);
+    gw.stop().await;
+}
+
+/// Loop detection shared through Redis: an agent spread over three replicas, round
+/// robin, is halted at the same call as on one gateway (the seventh, as in
+/// `a_halt_on_one_replica_holds_on_the_other_until_released_everywhere`), and sampling
+/// is judged on every replica's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_spread_over_three_replicas_is_caught_as_early_as_on_one() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("spread");
+    let up = FixtureUpstream::start(Fixture::json(200, Fixture::file("openai/chat.json")))
+        .await
+        .unwrap();
+    let cfg = config(
+        &up.base_url(),
+        &redis_section(&url, &prefix, "[guard]\nloop_max_repeats = 3\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut gws = Vec::new();
+    for n in ["a", "b", "c"] {
+        gws.push(
+            TestGateway::start_on(&cfg, HashMap::new(), &dir.path().join(format!("{n}.db"))).await,
+        );
+    }
+    let on: Vec<&TestGateway> = gws.iter().collect();
+    // Single gateway, memory counters: where does this runaway halt?
+    let single = TestGateway::start(
+        &config(&up.base_url(), "[guard]\nloop_max_repeats = 3\n"),
+        HashMap::new(),
+    )
+    .await;
+    for kind in Runaway::ALL {
+        let (goal, steps) = agents::runaway(7, kind, 2, 30);
+        let mut alone = Vec::new();
+        for i in 0..30 {
+            let r = call(
+                &single,
+                &format!("alone-{kind:?}"),
+                agents::conversation(&goal, &steps, i + 1),
+            )
+            .await;
+            alone.push(r.status().as_u16());
+            if alone.last() == Some(&409) {
+                break;
+            }
+        }
+        let mut spread = Vec::new();
+        for i in 0..alone.len() {
+            let gw = on[i % on.len()];
+            let r = call(
+                gw,
+                &format!("spread-{kind:?}"),
+                agents::conversation(&goal, &steps, i + 1),
+            )
+            .await;
+            spread.push(r.status().as_u16());
+        }
+        eprintln!(
+            "{kind:?}: halted at call {} alone, {:?} spread over 3 replicas",
+            alone.len(),
+            spread.iter().position(|s| *s == 409).map(|p| p + 1)
+        );
+        assert_eq!(
+            alone.last(),
+            Some(&409),
+            "{kind:?} is caught on one gateway"
+        );
+        assert_eq!(
+            spread, alone,
+            "{kind:?}: the same calls pass and the same call halts"
+        );
+    }
+    single.stop().await;
+    let s = sample(&up, &on, "pass-at-k", 12, false, distinct).await;
+    assert!(s.iter().all(|s| *s == 200), "{s:?}");
+    let s = sample(&up, &on, "stuck", 8, true, |_| "No.".into()).await;
+    assert_eq!(s, [200, 200, 200, 200, 200, 409, 409, 409]);
+    for gw in gws {
+        gw.stop().await;
+    }
     clear_redis(&url, &prefix).await;
 }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use tollgate_domain::loopguard::GuardLimits;
+use tollgate_domain::loopguard::{GuardLimits, Sampling};
 use tollgate_domain::money::Money;
 
 use super::usd::{UsdText, usd};
@@ -21,6 +21,8 @@ pub struct RawGuardLimits {
     pub loop_max_distance: Option<u64>,
     pub no_progress_calls: Option<u64>,
     pub min_novelty_pct: Option<u64>,
+    /// `answers` (default) or `loop`: see [`Sampling`].
+    pub sampling: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,6 +40,10 @@ pub struct RawGuard {
     pub loop_max_distance: Option<u64>,
     pub no_progress_calls: Option<u64>,
     pub min_novelty_pct: Option<u64>,
+    /// `answers` (default): a repeated call that asks for a fresh sample (temperature
+    /// above 0, `n` above 1, a seed) is a repeat only if the answers repeat too;
+    /// `loop`: the prompt alone decides.
+    pub sampling: Option<String>,
     /// Overrides per agent name.
     #[serde(default)]
     pub agents: BTreeMap<String, RawGuardLimits>,
@@ -115,6 +121,14 @@ fn guard_limits(
         }
         g.min_novelty_pct = p.min(100) as u8;
     }
+    match raw.sampling.as_deref() {
+        None => {}
+        Some("answers") => g.sampling = Sampling::Answers,
+        Some("loop") => g.sampling = Sampling::Loop,
+        Some(other) => errs.push(format!(
+            "{at}.sampling: {other:?} is not \"answers\" or \"loop\""
+        )),
+    }
     g
 }
 
@@ -131,6 +145,7 @@ pub fn validate(guard: &RawGuard, errs: &mut Vec<String>) -> GuardConfig {
         loop_max_distance: guard.loop_max_distance,
         no_progress_calls: guard.no_progress_calls,
         min_novelty_pct: guard.min_novelty_pct,
+        sampling: guard.sampling.clone(),
     };
     let defaults = guard_limits(errs, "guard", &GuardLimits::default(), &top);
     let dry_run = guard.dry_run.unwrap_or(false);

@@ -15,7 +15,7 @@ use tollgate_domain::attribution::Attribution;
 use tollgate_domain::budget::{
     Line, affordable_output, counter_key, scopes_of, window, worst_case,
 };
-use tollgate_domain::loopguard::Fingerprint;
+use tollgate_domain::loopguard::{Fingerprint, Sampling, sampled};
 use tollgate_domain::money::Money;
 use tollgate_domain::pricing::EffectiveRates;
 use tollgate_domain::ratelimit::{MINUTE_MS, RateKind};
@@ -66,7 +66,11 @@ impl Limits {
             && !call.retry
         {
             let (limits, dry_run) = lc.guard.for_agent(attr.agent.as_deref());
-            let fp = call.request.messages().map(Fingerprint::of_chat);
+            let fp = call.request.messages().map(|m| {
+                let mut fp = Fingerprint::of_chat(m);
+                fp.sampled = sampled(call.request.body());
+                fp
+            });
             let (verdict, run, halted_ms) = match &self.counters {
                 Counters::Redis(r) => {
                     let who = (task.as_str(), attr.agent.as_deref());
@@ -94,6 +98,10 @@ impl Limits {
             }
             ticket.task = Some(task.clone());
             ticket.task_run = run;
+            ticket.sample = fp
+                .as_ref()
+                .filter(|f| f.sampled && limits.sampling == Sampling::Answers)
+                .map(|f| f.simhash);
         }
 
         // 2. Which budgets and rate limits apply.

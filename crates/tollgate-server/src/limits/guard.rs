@@ -8,9 +8,10 @@
 //! starts afresh.
 //!
 //! With Redis counters the halted set, the call count, cost and velocity are shared by
-//! every replica (`tollgate_store::counters::RedisCounters::task_admit`): admission asks
-//! Redis first, and [`TaskGuard::observe_counted`] only keeps this replica's loop
-//! history, checking the limits on the shared totals.
+//! every replica (`tollgate_store::counters::RedisCounters::task_admit`), and so is loop
+//! detection's history (`RedisCounters::task_loop`): admission asks Redis first, and
+//! [`TaskGuard::observe_counted`] (this replica's own loop history, checking the limits
+//! on the shared totals) is the fallback when Redis cannot step the loop history.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -178,6 +179,13 @@ impl TaskGuard {
     pub fn record_cost(&self, task: &str, cost: Money, now_ms: i64) {
         if let Some(s) = self.shard(task).get_mut(task) {
             s.record_cost(cost, now_ms);
+        }
+    }
+
+    /// A settled sample's answer (see [`TaskState::record_answer`]).
+    pub fn record_answer(&self, task: &str, call_simhash: u64, answer: u64) {
+        if let Some(s) = self.shard(task).get_mut(task) {
+            s.record_answer(call_simhash, answer);
         }
     }
 

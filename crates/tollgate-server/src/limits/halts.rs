@@ -26,7 +26,9 @@ const SHARED_HALTS_PER_REFRESH: usize = 500;
 impl Limits {
     /// The guard's verdict on a call when replicas share Redis: one script refuses a task
     /// any replica halted or counts the call across replicas; the limits are checked on
-    /// those shared totals and loops on this replica's history. A halt is written to Redis
+    /// those shared totals, and loops on the task's history as every replica saw it (a
+    /// second script, [`RedisCounters::task_loop`]; this replica's own history only if
+    /// Redis cannot answer it). A halt is written to Redis
     /// before this call's 409 goes out, so from then on every replica refuses the task; the
     /// replica that wrote it first records the incident and alerts (once, however many
     /// replicas tripped at the same time), with the halt's time as Redis gave it. Also
@@ -52,10 +54,22 @@ impl Limits {
             }
             Err(e) => return Err(ApiError::CountersUnavailable(e.0)),
         };
-        let Some(halt) = self
-            .guard
-            .observe_counted(task, &totals, fp, now, limits, dry_run)
-        else {
+        let halt = match (totals.limit_halt(now, limits), fp) {
+            (Some(h), _) => Some(h),
+            (None, None) => None,
+            // Loops on the task's history across every replica.
+            (None, Some(fp)) => match redis.task_loop(task, run, fp, now, limits).await {
+                Ok(Some(step)) => step.halt(&totals, fp, now, limits),
+                // Released since it was counted: decided on a run that is over.
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(task, error = %e, "task guard: shared loop history unreachable; judging loops on this replica's calls");
+                    self.guard
+                        .observe_counted(task, &totals, Some(fp), now, limits, dry_run)
+                }
+            },
+        };
+        let Some(halt) = halt else {
             return Ok((Verdict::Continue, Some(run), None));
         };
         let (verdict, halted_ms) = match redis

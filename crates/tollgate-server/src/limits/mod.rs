@@ -269,6 +269,17 @@ pub struct Ticket {
     /// The deployment and the prompt tokens counted locally (what the provider reports
     /// for them teaches the deployment's correction).
     prompt_counted: Option<(String, u64)>,
+    /// A sampled call judged by its answers: the call's SimHash, which the answer's
+    /// SimHash is recorded against when it settles.
+    sample: Option<u64>,
+}
+
+impl Ticket {
+    /// Whether settlement wants the answer's SimHash (the call is a sample the guard
+    /// judges by its answers).
+    pub fn wants_answer(&self) -> bool {
+        self.sample.is_some()
+    }
 }
 
 fn period_text(p: Period, label: &str) -> String {

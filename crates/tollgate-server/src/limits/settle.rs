@@ -14,11 +14,20 @@ use tollgate_store::counters::{Counters, RedisCounters, TaskRun};
 
 impl Limits {
     /// Settle a ticket with the request's final row. Called once, from the meter's
-    /// settlement, whatever path the request took.
-    pub fn settle(self: &Arc<Self>, ticket: Ticket, row: &LedgerRow) {
+    /// settlement, whatever path the request took. `answer`: the SimHash of the answer's
+    /// text, when the ticket wanted it ([`Ticket::wants_answer`]).
+    pub fn settle(self: &Arc<Self>, ticket: Ticket, row: &LedgerRow, answer: Option<u64>) {
         let now = now_ms();
         if let Some(task) = &ticket.task {
             self.guard.record_cost(task, row.cost, now);
+            if let (Some(call), Some(answer)) = (ticket.sample, answer)
+                && row.is_success()
+            {
+                self.guard.record_answer(task, call, answer);
+                if let Counters::Redis(r) = &self.counters {
+                    self.share_answer(r, task, call, answer);
+                }
+            }
             if let Counters::Redis(r) = &self.counters
                 && row.cost > Money::ZERO
                 && let Some(run) = ticket.task_run
@@ -90,6 +99,22 @@ impl Limits {
             async move {
                 if let Err(e) = redis.task_cost(&task, run, cost, now_ms(), &id).await {
                     tracing::error!(task, request_id = id, error = %e, "could not add the call's cost to the task's shared totals");
+                }
+            },
+            &handle,
+        );
+    }
+
+    /// Record a sample's answer in the task's shared loop history, from a tracked task.
+    fn share_answer(&self, redis: &RedisCounters, task: &str, call: u64, answer: u64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (redis, task) = (redis.clone(), task.to_string());
+        self.tasks.spawn_on(
+            async move {
+                if let Err(e) = redis.task_answer(&task, call, answer).await {
+                    tracing::warn!(task, error = %e, "could not share a sampled answer through Redis");
                 }
             },
             &handle,

@@ -89,6 +89,9 @@ pub struct RequestCtx {
     pub cache: Option<CacheRecord>,
     /// What pruning took out of the prompt.
     pub prune: Option<PruneRecord>,
+    /// The SimHash of the answer's text, when the ticket wants it (a sample the guard
+    /// judges by its answers).
+    pub answer: Option<u64>,
 }
 
 impl RequestCtx {
@@ -123,6 +126,7 @@ impl RequestCtx {
             cache_fill: None,
             cache: None,
             prune: None,
+            answer: None,
         }
     }
 

@@ -325,7 +325,7 @@ impl Meter {
             );
         }
         if let Some(ticket) = self.ctx.ticket.take() {
-            self.hook.limits.settle(ticket, &row);
+            self.hook.limits.settle(ticket, &row, self.ctx.answer);
         }
         // Metrics and trace spans, where the row is settled (commit and drop alike).
         self.hook.telemetry.observe(&row, self.ctx.trace.as_ref());

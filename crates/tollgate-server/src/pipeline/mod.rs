@@ -66,6 +66,8 @@
 //! 17. `prune`: W5 (tokens before and after); R9 (prices the unpruned prompt).
 //! 18. `output_cap`: W7 (the cap as sent); R9 (reported output past it is clamped and
 //!     the row flagged `usage_suspect`).
+//! 19. `answer`: W8 (the answer's SimHash, for a sample the guard judges by its
+//!     answers); R9 (settlement gives it to the guard).
 
 pub mod admission;
 pub mod attribute;

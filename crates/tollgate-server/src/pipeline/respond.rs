@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
+use tollgate_domain::loopguard::answer_hash;
 use tollgate_domain::routing::check::Failure;
 use tollgate_providers::client;
 use tollgate_providers::stream::StreamTap;
@@ -183,6 +184,9 @@ pub async fn json(
         _ => None,
     };
     let tier = metered.service_tier.clone();
+    if meter.ctx.ticket.as_ref().is_some_and(|t| t.wants_answer()) {
+        meter.ctx.answer = Some(answer_hash(&upstream::json_text(upstream, &body)));
+    }
     let row = meter
         .commit(Outcome::ok(consumed, metered.service_tier))
         .await;
@@ -285,6 +289,11 @@ pub fn stream(
         StreamTap::decoded(upstream, client_stream, strict)
     };
     let idle = meter.ctx.cfg.server.stream_idle_timeout;
+    let mut tap = tap;
+    let wants_answer = meter.ctx.ticket.as_ref().is_some_and(|t| t.wants_answer());
+    if wants_answer {
+        tap.keep_text();
+    }
     meter.scanner = Some(tap);
     let mut head = HeaderMap::new();
     if translated {
@@ -390,6 +399,13 @@ pub fn stream(
         {
             let output = done["output"].clone();
             remember(&conversations, &meter, id, items, output);
+        }
+        if wants_answer && outcome.error_code.is_none() {
+            meter.ctx.answer = meter
+                .scanner
+                .as_ref()
+                .and_then(|s| s.generated_text())
+                .map(|t| answer_hash(&t));
         }
         let cut = outcome.error_code.is_some_and(|c| c != "upstream_error");
         let store_usage = match (&outcome.consumed, outcome.error_code) {

@@ -22,6 +22,14 @@
 //!   replica whose own store still says "halted" learns that someone released it
 //!   elsewhere (and tells a release from a Redis that lost its data).
 //! - `tgen`: the last run generation handed out.
+//! - `tl:<t>`: loop detection's window, a list of the task's last calls, newest first:
+//!   `<simhash hi> <simhash lo> <ms> <answer hi|-> <answer lo|-> <summary>` (the SimHash
+//!   halves as signed 32-bit numbers, which Lua's `bit` library works on).
+//! - `tn:<t>`: the shingles the task has seen (a set, emptied when it outgrows its bound),
+//!   for loop detection's novelty.
+//!   Both expire with the totals, are dropped by a release, and start over when the run
+//!   changes (`tc:<t>`'s `lgen` names the run they belong to); the streaks are `tc:<t>`'s
+//!   `rep` and `stale`.
 //!
 //! Keys are built on the replica and passed to the scripts (never built inside them).
 //!
@@ -51,7 +59,9 @@
 
 use super::{CounterError, RedisCounters};
 use redis::Script;
-use tollgate_domain::loopguard::TaskTotals;
+use tollgate_domain::loopguard::{
+    Fingerprint, GuardLimits, LoopStep, MAX_SEEN_SHINGLES, SimilarCall, TaskTotals,
+};
 use tollgate_domain::money::Money;
 
 /// A task's totals are forgotten after this long without a call.
@@ -96,6 +106,97 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - 60000)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
 redis.call('PEXPIRE', KEYS[2], 120000)
 return 1
+"#;
+
+const LOOP: &str = r#"
+-- KEYS: tc:<t>, tl:<t>, tn:<t>
+-- ARGV: gen, hi, lo, now, max_distance, min_novelty_pct, window, max_seen, idle_ms,
+--       sampling (1: a sample judged by its answers), summary, shingles...
+-- One call's step through loop detection, on the state every replica shares: the same
+-- rules as tollgate_domain::loopguard::LoopStep::next. Returns {-1} if the call's run is
+-- over, else {repeat_streak, stale_streak, window, then per near-identical earlier call
+-- (newest first): distance, ms, answer hi, answer lo, summary}.
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return {-1} end
+if redis.call('HGET', KEYS[1], 'lgen') ~= ARGV[1] then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'lgen', ARGV[1], 'rep', 0, 'stale', 0)
+end
+local function pop(x)
+  local n = 0
+  while x ~= 0 do x = bit.band(x, x - 1); n = n + 1 end
+  return n
+end
+local function dist(h1, l1, h2, l2)
+  return pop(bit.bxor(h1, h2)) + pop(bit.bxor(l1, l2))
+end
+local hi, lo, maxd = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local total = #ARGV - 11
+local new = 0
+if total > 0 then
+  for _, m in ipairs(redis.call('SMISMEMBER', KEYS[3], unpack(ARGV, 12))) do
+    if m == 0 then new = new + 1 end
+  end
+end
+local novelty = 0
+if total > 0 then novelty = math.floor(new * 100 / total) end
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+local sim = {}
+for _, e in ipairs(entries) do
+  local h, l, at, ah, al, s = string.match(e, '^(%-?%d+) (%-?%d+) (%d+) (%S+) (%S+) (.*)$')
+  if h then
+    local d = dist(tonumber(h), tonumber(l), hi, lo)
+    if d <= maxd then sim[#sim + 1] = {d, at, ah, al, s} end
+  end
+end
+-- Do near-identical calls have near-identical answers (the newest answered one's and
+-- another's)?
+local repeats = false
+local nh, nl = nil, nil
+for _, c in ipairs(sim) do
+  if c[3] ~= '-' then
+    if nh == nil then
+      nh, nl = tonumber(c[3]), tonumber(c[4])
+    elseif dist(tonumber(c[3]), tonumber(c[4]), nh, nl) <= maxd then
+      repeats = true
+      break
+    end
+  end
+end
+local novel = novelty >= tonumber(ARGV[6])
+local rep, stale = 0, 0
+if not (ARGV[10] == '1' and #sim > 0 and not repeats) then
+  if #sim > 0 and not novel then rep = redis.call('HINCRBY', KEYS[1], 'rep', 1) end
+  if not novel then stale = redis.call('HINCRBY', KEYS[1], 'stale', 1) end
+end
+if rep == 0 then redis.call('HSET', KEYS[1], 'rep', 0) end
+if stale == 0 then redis.call('HSET', KEYS[1], 'stale', 0) end
+if total > 0 then
+  if redis.call('SCARD', KEYS[3]) + total > tonumber(ARGV[8]) then redis.call('DEL', KEYS[3]) end
+  redis.call('SADD', KEYS[3], unpack(ARGV, 12))
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+end
+redis.call('LPUSH', KEYS[2], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' - - ' .. ARGV[11])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+local out = {rep, stale, #entries}
+for _, c in ipairs(sim) do
+  out[#out + 1] = c[1]; out[#out + 1] = c[2]; out[#out + 1] = c[3]
+  out[#out + 1] = c[4]; out[#out + 1] = c[5]
+end
+return out
+"#;
+
+const ANSWER: &str = r#"
+-- KEYS: tl:<t>;  ARGV: call hi, call lo, answer hi, answer lo
+-- The answer goes to the newest call with that SimHash that has none yet.
+for i, e in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local h, l, at, ah, rest = string.match(e, '^(%-?%d+) (%-?%d+) (%d+) (%S+) %S+ (.*)$')
+  if h == ARGV[1] and l == ARGV[2] and ah == '-' then
+    redis.call('LSET', KEYS[1], i - 1, h .. ' ' .. l .. ' ' .. at .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. rest)
+    return 1
+  end
+end
+return 0
 "#;
 
 /// Redis's clock in ms, as Lua (shared by the scripts that stamp halts and releases).
@@ -145,7 +246,7 @@ return {1, ms}
 "#;
 
 const RELEASE: &str = r#"
--- KEYS: th, tf, tc, tv, tr (of one task), thi;  ARGV: keep_ms, task
+-- KEYS: th, tf, tc, tv, tr, tl, tn (of one task), thi;  ARGV: keep_ms, task
 -- Stamped on Redis's clock, no earlier than the halt it clears or the last release.
 local was = redis.call('EXISTS', KEYS[1])
 local ms = redis_now()
@@ -153,8 +254,8 @@ local h = tonumber(redis.call('HGET', KEYS[1], 'ms') or '')
 if h and h > ms then ms = h end
 local prev = tonumber(redis.call('GET', KEYS[5]) or '')
 if prev and prev > ms then ms = prev end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[6], ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[8], ARGV[2])
 redis.call('SET', KEYS[5], string.format('%.0f', ms), 'PX', ARGV[1])
 return was
 "#;
@@ -210,6 +311,8 @@ pub(super) struct TaskScripts {
     release: Script,
     reconcile: Script,
     halts_since: Script,
+    loop_step: Script,
+    answer: Script,
 }
 
 impl TaskScripts {
@@ -221,6 +324,8 @@ impl TaskScripts {
             release: Script::new(&format!("{REDIS_NOW}{RELEASE}")),
             reconcile: Script::new(&format!("{INDEX_HALT}{RECONCILE}")),
             halts_since: Script::new(HALTS_SINCE),
+            loop_step: Script::new(LOOP),
+            answer: Script::new(ANSWER),
         }
     }
 }
@@ -283,6 +388,15 @@ impl HaltCursor {
     }
 }
 
+/// A SimHash as two signed 32-bit halves (Lua's `bit` library works on those).
+fn halves(h: u64) -> (i32, i32) {
+    ((h >> 32) as u32 as i32, h as u32 as i32)
+}
+
+fn join(hi: i64, lo: i64) -> u64 {
+    (u64::from(hi as i32 as u32) << 32) | u64::from(lo as i32 as u32)
+}
+
 fn err(e: impl std::fmt::Display) -> CounterError {
     CounterError(e.to_string())
 }
@@ -336,6 +450,96 @@ impl RedisCounters {
             }
             _ => Err(bad()),
         }
+    }
+
+    /// One call's step through loop detection on the task's shared history (every
+    /// replica's calls of the run), so a loop spread over replicas is caught at the same
+    /// call as on one. `None` if the run is over (released since the call was counted).
+    pub async fn task_loop(
+        &self,
+        task: &str,
+        run: TaskRun,
+        fp: &Fingerprint,
+        now_ms: i64,
+        limits: &GuardLimits,
+    ) -> Result<Option<LoopStep>, CounterError> {
+        let (hi, lo) = halves(fp.simhash);
+        let judged_by_answers =
+            fp.sampled && limits.sampling == tollgate_domain::loopguard::Sampling::Answers;
+        let mut inv = self.tasks.loop_step.prepare_invoke();
+        inv.key(self.task_key("tc", task))
+            .key(self.task_key("tl", task))
+            .key(self.task_key("tn", task))
+            .arg(run.0)
+            .arg(hi)
+            .arg(lo)
+            .arg(now_ms)
+            .arg(limits.loop_max_distance)
+            .arg(limits.min_novelty_pct)
+            .arg(limits.loop_window.max(1))
+            .arg(MAX_SEEN_SHINGLES)
+            .arg(TASK_IDLE_MS)
+            .arg(if judged_by_answers { "1" } else { "0" })
+            .arg(&fp.summary);
+        for s in &fp.shingles {
+            inv.arg(*s);
+        }
+        let mut conn = self.conn().await?;
+        let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
+        let bad = || CounterError(format!("task loop script answered {out:?}"));
+        let at = |i: usize| out.get(i).ok_or_else(bad).and_then(int);
+        let repeat = at(0)?;
+        if repeat < 0 {
+            return Ok(None);
+        }
+        let mut similar = Vec::new();
+        for c in out.get(3..).unwrap_or_default().chunks(5) {
+            let [d, ms, ah, al, summary] = c else {
+                return Err(bad());
+            };
+            let (ah, al) = (text(ah)?, text(al)?);
+            let answer = match (ah.parse::<i64>(), al.parse::<i64>()) {
+                (Ok(h), Ok(l)) => Some(join(h, l)),
+                _ => None,
+            };
+            similar.push(SimilarCall {
+                distance: int(d)?.clamp(0, 64) as u32,
+                at_ms: text(ms)?.parse().map_err(err)?,
+                summary: text(summary)?,
+                answer,
+            });
+        }
+        let sampling = judged_by_answers
+            && !similar.is_empty()
+            && !tollgate_domain::loopguard::answers_repeat(&similar, limits.loop_max_distance);
+        Ok(Some(LoopStep {
+            repeat_streak: repeat.clamp(0, i64::from(u32::MAX)) as u32,
+            stale_streak: at(1)?.clamp(0, i64::from(u32::MAX)) as u32,
+            window: at(2)?.max(0) as usize,
+            similar,
+            sampling,
+        }))
+    }
+
+    /// A settled sampled call's answer (its SimHash), for the shared loop history: the
+    /// newest call of the task with the call's SimHash and no answer yet gets it.
+    pub async fn task_answer(
+        &self,
+        task: &str,
+        call_simhash: u64,
+        answer: u64,
+    ) -> Result<(), CounterError> {
+        let (ch, cl) = halves(call_simhash);
+        let (ah, al) = halves(answer);
+        let mut inv = self.tasks.answer.prepare_invoke();
+        inv.key(self.task_key("tl", task))
+            .arg(ch)
+            .arg(cl)
+            .arg(ah)
+            .arg(al);
+        let mut conn = self.conn().await?;
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
+        Ok(())
     }
 
     /// Add a settled call's cost to the totals (and the velocity window) of the run it
@@ -406,7 +610,7 @@ impl RedisCounters {
     /// run is over). The release is timed on Redis's clock. `true` if it was halted.
     pub async fn task_release(&self, task: &str) -> Result<bool, CounterError> {
         let mut inv = self.tasks.release.prepare_invoke();
-        for kind in ["th", "tf", "tc", "tv", "tr"] {
+        for kind in ["th", "tf", "tc", "tv", "tr", "tl", "tn"] {
             inv.key(self.task_key(kind, task));
         }
         inv.key(self.k("thi")).arg(RELEASED_KEEP_MS).arg(task);
