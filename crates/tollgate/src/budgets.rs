@@ -1,5 +1,5 @@
 use crate::cli::{BudgetsAction, BudgetsArgs};
-use crate::{config_path, db_path, env_map};
+use crate::{config_path, env_map};
 use anyhow::{Result, bail};
 use serde_json::Value;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use tollgate_domain::budget::{BudgetRule, Period, ScopeSpec};
 use tollgate_server::clock::now_ms;
 use tollgate_server::config::{RawConfig, limits};
 use tollgate_server::views::budget_status;
-use tollgate_store::SqliteStore;
+use tollgate_store::BudgetStore;
 
 /// The config file's budgets and time zone (upstream secrets are not needed for this).
 fn config_budgets(args: &BudgetsArgs) -> Result<(Vec<BudgetRule>, jiff::tz::TimeZone)> {
@@ -33,8 +33,8 @@ fn config_budgets(args: &BudgetsArgs) -> Result<(Vec<BudgetRule>, jiff::tz::Time
 }
 
 pub async fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
-    let db = db_path(args.db.clone(), args.config.clone())?;
-    let store = SqliteStore::open(&db)?;
+    let store = crate::open_store(args.db.clone(), args.config.clone(), false).await?;
+    let db = crate::store_name(&store);
     let (config_rules, tz) = config_budgets(&args)?;
     match &args.action {
         BudgetsAction::Set {
@@ -52,7 +52,7 @@ pub async fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
                 alert_at: (!alert_at.is_empty()).then(|| alert_at.clone()),
             };
             let rule = body.rule().map_err(|e| anyhow::anyhow!("{e}"))?;
-            store.upsert_budget(&rule, now_ms())?;
+            store.upsert_budget(&rule, now_ms()).await?;
             println!(
                 "budget set: {} per {} ${}{} (alerts at {:?}%) in {}",
                 rule.scope,
@@ -60,14 +60,14 @@ pub async fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
                 rule.limit,
                 if rule.hard { "" } else { " (soft)" },
                 rule.alert_at,
-                db.display()
+                db
             );
         }
         BudgetsAction::Delete { scope, period } => {
             let (Ok(s), Some(p)) = (ScopeSpec::parse(scope), Period::parse(period)) else {
                 bail!("--scope {scope:?} --period {period:?} do not name a budget");
             };
-            if store.delete_budget(&s, p)? {
+            if store.delete_budget(&s, p).await? {
                 println!("deleted the run-time budget on {s} per {}", p.as_str());
             } else {
                 eprintln!(
@@ -78,7 +78,7 @@ pub async fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
             }
         }
         BudgetsAction::List => {
-            let db_rules = store.list_budgets()?;
+            let db_rules = store.list_budgets().await?;
             let rules = merge_rules(&config_rules, &db_rules);
             let mut all = Vec::new();
             for r in &rules {
@@ -97,7 +97,7 @@ pub async fn budgets(args: BudgetsArgs) -> Result<ExitCode> {
         }
         BudgetsAction::Show { scope, periods } => {
             let spec = ScopeSpec::parse(scope).map_err(anyhow::Error::msg)?;
-            let rules = merge_rules(&config_rules, &store.list_budgets()?);
+            let rules = merge_rules(&config_rules, &store.list_budgets().await?);
             let mine: Vec<&BudgetRule> = rules
                 .iter()
                 .filter(|r| {

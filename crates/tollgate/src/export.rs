@@ -15,7 +15,7 @@
 //! effective price of each row (`cost / tokens`), so `unit price × quantity = cost`.
 
 use crate::cli::ExportArgs;
-use crate::{config_path, db_path, env_map};
+use crate::{config_path, env_map};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,10 +27,10 @@ use tollgate_domain::time::parse_since;
 use tollgate_domain::value::{Ratio, allocate};
 use tollgate_server::clock::now_ms;
 use tollgate_server::config::{RawConfig, deployment_price_key};
-use tollgate_store::SqliteStore;
+use tollgate_store::{KeyStore, ReportStore};
 use tollgate_store::value::HourlyUsage;
 
-pub fn export(args: ExportArgs) -> Result<ExitCode> {
+pub async fn export(args: ExportArgs) -> Result<ExitCode> {
     if args.format != "focus" {
         bail!("--format {:?}: expected focus", args.format);
     }
@@ -40,17 +40,14 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         Some(u) => parse_since(u, now).map_err(anyhow::Error::msg)?,
         None => now + 1,
     };
-    let db = db_path(args.db.clone(), args.config.config.clone())?;
-    if !db.exists() {
-        bail!("no ledger at {} (use --db or --config)", db.display());
-    }
+    let store = crate::open_store(args.db.clone(), args.config.config.clone(), true).await?;
     let env = env_map();
     let raw = RawConfig::load(config_path(args.config.config.clone()).as_deref(), &env)?;
     let prices = raw.price_table()?;
-    let store = SqliteStore::open(&db)?;
-    let groups = store.hourly_usage(since, until)?;
+    let groups = store.hourly_usage(since, until).await?;
     let key_names: BTreeMap<String, String> = store
-        .list_keys()?
+        .list_keys()
+        .await?
         .into_iter()
         .filter_map(|k| Some((k.id, k.name?)))
         .collect();

@@ -1,11 +1,10 @@
 use crate::cli::{KeysAction, KeysArgs};
-use crate::db_path;
 use anyhow::Result;
 use std::process::ExitCode;
 use tollgate_domain::time::iso;
 use tollgate_server::clock::now_ms;
 use tollgate_server::config::{DEFAULT_MASTER_KEY_ENV, RawConfig};
-use tollgate_store::{NewKey, SecretSealer, SqliteStore};
+use tollgate_store::{KeyStore, NewKey, SecretSealer};
 
 /// The environment variable holding the master key, as the config names it.
 fn master_key_env(config: Option<std::path::PathBuf>) -> String {
@@ -16,9 +15,9 @@ fn master_key_env(config: Option<std::path::PathBuf>) -> String {
         .unwrap_or_else(|| DEFAULT_MASTER_KEY_ENV.to_string())
 }
 
-pub fn keys(args: KeysArgs) -> Result<ExitCode> {
-    let db = db_path(args.db.clone(), args.config.config.clone())?;
-    let store = SqliteStore::open(&db)?;
+pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
+    let store = crate::open_store(args.db.clone(), args.config.config.clone(), false).await?;
+    let db = crate::store_name(&store);
     match args.action {
         KeysAction::Create {
             team,
@@ -42,7 +41,7 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode> {
                 .ok()
                 .filter(|k| !k.is_empty())
                 .and_then(|k| SecretSealer::new(&k));
-            let (key, secret) = store.create_key_sealed(&new, now_ms(), sealer.as_ref())?;
+            let (key, secret) = store.create_key(&new, now_ms(), sealer.as_ref()).await?;
             let sigv4 = key.sealed_secret.is_some();
             if json {
                 let mut v = serde_json::to_value(&key)?;
@@ -60,7 +59,7 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode> {
                     key.team.as_deref().unwrap_or("-"),
                     key.agent.as_deref().unwrap_or("-"),
                     key.user.as_deref().unwrap_or("-"),
-                    db.display()
+                    db
                 );
                 if sigv4 {
                     eprintln!(
@@ -79,7 +78,7 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode> {
                 "{:<18} {:<14} {:<18} {:<12} {:<10} {:<24} status",
                 "id", "team", "agent", "user", "name", "created"
             );
-            for k in store.list_keys()? {
+            for k in store.list_keys().await? {
                 println!(
                     "{:<18} {:<14} {:<18} {:<12} {:<10} {:<24} {}",
                     k.id,
@@ -96,7 +95,7 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode> {
             }
         }
         KeysAction::Revoke { id } => {
-            if store.revoke_key(&id, now_ms())? {
+            if store.revoke_key(&id, now_ms()).await? {
                 println!("revoked {id}");
             } else {
                 eprintln!("no active key {id}");

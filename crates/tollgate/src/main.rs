@@ -70,11 +70,11 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
     match args.command {
         Command::Serve(a) => serve::serve(a).await,
         Command::Demo(a) => demo::demo(a).await,
-        Command::Report(a) => report::report(a),
-        Command::Export(a) => export::export(a),
+        Command::Report(a) => report::report(a).await,
+        Command::Export(a) => export::export(a).await,
         Command::Reconcile(a) => reconcile::reconcile(a),
         Command::Tasks(a) => tasks::tasks(a).await,
-        Command::Keys(a) => keys::keys(a),
+        Command::Keys(a) => keys::keys(a).await,
         Command::Budgets(a) => budgets::budgets(a).await,
         Command::ValidateConfig(a) => serve::validate_config(a),
         Command::Pricing(a) => serve::pricing(a),
@@ -98,6 +98,48 @@ pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
             let p = PathBuf::from("tollgate.toml");
             p.exists().then_some(p)
         })
+}
+
+/// The store the commands read and write: the SQLite file `--db` names, else the
+/// config's `[store]`: PostgreSQL (shared by every replica, so any replica's commands see
+/// every replica's traffic) or the `[ledger] path` file. `must_exist`: a SQLite file
+/// that is not there is an error (commands that only read), not a new empty ledger.
+pub async fn open_store(
+    db: Option<PathBuf>,
+    config: Option<PathBuf>,
+    must_exist: bool,
+) -> Result<tollgate_store::Store> {
+    use tollgate_store::Store;
+    use tollgate_store::config::StoreSettings;
+    let settings = match db {
+        Some(path) => StoreSettings::Sqlite { path },
+        None => {
+            let env = env_map();
+            let raw = RawConfig::load(config_path(config).as_deref(), &env)?;
+            let ledger = PathBuf::from(raw.ledger.path.as_deref().unwrap_or("tollgate.db"));
+            let mut errs = Vec::new();
+            let s = raw.store.validate(&ledger, &env, &mut errs);
+            if !errs.is_empty() {
+                anyhow::bail!("{}", errs.join("\n"));
+            }
+            s
+        }
+    };
+    if let StoreSettings::Sqlite { path } = &settings
+        && must_exist
+        && !path.exists()
+    {
+        anyhow::bail!("no ledger at {} (use --db or --config)", path.display());
+    }
+    Ok(Store::open(&settings).await?)
+}
+
+/// Where a store lives, for messages.
+pub fn store_name(store: &tollgate_store::Store) -> String {
+    match store.as_sqlite() {
+        Some(s) => s.path().display().to_string(),
+        None => "the PostgreSQL store".into(),
+    }
 }
 
 /// The ledger database path: `--db`, else the config's `[ledger] path` (no secrets

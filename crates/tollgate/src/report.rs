@@ -1,16 +1,15 @@
 use crate::cli::ReportArgs;
-use crate::db_path;
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 use tollgate_domain::report::{GroupBy, UsageGroup, UsageReport};
 use tollgate_domain::time::{iso, parse_since};
 use tollgate_server::clock::now_ms;
 use tollgate_server::views::report_json;
-use tollgate_store::SqliteStore;
+use tollgate_store::ReportStore;
 
-pub fn report(args: ReportArgs) -> Result<ExitCode> {
+pub async fn report(args: ReportArgs) -> Result<ExitCode> {
     if args.view != "usage" {
-        return crate::views::report(args);
+        return crate::views::report(args).await;
     }
     let Some(by) = GroupBy::parse(&args.by) else {
         bail!(
@@ -25,12 +24,8 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
         Some(u) => parse_since(u, now).map_err(anyhow::Error::msg)?,
         None => now + 1,
     };
-    let db = db_path(args.db.clone(), args.config.config.clone())?;
-    if !db.exists() {
-        bail!("no ledger at {} (use --db or --config)", db.display());
-    }
-    let store = SqliteStore::open(&db)?;
-    let rep = store.usage_report(Some(by), since, until)?;
+    let store = crate::open_store(args.db.clone(), args.config.config.clone(), true).await?;
+    let rep = store.usage_report(Some(by), since, until).await?;
     match args.format.as_str() {
         "table" => print!("{}", render_table(&rep)),
         "json" => println!("{}", serde_json::to_string_pretty(&report_json(&rep))?),

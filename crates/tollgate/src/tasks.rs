@@ -3,7 +3,7 @@
 //! guard did to it), list halted tasks, release one.
 
 use crate::cli::{TasksAction, TasksArgs};
-use crate::{config_path, db_path, env_map};
+use crate::{config_path, env_map};
 use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,10 +14,10 @@ use tollgate_server::config::RawConfig;
 use tollgate_server::config::outcomes::validate as validate_config;
 use tollgate_server::views::stored_json;
 use tollgate_server::views::task_json;
-use tollgate_store::SqliteStore;
+use tollgate_store::{OutcomeStore, ReportStore, Store, TaskStore};
 
 pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
-    let db = db_path(args.db.clone(), args.config.config.clone())?;
+    let (db, config) = (args.db.clone(), args.config.config.clone());
     match args.action {
         TasksAction::Outcome {
             task,
@@ -28,7 +28,7 @@ pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
             labels,
             json,
         } => {
-            let store = SqliteStore::open(&db)?;
+            let store = crate::open_store(db, config, false).await?;
             let usd = |flag: &str, v: Option<String>| -> Result<Option<Money>> {
                 v.map(|v| Money::parse_usd(&v).map_err(|e| anyhow!("--{flag}: {e}")))
                     .transpose()
@@ -57,14 +57,14 @@ pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
             if !errs.is_empty() {
                 bail!("invalid [outcomes] config: {}", errs.join("; "));
             }
-            let party = store.task_parties(&task)?.into_iter().next();
+            let party = store.task_parties(&task).await?.into_iter().next();
             let rate = settings.rate_for(
                 party.as_ref().and_then(|p| p.agent.as_deref()),
                 party.as_ref().and_then(|p| p.team.as_deref()),
             );
             let o = outcome::validate(&task, &input, rate)
                 .map_err(|e| anyhow!("{}: {e}", e.field()))?;
-            let r = store.record_outcome(&o, "cli", now_ms())?;
+            let r = store.record_outcome(&o, "cli", now_ms()).await?;
             if json {
                 let mut v = stored_json(&r.current);
                 v["changed"] = r.changed.into();
@@ -94,18 +94,15 @@ pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
             }
         }
         TasksAction::Show { task, json } => {
-            if !db.exists() {
-                bail!("no ledger at {} (use --db or --config)", db.display());
-            }
-            let store = SqliteStore::open(&db)?;
-            let summary = store.task_summary(&task)?;
-            let current = store.task_outcome(&task)?;
-            let history = store.outcome_history(&task)?;
-            let record = store.task_record(&task)?;
-            let incidents = store.incidents(Some(&task), 20)?;
-            let alerts = store.alerts(Some(&task), 20)?;
+            let store = crate::open_store(db, config, true).await?;
+            let summary = store.task_summary(&task).await?;
+            let current = store.task_outcome(&task).await?;
+            let history = store.outcome_history(&task).await?;
+            let record = store.task_record(&task).await?;
+            let incidents = store.incidents(Some(&task), 20).await?;
+            let alerts = store.alerts(Some(&task), 20).await?;
             if summary.is_none() && current.is_none() && record.is_none() {
-                eprintln!("no task {task:?} in {}", db.display());
+                eprintln!("no task {task:?} in {}", crate::store_name(&store));
                 return Ok(ExitCode::FAILURE);
             }
             if json {
@@ -165,12 +162,12 @@ pub async fn tasks(args: TasksArgs) -> Result<ExitCode> {
             print_guard(&task, record.as_ref(), &incidents, &alerts)?;
         }
         TasksAction::List { since, json } => {
-            let store = SqliteStore::open(&db)?;
-            list(&store, &since, json)?;
+            let store = crate::open_store(db, config, true).await?;
+            list(&store, &since, json).await?;
         }
         TasksAction::Release { task } => {
-            let store = SqliteStore::open(&db)?;
-            let in_store = store.release_task(&task, now_ms())?;
+            let store = crate::open_store(db, config, false).await?;
+            let in_store = store.release_task(&task, now_ms()).await?;
             let shared = release_shared(args.config.config.clone(), &task).await?;
             if shared == Some(true) {
                 println!(
@@ -271,11 +268,11 @@ fn print_guard(
 }
 
 /// Halted and flagged tasks, then recent tasks' calls and spend.
-fn list(store: &SqliteStore, since: &str, json: bool) -> Result<()> {
+async fn list(store: &Store, since: &str, json: bool) -> Result<()> {
     use tollgate_domain::time::{iso, parse_since};
     let since = parse_since(since, now_ms()).map_err(anyhow::Error::msg)?;
-    let guarded = store.guarded_tasks(200)?;
-    let recent = store.task_usage(None, since, 200)?;
+    let guarded = store.guarded_tasks(200).await?;
+    let recent = store.task_usage(None, since, 200).await?;
     if json {
         println!(
             "{}",

@@ -5,7 +5,6 @@
 //! nano-USD decimals. A figure with no meaning prints as `n/a` (JSON `null`, CSV empty).
 
 use crate::cli::ReportArgs;
-use crate::db_path;
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 use tollgate_domain::money::Money;
@@ -14,9 +13,9 @@ use tollgate_domain::time::{iso, parse_since};
 use tollgate_domain::value::{Ratio, RoiReport, SavingsReport, TaskStats, TaskSummary};
 use tollgate_server::clock::now_ms;
 use tollgate_server::views::{roi_json, savings_json, tasks_json};
-use tollgate_store::SqliteStore;
+use tollgate_store::ReportStore;
 
-pub fn report(args: ReportArgs) -> Result<ExitCode> {
+pub async fn report(args: ReportArgs) -> Result<ExitCode> {
     let Some(by) = GroupBy::parse(&args.by) else {
         bail!(
             "--by {:?}: expected one of {}",
@@ -30,18 +29,14 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
         Some(u) => parse_since(u, now).map_err(anyhow::Error::msg)?,
         None => now + 1,
     };
-    let db = db_path(args.db.clone(), args.config.config.clone())?;
-    if !db.exists() {
-        bail!("no ledger at {} (use --db or --config)", db.display());
-    }
-    let store = SqliteStore::open(&db)?;
+    let store = crate::open_store(args.db.clone(), args.config.config.clone(), true).await?;
     let format = args.format.as_str();
     if !matches!(format, "table" | "json" | "csv") {
         bail!("--format {format:?}: expected table, json or csv");
     }
     let out = match args.view.as_str() {
         "roi" => {
-            let r = store.roi_report(by, since, until)?;
+            let r = store.roi_report(by, since, until).await?;
             match format {
                 "table" => roi_table(&r),
                 "json" => serde_json::to_string_pretty(&roi_json(&r))? + "\n",
@@ -49,7 +44,7 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
             }
         }
         "tasks" => {
-            let t = store.task_summaries(since, until, args.limit)?;
+            let t = store.task_summaries(since, until, args.limit).await?;
             match format {
                 "table" => tasks_table(&t, since, until),
                 "json" => serde_json::to_string_pretty(&tasks_json(&t, since, until))? + "\n",
@@ -57,7 +52,7 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
             }
         }
         "savings" => {
-            let r = store.savings_report(Some(by), since, until)?;
+            let r = store.savings_report(Some(by), since, until).await?;
             match format {
                 "table" => savings_table(&r),
                 "json" => serde_json::to_string_pretty(&savings_json(&r))? + "\n",
@@ -471,6 +466,7 @@ fn savings_csv(r: &SavingsReport) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use tollgate_store::SqliteStore;
     use std::collections::BTreeMap;
     use tollgate_domain::attribution::Attribution;
     use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
