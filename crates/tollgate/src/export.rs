@@ -27,8 +27,8 @@ use tollgate_domain::time::parse_since;
 use tollgate_domain::value::{Ratio, allocate};
 use tollgate_server::clock::now_ms;
 use tollgate_server::config::{RawConfig, deployment_price_key};
-use tollgate_store::{KeyStore, ReportStore};
 use tollgate_store::value::HourlyUsage;
+use tollgate_store::{KeyStore, ReportStore};
 
 pub async fn export(args: ExportArgs) -> Result<ExitCode> {
     if args.format != "focus" {

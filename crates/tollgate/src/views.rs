@@ -466,12 +466,12 @@ fn savings_csv(r: &SavingsReport) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tollgate_store::SqliteStore;
     use std::collections::BTreeMap;
     use tollgate_domain::attribution::Attribution;
     use tollgate_domain::ledger::{Endpoint, LedgerRow, Route};
     use tollgate_domain::outcome::{OutcomeStatus, TaskOutcome, ValueBasis};
     use tollgate_domain::usage::{Usage, UsageSource};
+    use tollgate_store::SqliteStore;
 
     /// 2024-01-02T03:00:00Z
     pub const T0: i64 = 1_704_164_400_000;

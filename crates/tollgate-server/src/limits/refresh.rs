@@ -24,6 +24,14 @@ impl Limits {
         let halted = self.store.halted_tasks().await.map_err(internal)?;
         let halted = match &self.counters {
             Counters::Redis(r) => {
+                match r.reclaim_expired(now_ms(), 1000).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        reservations = n,
+                        "released the holds of reservations a replica never settled (past budgets.hold_s)"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not sweep expired reservations"),
+                }
                 let halted = self.reconcile_halts(r, halted).await;
                 self.import_halts(r, halted).await
             }

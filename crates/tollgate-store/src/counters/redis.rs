@@ -7,7 +7,9 @@
 //! - `r:<kind>:<scope>:<window>`: one fixed rate window's count, expiring after two.
 //! - `res:<id>`: an open reservation (`b|<key>` → amount), and the sorted set `resv` of
 //!   open reservations by deadline. A reservation still open at its deadline (its
-//!   replica died) is reclaimed by the next reserve: its holds are released.
+//!   replica died) is reclaimed: its holds are released, by the next reserve (up to 16
+//!   at a time) and by every replica's refresh sweep ([`RedisCounters::reclaim_expired`],
+//!   every few seconds), so they do not linger when no call comes.
 //! - `seeded`: present once the counters were rebuilt from the ledger. A Redis that
 //!   restarted empty has none, and every reserve answers "unseeded" until a gateway
 //!   seeds it, so spend is never silently reset to zero.
@@ -26,6 +28,36 @@ use tollgate_domain::budget::{Account, SettledLine};
 use tollgate_domain::money::Money;
 use tollgate_domain::ratelimit::{self, window_of};
 
+/// Release the holds of reservations still open at their deadline (their replica died
+/// before settling them), at most `most` of them, as Lua. Returns how many.
+const RECLAIM_FN: &str = r#"
+local function reclaim(resv, prefix, now, most)
+  local dead = redis.call('ZRANGEBYSCORE', resv, '-inf', now, 'LIMIT', 0, most)
+  for _, rid in ipairs(dead) do
+    local rk = prefix .. 'res:' .. rid
+    local f = redis.call('HGETALL', rk)
+    for i = 1, #f, 2 do
+      if string.sub(f[i], 1, 2) == 'b|' then
+        local key = string.sub(f[i], 3)
+        local r = tonumber(redis.call('HGET', key, 'reserved') or '0')
+        local take = math.min(r, tonumber(f[i + 1]))
+        if take > 0 then redis.call('HINCRBY', key, 'reserved', -take) end
+      end
+    end
+    if #f > 0 then redis.call('HSET', rk, 'reaped', '1') end
+    redis.call('ZREM', resv, rid)
+  end
+  return #dead
+end
+"#;
+
+/// The sweep every replica runs on its refresh (so a dead replica's holds are released
+/// soon after their deadline even when no call reserves): KEYS resv; ARGV now, prefix,
+/// most.
+const SWEEP: &str = r#"
+return reclaim(KEYS[1], ARGV[2], tonumber(ARGV[1]), tonumber(ARGV[3]))
+"#;
+
 const RESERVE: &str = r#"
 -- KEYS: resv, res:<id>, seeded, <nb budget keys>, <nr × (cur window, prev window)>
 -- ARGV: now, hold, nb, nr, id, prefix, then per budget line: limit (-1: none), amount,
@@ -36,21 +68,7 @@ local nb = tonumber(ARGV[3])
 local nr = tonumber(ARGV[4])
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-2} end
 -- Reclaim reservations whose replica died before settling them.
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
-for _, rid in ipairs(dead) do
-  local rk = ARGV[6] .. 'res:' .. rid
-  local f = redis.call('HGETALL', rk)
-  for i = 1, #f, 2 do
-    if string.sub(f[i], 1, 2) == 'b|' then
-      local key = string.sub(f[i], 3)
-      local r = tonumber(redis.call('HGET', key, 'reserved') or '0')
-      local take = math.min(r, tonumber(f[i + 1]))
-      if take > 0 then redis.call('HINCRBY', key, 'reserved', -take) end
-    end
-  end
-  if #f > 0 then redis.call('HSET', rk, 'reaped', '1') end
-  redis.call('ZREM', KEYS[1], rid)
-end
+reclaim(KEYS[1], ARGV[6], now, 16)
 -- Check every line before changing anything.
 local left = {}
 for i = 1, nb do
@@ -168,6 +186,7 @@ return n
 "#;
 
 struct Scripts {
+    sweep: Script,
     reserve: Script,
     settle: Script,
     seed: Script,
@@ -199,7 +218,8 @@ impl RedisCounters {
             conn: Arc::new(tokio::sync::OnceCell::new()),
             prefix: format!("{prefix}:"),
             scripts: Arc::new(Scripts {
-                reserve: Script::new(RESERVE),
+                sweep: Script::new(&format!("{RECLAIM_FN}{SWEEP}")),
+                reserve: Script::new(&format!("{RECLAIM_FN}{RESERVE}")),
                 settle: Script::new(SETTLE),
                 seed: Script::new(SEED),
             }),
@@ -314,6 +334,19 @@ impl RedisCounters {
             -2 => Err(ReserveError::Unseeded),
             _ => Err(CounterError(format!("reserve script answered {out:?}")).into()),
         }
+    }
+
+    /// Release the holds of up to `most` reservations whose deadline passed before they
+    /// were settled (their replica died). Returns how many.
+    pub async fn reclaim_expired(&self, now_ms: i64, most: u32) -> Result<u64, CounterError> {
+        let mut inv = self.scripts.sweep.prepare_invoke();
+        inv.key(self.k("resv"))
+            .arg(now_ms)
+            .arg(&self.prefix)
+            .arg(most);
+        let mut conn = self.conn().await?;
+        let n: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
+        Ok(n.max(0) as u64)
     }
 
     pub async fn settle(
