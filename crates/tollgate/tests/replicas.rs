@@ -342,7 +342,8 @@ async fn three_replicas_one_budget_no_overspend_no_lost_or_double_rows_when_one_
     let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
         .await
         .unwrap();
-    tokio::spawn(conn);
+    let mut driver = tokio::task::JoinSet::new();
+    driver.spawn(conn);
     client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await
