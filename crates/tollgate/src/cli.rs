@@ -33,6 +33,9 @@ pub enum Command {
     Budgets(BudgetsArgs),
     /// Check a config file; exits non-zero and lists every problem if it is invalid.
     ValidateConfig(ConfigArgs),
+    /// Apply the store's pending migrations (the config's `[store]`: PostgreSQL or the
+    /// SQLite file) and print the schema version. `serve` also migrates on start.
+    Migrate(ConfigArgs),
     /// Show what a model costs in the effective price table.
     Pricing(PricingArgs),
     /// Run only the simulated OpenAI-compatible provider (for tests and benchmarks).

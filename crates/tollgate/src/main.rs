@@ -82,6 +82,12 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Router(a) => router::router(a),
         Command::Cache(a) => cache::cache(a),
         Command::Prune(a) => prune::prune(a),
+        Command::Migrate(a) => {
+            let settings = store_settings(None, a.config, false)?;
+            let version = tollgate_store::Store::migrate(&settings).await?;
+            println!("store migrated: schema version {version}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -109,7 +115,16 @@ pub async fn open_store(
     config: Option<PathBuf>,
     must_exist: bool,
 ) -> Result<tollgate_store::Store> {
-    use tollgate_store::Store;
+    let settings = store_settings(db, config, must_exist)?;
+    Ok(tollgate_store::Store::open(&settings).await?)
+}
+
+/// The store settings [`open_store`] opens.
+pub fn store_settings(
+    db: Option<PathBuf>,
+    config: Option<PathBuf>,
+    must_exist: bool,
+) -> Result<tollgate_store::config::StoreSettings> {
     use tollgate_store::config::StoreSettings;
     let settings = match db {
         Some(path) => StoreSettings::Sqlite { path },
@@ -131,7 +146,7 @@ pub async fn open_store(
     {
         anyhow::bail!("no ledger at {} (use --db or --config)", path.display());
     }
-    Ok(Store::open(&settings).await?)
+    Ok(settings)
 }
 
 /// Where a store lives, for messages.
