@@ -99,6 +99,24 @@ pub async fn serve(
             }
         })
     };
+    // With Redis counters: renew this replica's reservation leases every third of a
+    // lease, on their own loop (a slow store refresh must not let them lapse).
+    let renewer = {
+        let gw = gw.clone();
+        gw.clone().tasks.spawn(async move {
+            loop {
+                let every = Duration::from_millis(
+                    (gw.config.load().limits.lease_ms / 3).clamp(500, 60_000) as u64,
+                );
+                tokio::select! {
+                    _ = gw.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let cfg = gw.config.load_full();
+                gw.limits.renew_leases(&cfg.limits).await;
+            }
+        })
+    };
     gw.telemetry.start(&gw.tasks, gw.client.clone(), {
         let cfg = gw.config.load();
         cfg.upstreams
@@ -140,6 +158,7 @@ pub async fn serve(
     };
     stop.cancel();
     let _ = refresher.await;
+    let _ = renewer.await;
     // No more requests: let the span exporter flush what is queued and stop.
     gw.telemetry.close();
     gw.tasks.close();

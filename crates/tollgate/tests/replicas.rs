@@ -35,12 +35,15 @@ fn urls() -> Option<(String, String)> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports (held open together while picked, so none is handed out
+/// twice).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 struct Replica {
@@ -48,8 +51,7 @@ struct Replica {
     base: String,
 }
 
-fn start(dir: &Path, n: usize, shared: &str, pg: &str) -> Replica {
-    let port = free_port();
+fn start(dir: &Path, n: usize, port: u16, shared: &str, pg: &str) -> Replica {
     let cfg = dir.join(format!("gw{n}.toml"));
     std::fs::write(
         &cfg,
@@ -130,10 +132,11 @@ async fn three_replicas_one_budget_no_overspend_no_lost_or_double_rows_when_one_
     let prefix = format!("tgtest:replicas:{tag}");
     let dir = tempfile::tempdir().unwrap();
 
-    // The upstream answers in 3 s: the budget's calls are all at the upstream (their
-    // reservations held) while the refusals come back, which is when the kill comes.
+    // The upstream answers in 10 s: the budget's calls are all at the upstream (their
+    // reservations held, and renewed by live replicas past several 3 s leases) while the
+    // refusals come back, which is when the kill comes.
     let mut fixture = Fixture::json(200, Fixture::file("openai/chat.json"));
-    fixture.delay = Duration::from_millis(3000);
+    fixture.delay = Duration::from_millis(10_000);
     let up = FixtureUpstream::start(fixture).await.unwrap();
 
     // One key, created in the shared store before the replicas start.
@@ -155,13 +158,16 @@ async fn three_replicas_one_budget_no_overspend_no_lost_or_double_rows_when_one_
         .unwrap();
 
     let shared = format!(
-        "schema = \"{schema}\"\n[budgets]\ncounters = \"redis\"\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\nhold_s = 60\n\
+        "schema = \"{schema}\"\n[budgets]\ncounters = \"redis\"\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\nhold_s = 60\nlease_s = 3\n\
          [[budgets.limits]]\nscope = \"org\"\nperiod = \"day\"\nlimit_usd = \"0.30\"\n\
          [[upstreams]]\nname = \"up\"\nbase_url = \"{}\"\n\
          [[deployments]]\nname = \"m\"\nupstream = \"up\"\nmodel = \"gpt-4.1\"\nprice = {{ input = \"0\", output = \"100\" }}\n",
         up.base_url()
     );
-    let mut replicas: Vec<Replica> = (0..3).map(|n| start(dir.path(), n, &shared, &pg)).collect();
+    let ports = free_ports(3);
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|n| start(dir.path(), n, ports[n], &shared, &pg))
+        .collect();
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -223,9 +229,21 @@ async fn three_replicas_one_budget_no_overspend_no_lost_or_double_rows_when_one_
     while seen.lock().unwrap().refused < 100 && t0.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let killed_after = t0.elapsed();
     replicas[2].child.kill().unwrap();
     let _ = replicas[2].child.wait();
+    let killed_after = t0.elapsed();
+    let killed_at = Instant::now();
+    let gone = http
+        .get(format!("{}/healthz", replicas[2].base))
+        .send()
+        .await;
+    assert!(gone.is_err(), "replica 3 is gone: {gone:?}");
+    let held_at_kill = live_budget(&http, &replicas[0].base).await;
+    // Six seconds on (two leases of 3 s and a sweep): the dead replica's holds are back,
+    // the live replicas' calls, still at the upstream, keep theirs (renewed).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let held_later = live_budget(&http, &replicas[0].base).await;
+    let in_flight_elsewhere = killed_at.elapsed() < Duration::from_secs(9);
     while joins.join_next().await.is_some() {}
     let seen = std::mem::take(&mut *seen.lock().unwrap());
 
@@ -287,23 +305,32 @@ async fn three_replicas_one_budget_no_overspend_no_lost_or_double_rows_when_one_
         up.calls()
     );
 
-    // The killed replica's reservations stay held (they may still be spent) until
-    // hold_s (60 s) has passed; then every surviving replica's refresh sweep releases
-    // them, with no call needed. Nothing is left reserved, the shared counters agree with
-    // the ledger, and the released budget pays for new calls.
-    let survivor = replicas[0].base.clone();
-    let held = live_budget(&http, &survivor).await;
-    eprintln!("right after the kill: {held}");
-    let killed_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    let live = loop {
-        let live = live_budget(&http, &survivor).await;
-        if live["reserved_usd"] == "0.000000000" || killed_at.elapsed() > Duration::from_secs(80) {
-            break live;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // What was held: at the kill, every forwarded call's hold; six seconds later only the
+    // live replicas' (their calls were still running, their leases renewed), the dead
+    // replica's released; after the calls end, nothing.
+    let nanos = |v: &Value| -> i64 {
+        let t = v.as_str().unwrap();
+        let (a, b) = t.split_once('.').unwrap();
+        a.parse::<i64>().unwrap() * 1_000_000_000 + b.parse::<i64>().unwrap()
     };
-    eprintln!("{:?} after the kill: {live}", killed_at.elapsed());
+    eprintln!("at the kill: {held_at_kill}; 6 s later: {held_later}");
+    // Every forwarded call in the ledger is a live replica's (the dead one's never
+    // answered: the upstream takes 10 s).
+    let survivors_forwarded = forwarded as i64;
+    assert!(
+        in_flight_elsewhere,
+        "the check came before the live calls ended"
+    );
+    assert!(nanos(&held_at_kill["reserved_usd"]) > nanos(&held_later["reserved_usd"]));
+    assert_eq!(
+        nanos(&held_later["reserved_usd"]),
+        survivors_forwarded * COST_NANOS,
+        "6 s after the kill, only the live replicas' running calls hold budget"
+    );
+    let survivor = replicas[0].base.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let live = live_budget(&http, &survivor).await;
+    eprintln!("after the calls: {live}");
     assert_eq!(live["reserved_usd"], "0.000000000", "{live}");
     assert_eq!(
         live["spent_usd"],

@@ -27,8 +27,13 @@ pub struct RawBudgets {
     pub redis_prefix: Option<String>,
     /// `deny` (default: refuse with 503 while counters are unreachable) or `allow`.
     pub on_counter_error: Option<String>,
-    /// An unsettled reservation is reclaimed after this long (default 7200 s).
+    /// A reservation is never held longer than this, even by a live replica whose call
+    /// hangs (default 7200 s).
     pub hold_s: Option<u64>,
+    /// With Redis: an unsettled reservation is reclaimed this long after its replica
+    /// last renewed it (every `lease_s / 3`), so a dead replica's holds come back within
+    /// seconds (default 15 s; at least 3, at most `hold_s`).
+    pub lease_s: Option<u64>,
     #[serde(default)]
     pub limits: Vec<RawBudget>,
 }
@@ -64,6 +69,7 @@ pub struct BudgetSettings {
     pub counters: CountersConfig,
     pub fail_open: bool,
     pub hold_ms: i64,
+    pub lease_ms: i64,
     pub rules: Vec<BudgetRule>,
 }
 
@@ -163,6 +169,15 @@ pub fn validate(
             });
         }
     }
+    let hold_s = budgets.hold_s.unwrap_or(7200).max(60);
+    let hold_ms = i64::try_from(hold_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let lease_s = budgets.lease_s.unwrap_or(15);
+    if !(3..=hold_s).contains(&lease_s) {
+        errs.push(format!(
+            "budgets.lease_s: {lease_s} must be between 3 and budgets.hold_s ({hold_s})"
+        ));
+    }
+    let lease_ms = i64::try_from(lease_s.clamp(3, hold_s).saturating_mul(1000)).unwrap_or(i64::MAX);
     BudgetSettings {
         time_zone,
         default_max_tokens: budgets.default_max_tokens.unwrap_or(4096),
@@ -170,8 +185,8 @@ pub fn validate(
         min_clamped_tokens: budgets.min_clamped_tokens.unwrap_or(16).max(1),
         counters,
         fail_open,
-        hold_ms: i64::try_from(budgets.hold_s.unwrap_or(7200).max(60).saturating_mul(1000))
-            .unwrap_or(i64::MAX),
+        hold_ms,
+        lease_ms,
         rules,
     }
 }

@@ -24,6 +24,8 @@ pub struct LimitsConfig {
     /// Forward requests while the counters are unreachable (unmetered by budgets).
     pub fail_open: bool,
     pub hold_ms: i64,
+    /// With Redis: how long an unrenewed reservation is held (see `budgets.lease_s`).
+    pub lease_ms: i64,
     /// Budgets from the config file (run-time budgets from the database are merged over
     /// them by the gateway).
     pub budgets: Vec<BudgetRule>,
@@ -50,6 +52,7 @@ pub fn validate(
         counters: b.counters,
         fail_open: b.fail_open,
         hold_ms: b.hold_ms,
+        lease_ms: b.lease_ms,
         budgets: b.rules,
         rate_limits: super::rate_limits::validate(rate_limits, errs),
         guard: super::guard::validate(guard, errs),

@@ -196,7 +196,10 @@ impl Limits {
             budget,
             expire_at_ms: expire,
             rate,
-            hold_ms: lc.hold_ms,
+            hold_ms: match self.counters {
+                Counters::Redis(_) => lc.lease_ms,
+                Counters::Memory(_) => lc.hold_ms,
+            },
         };
         let granted = loop {
             let amount = rates
@@ -272,6 +275,9 @@ impl Limits {
             max_out
         });
         success_headers(&mut headers, &req, &granted, &ticket.rate_kinds);
+        if matches!(self.counters, Counters::Redis(_)) && !granted.reservation.budget.is_empty() {
+            self.leases.open(&granted.reservation.id, now);
+        }
         ticket.reservation = Some(granted.reservation);
         ticket.lines = infos;
         Ok(Admitted {

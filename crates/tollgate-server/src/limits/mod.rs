@@ -28,6 +28,8 @@
 //! # Layout
 //! - [`admit`]: lines, the worst case, the reservation, clamping, response headers.
 //! - [`guard`]: per-task state and halted tasks at run time ([`guard::TaskGuard`]).
+//! - `leases`: with Redis, this replica's open reservations and the renewal of their
+//!   leases, so a dead replica's holds come back within `budgets.lease_s`.
 //! - [`halts`]: the guard at admission (shared verdicts, trips, their incidents and
 //!   alerts) and halts kept in step with Redis.
 //! - [`owners`]: task ids scoped to their owner (team, or key), checked before the
@@ -57,6 +59,7 @@ use tollgate_store::{BudgetStore, Store, StoreError, TaskStore};
 pub mod admit;
 pub mod guard;
 mod halts;
+mod leases;
 pub mod owners;
 mod refresh;
 mod settle;
@@ -118,6 +121,8 @@ pub struct Limits {
     alerts: Arc<Alerts>,
     /// Settlements and shared task costs that must outlive the request (Redis).
     tasks: TaskTracker,
+    /// With Redis: this replica's open reservations, whose leases it renews.
+    leases: leases::Leases,
 }
 
 /// The counters of `rules` in their current periods, with spend summed from the ledger.
@@ -192,6 +197,7 @@ impl Limits {
             store,
             alerts,
             tasks,
+            leases: leases::Leases::default(),
         })
     }
 

@@ -44,6 +44,7 @@ impl Limits {
         let Some(res) = ticket.reservation else {
             return;
         };
+        self.leases.close(&res.id);
         let rate_actual: Vec<u64> = ticket
             .rate_kinds
             .iter()
@@ -61,7 +62,7 @@ impl Limits {
             }
             Counters::Redis(_) => {
                 let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                    tracing::error!(request_id = %row.request_id, "settlement outside a runtime; the hold is reclaimed after budgets.hold_s");
+                    tracing::error!(request_id = %row.request_id, "settlement outside a runtime; the hold is released when its lease (budgets.lease_s) ends");
                     return;
                 };
                 let me = self.clone();
@@ -72,7 +73,7 @@ impl Limits {
                             Ok(out) => me.settled(&ticket.lines, &out, &request_id),
                             Err(e) => {
                                 me.stats.settle_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(request_id, error = %e, "settlement failed; the hold is reclaimed after budgets.hold_s");
+                                tracing::error!(request_id, error = %e, "settlement failed; the hold is released when its lease (budgets.lease_s) ends");
                             }
                         }
                     },

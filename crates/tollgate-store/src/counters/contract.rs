@@ -413,6 +413,37 @@ async fn redis_refuses_until_seeded_and_reclaims_dead_reservations() {
     r.clear().await.unwrap();
 }
 
+/// Leases: a live replica's renewed reservation outlives its first deadline; a dead
+/// replica's is released by the sweep once its lease ends, with no reserve needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_leases_are_renewed_and_swept() {
+    let Some(url) = redis_url() else { return };
+    let r = redis(&url, &unique("leases")).await;
+    let c = Counters::Redis(r.clone());
+    c.seed(&[], true).await.unwrap();
+    let mut live = req("live", T0, vec![line("b:l", Some(100), 30)], vec![]);
+    live.hold_ms = 3_000;
+    let mut dead = req("dead", T0, vec![line("b:l", Some(100), 20)], vec![]);
+    dead.hold_ms = 3_000;
+    grant(&c, &live).await;
+    grant(&c, &dead).await;
+    // Nothing has expired yet.
+    assert_eq!(r.reclaim_expired(T0 + 2_000, 100).await.unwrap(), 0);
+    // The live one is renewed; the dead one is not.
+    r.renew(
+        &["live".to_string(), "settled-long-ago".to_string()],
+        T0 + 2_000 + 3_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reclaim_expired(T0 + 3_500, 100).await.unwrap(), 1);
+    assert_eq!(account(&c, "b:l").await.reserved, Money::from_nanos(30));
+    // Past the renewed lease too: released.
+    assert_eq!(r.reclaim_expired(T0 + 5_001, 100).await.unwrap(), 1);
+    assert_eq!(account(&c, "b:l").await.reserved, Money::ZERO);
+    r.clear().await.unwrap();
+}
+
 /// The guard's shared task state: counted calls, halts claimed once, release, and a
 /// replica's store reconciled with Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,8 @@ pub struct ReserveRequest {
     pub expire_at_ms: Vec<Option<i64>>,
     pub rate: Vec<RateLine>,
     /// How long a reservation may stay unsettled before it is reclaimed (a replica that
-    /// died holding it). Longer than any request can last.
+    /// died holding it): with Redis, the lease its replica renews
+    /// ([`RedisCounters::renew`]) while the call runs.
     pub hold_ms: i64,
 }
 

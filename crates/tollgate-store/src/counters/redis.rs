@@ -349,6 +349,22 @@ impl RedisCounters {
         Ok(n.max(0) as u64)
     }
 
+    /// Renew the leases of open reservations `ids` (this replica's calls still running):
+    /// reclaimed at `deadline_ms` unless renewed again. Reservations already settled or
+    /// reclaimed are left alone (`ZADD XX`).
+    pub async fn renew(&self, ids: &[String], deadline_ms: i64) -> Result<(), CounterError> {
+        let mut conn = self.conn().await?;
+        for chunk in ids.chunks(1000) {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(self.k("resv")).arg("XX");
+            for id in chunk {
+                cmd.arg(deadline_ms).arg(id);
+            }
+            let _: i64 = cmd.query_async(&mut conn).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
     pub async fn settle(
         &self,
         res: &Reservation,
