@@ -109,6 +109,9 @@ enum Cmd {
         /// Most rows per transaction (the writer's `max_batch`).
         #[arg(long, default_value_t = 4096)]
         max_batch: usize,
+        /// Writer connections (`[store] writers`).
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
         #[arg(long)]
         json: bool,
     },
@@ -344,7 +347,7 @@ struct PgBench {
     _dir: tempfile::TempDir,
 }
 
-async fn pg_open(url: &str, method: WriteMethod) -> Result<PgBench> {
+async fn pg_open(url: &str, method: WriteMethod, writers: usize) -> Result<PgBench> {
     let dir = tempfile::tempdir()?;
     let mut settings = PostgresSettings::new(url, dir.path().join("ledger.spool"));
     settings.schema = Some(format!(
@@ -353,6 +356,7 @@ async fn pg_open(url: &str, method: WriteMethod) -> Result<PgBench> {
         rand_u32()
     ));
     settings.write_method = method;
+    settings.writers = writers.max(1);
     let store = PostgresStore::open(&settings).await?;
     Ok(PgBench { store, _dir: dir })
 }
@@ -381,6 +385,7 @@ fn pg_run(
     method: Method,
     tasks: Tasks,
     max_batch: usize,
+    writers: usize,
 ) -> Result<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -390,7 +395,7 @@ fn pg_run(
         Method::Copy => WriteMethod::Copy,
         Method::Insert => WriteMethod::Insert,
     };
-    let bench = rt.block_on(pg_open(url, method))?;
+    let bench = rt.block_on(pg_open(url, method, writers))?;
     let store = Store::Postgres(bench.store.clone());
     let producers = producers.max(1);
     let mut batches: Vec<Vec<LedgerRow>> = (0..producers).map(|_| Vec::new()).collect();
@@ -436,7 +441,7 @@ fn pg_run(
     }
     Ok(serde_json::json!({
         "bench": format!(
-            "postgres ledger {} via {} ({producers} producers, {} active tasks × {} calls, batches ≤ {max_batch})",
+            "postgres ledger {} via {} ({producers} producers, {} active tasks × {} calls, batches ≤ {max_batch}, {writers} writer connections)",
             format!("{mode:?}").to_lowercase(),
             method.as_str(),
             tasks.active,
@@ -458,7 +463,7 @@ fn pg_naive(url: &str, rows: usize) -> Result<serde_json::Value> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let bench = pg_open(url, WriteMethod::Insert).await?;
+        let bench = pg_open(url, WriteMethod::Insert, 1).await?;
         let store = Store::Postgres(bench.store.clone());
         let tasks = Tasks {
             active: 64,
@@ -524,7 +529,7 @@ fn pg_report(url: &str, rows: i64, runs: usize) -> Result<serde_json::Value> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let bench = pg_open(url, WriteMethod::Copy).await?;
+        let bench = pg_open(url, WriteMethod::Copy, 1).await?;
         let schema = bench.store.schema().unwrap_or("public").to_string();
         let end_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -686,6 +691,7 @@ fn main() -> Result<()> {
             tasks,
             calls_per_task,
             max_batch,
+            writers,
             json,
         } => report(
             json,
@@ -700,6 +706,7 @@ fn main() -> Result<()> {
                     calls: calls_per_task,
                 },
                 max_batch,
+                writers,
             )?,
         ),
         Cmd::PgNaive { url, rows, json } => report(json, pg_naive(&url, rows)?),

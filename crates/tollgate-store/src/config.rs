@@ -8,7 +8,8 @@
 //! # spool = "tollgate-ledger.spool" # where rows wait while PostgreSQL is down
 //! # replica = "gw-1"                # names this replica's ledger streams
 //! # write_method = "copy"           # or "insert" (multi-row INSERT); see BENCHMARKS.md
-//! # pool_size = 8                   # connections for queries (the writer has its own)
+//! # pool_size = 8                   # connections for queries (the writers have their own)
+//! # writers = 2                     # ledger writer connections committing in turn
 //! # partitions_ahead = 2            # monthly ledger partitions created in advance
 //! ```
 //!
@@ -34,6 +35,7 @@ pub struct RawStore {
     pub write_method: Option<String>,
     pub pool_size: Option<u32>,
     pub partitions_ahead: Option<u32>,
+    pub writers: Option<u32>,
 }
 
 /// How the PostgreSQL ledger writer loads a batch into its staging table (the merge into
@@ -87,10 +89,14 @@ pub struct PostgresSettings {
     pub pool_size: usize,
     /// Monthly ledger partitions kept created ahead of the current month.
     pub partitions_ahead: u32,
+    /// Ledger writer connections: while one commits a batch, the next collects and
+    /// sends the next batch (each has its own stream of sequence numbers and its own
+    /// spool file: `spool`, `spool.1`, ...).
+    pub writers: usize,
 }
 
 impl PostgresSettings {
-    /// Settings for `url` with every default (tests, the benchmark).
+    /// Settings for `url` with every default but one writer (tests, the benchmark).
     pub fn new(url: &str, spool: impl Into<PathBuf>) -> PostgresSettings {
         PostgresSettings {
             url: SecretString::from(url.to_string()),
@@ -100,6 +106,8 @@ impl PostgresSettings {
             write_method: WriteMethod::Copy,
             pool_size: 8,
             partitions_ahead: 2,
+            // One writer stream (the config's default is 2).
+            writers: 1,
         }
     }
 }
@@ -132,6 +140,7 @@ impl RawStore {
                     ("write_method", self.write_method.is_some()),
                     ("pool_size", self.pool_size.is_some()),
                     ("partitions_ahead", self.partitions_ahead.is_some()),
+                    ("writers", self.writers.is_some()),
                 ] {
                     if set {
                         errs.push(format!(
@@ -185,6 +194,14 @@ impl RawStore {
                     Some(n) => n as usize,
                     None => 8,
                 };
+                let writers = match self.writers {
+                    Some(n) if (1..=8).contains(&n) => n as usize,
+                    Some(n) => {
+                        errs.push(format!("store.writers: {n} must be between 1 and 8"));
+                        n.clamp(1, 8) as usize
+                    }
+                    None => 2,
+                };
                 let spool = match &self.spool {
                     Some(s) => PathBuf::from(s),
                     None => sqlite_path.with_file_name("tollgate-ledger.spool"),
@@ -197,6 +214,7 @@ impl RawStore {
                     write_method,
                     pool_size,
                     partitions_ahead: self.partitions_ahead.unwrap_or(2),
+                    writers,
                 })
             }
             Some(other) => {

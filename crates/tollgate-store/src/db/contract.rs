@@ -1108,6 +1108,59 @@ async fn postgres_partitions_are_made_ahead_and_on_demand_and_dropped_for_retent
     .await;
 }
 
+/// Two writer connections take batches in turn: every row lands once, each writer's
+/// stream is gapless; rows two writers spooled while PostgreSQL was down (two spool
+/// files) are all shipped by a later single writer, which adopts the second file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_writers_write_every_row_once_and_a_single_writer_adopts_their_spools() {
+    let Some(url) = pg_url() else { return };
+    on_postgres(&url, "writers", WriteMethod::Copy, async |s, ctx| {
+        let Store::Postgres(pg) = &s else { panic!() };
+        let two = Store::Postgres(pg.with_writers(2, false));
+        let (ledger, writer) = two
+            .start_ledger(&LedgerConfig {
+                max_batch: 64,
+                replica: Some("two".into()),
+                ..LedgerConfig::default()
+            })
+            .unwrap();
+        for i in 0..2000 {
+            ledger.record(row(i)).await.unwrap();
+        }
+        drop(ledger);
+        join(writer).await;
+        assert_eq!(s.ledger_count().await.unwrap(), 2000);
+        let seqs = s.ledger_sequences(0, i64::MAX).await.unwrap();
+        assert_eq!(seqs.len(), 2, "{seqs:?}");
+        assert_eq!(seqs.iter().map(|q| q.rows).sum::<u64>(), 2000);
+        assert!(seqs.iter().all(|q| q.missing() == 0), "{seqs:?}");
+
+        // Down: both writers spool, into `ledger.spool` and `ledger.spool.1`.
+        let down = Store::Postgres(pg.with_writers(2, true));
+        let (ledger, writer) = down
+            .start_ledger(&LedgerConfig {
+                max_batch: 16,
+                ..LedgerConfig::default()
+            })
+            .unwrap();
+        for i in 2000..2400 {
+            ledger.record(row(i)).await.unwrap();
+        }
+        drop(ledger);
+        join(writer).await;
+        let second = ctx.dir.path().join("ledger.spool.1");
+        assert!(second.exists());
+        // Back, with one writer: it adopts the second spool and ships both.
+        let one = Store::Postgres(pg.with_writers(1, false));
+        let (ledger, writer) = one.start_ledger(&LedgerConfig::default()).unwrap();
+        drop(ledger);
+        join(writer).await;
+        assert_eq!(s.ledger_count().await.unwrap(), 2400);
+        assert!(!second.exists(), "the second spool was adopted");
+    })
+    .await;
+}
+
 /// PostgreSQL unreachable: the writer keeps answering (strict callers after the spool's
 /// fsync), rows wait in the spool; the next writer ships them exactly once, and shipping
 /// the same lines again (a crash before the offset was saved) changes nothing.

@@ -56,6 +56,8 @@ struct Inner {
     replica: Option<String>,
     method: WriteMethod,
     partitions_ahead: u32,
+    /// Ledger writer connections (each its own stream and spool file).
+    writers: usize,
     pool: Pool,
 }
 
@@ -256,6 +258,7 @@ impl PostgresStore {
                 replica: settings.replica.clone(),
                 method: settings.write_method,
                 partitions_ahead: settings.partitions_ahead,
+                writers: settings.writers,
             }),
         };
         store.migrate().await?;
@@ -441,6 +444,33 @@ impl PostgresStore {
                 replica: i.replica.clone(),
                 method: i.method,
                 partitions_ahead: i.partitions_ahead,
+                writers: i.writers,
+            }),
+        }
+    }
+
+    /// This store with `n` ledger writers (and, `down`, writers that cannot connect).
+    pub(crate) fn with_writers(&self, n: usize, down: bool) -> PostgresStore {
+        let base = if down {
+            self.with_unreachable_writer()
+        } else {
+            self.clone()
+        };
+        let i = &base.inner;
+        PostgresStore {
+            inner: Arc::new(Inner {
+                pool: Pool {
+                    config: i.pool.config.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    permits: Arc::new(Semaphore::new(2)),
+                },
+                config: i.config.clone(),
+                schema: i.schema.clone(),
+                spool: i.spool.clone(),
+                replica: i.replica.clone(),
+                method: i.method,
+                partitions_ahead: i.partitions_ahead,
+                writers: n,
             }),
         }
     }

@@ -4,7 +4,9 @@
 //! row (a full queue is backpressure), batches are group-committed (flush at
 //! `max_batch` rows or after [`BATCH_LINGER`]), the writer drains the queue when every
 //! handle is gone, strict callers are answered once their row is durable. It runs on
-//! its own thread with a single-threaded runtime and its own connection.
+//! its own threads (`[store] writers`, default 2), each with a single-threaded runtime, its
+//! own connection, stream of sequence numbers and spool file; they take batches from the
+//! one queue in turn, so one collects and sends the next batch while another commits.
 //!
 //! A batch is loaded into a temporary staging table (binary COPY, or multi-row INSERT:
 //! [`WriteMethod`]) and merged in the same transaction:
@@ -591,7 +593,11 @@ fn drain(rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Msg>, max_batch: usize) {
     }
 }
 
-async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, linger: Duration, stream: String) {
+/// The queue, shared by the writers: one collects a batch (holding the lock) while the
+/// others write theirs.
+type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Msg>>>;
+
+async fn run(mut w: Writer, rx: Queue, linger: Duration, stream: String) {
     let mut batch: Vec<Msg> = Vec::with_capacity(w.max_batch);
     let mut next_seq: i64 = 1;
     let idle = Duration::from_secs(3600);
@@ -604,16 +610,22 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, linger: Duration, strea
         } else {
             idle
         };
-        let first = match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(_) => continue,
-        };
-        batch.push(first);
-        drain(&mut rx, &mut batch, w.max_batch);
-        if !linger.is_zero() && batch.len() < w.max_batch && !rx.is_closed() {
-            tokio::time::sleep(linger).await;
+        {
+            let mut rx = match tokio::time::timeout(wait, rx.lock()).await {
+                Ok(rx) => rx,
+                Err(_) => continue,
+            };
+            let first = match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
+            batch.push(first);
             drain(&mut rx, &mut batch, w.max_batch);
+            if !linger.is_zero() && batch.len() < w.max_batch && !rx.is_closed() {
+                tokio::time::sleep(linger).await;
+                drain(&mut rx, &mut batch, w.max_batch);
+            }
         }
         let first_seq = next_seq;
         next_seq += batch.len() as i64;
@@ -642,48 +654,115 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, linger: Duration, strea
     }
 }
 
-/// Start the writer thread for `store`.
+/// Start the writer threads for `store`: `writers` of them, each with its own
+/// connection, stream of sequence numbers and spool file, taking batches from one queue
+/// in turn (while one commits, the next collects and sends), joined by one thread.
 pub(crate) fn start(store: &super::PostgresStore, cfg: &LedgerConfig) -> R<(Ledger, LedgerWriter)> {
     let inner = &store.inner;
-    let spool = Spool::open(&inner.spool).map_err(|e| StoreError::Io {
-        path: inner.spool.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let n = inner.writers.max(1);
     let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
+    let rx: Queue = Arc::new(tokio::sync::Mutex::new(rx));
     let stats = Arc::new(LedgerStats::default());
     let strict = cfg.durability == Durability::Strict;
     let linger = if strict { Duration::ZERO } else { BATCH_LINGER };
-    let stream = stream_id(cfg.replica.as_deref().or(inner.replica.as_deref()));
-    let writer = Writer {
-        sink: Sink {
-            config: inner.config.clone(),
-            client: None,
-            state: BatchState::default(),
-            method: inner.method,
-            retry_at: Instant::now(),
-            backoff: MIN_BACKOFF,
-        },
-        spool,
-        stats: stats.clone(),
-        strict,
-        max_batch: cfg.max_batch.max(1),
+    let io = |path: &std::path::Path, e: std::io::Error| StoreError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Io {
-            path: "ledger writer runtime".into(),
-            message: e.to_string(),
-        })?;
-    let thread = std::thread::Builder::new()
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = spool_path(&inner.spool, i);
+        let mut spool = Spool::open(&path).map_err(|e| io(&path, e))?;
+        if i == 0 {
+            // Spools of writers a larger `writers` setting left behind: their rows move
+            // into the first writer's spool, which ships them.
+            for j in n..MAX_WRITERS {
+                let old = spool_path(&inner.spool, j);
+                if old.exists() {
+                    adopt(&mut spool, &old).map_err(|e| io(&old, e))?;
+                }
+            }
+        }
+        let writer = Writer {
+            sink: Sink {
+                config: inner.config.clone(),
+                client: None,
+                state: BatchState::default(),
+                method: inner.method,
+                retry_at: Instant::now(),
+                backoff: MIN_BACKOFF,
+            },
+            spool,
+            stats: stats.clone(),
+            strict,
+            max_batch: cfg.max_batch.max(1),
+        };
+        let stream = stream_id(cfg.replica.as_deref().or(inner.replica.as_deref()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                path: "ledger writer runtime".into(),
+                message: e.to_string(),
+            })?;
+        let rx = rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("tollgate-ledger-pg-{i}"))
+            .spawn(move || rt.block_on(run(writer, rx, linger, stream)))
+            .map_err(|e| StoreError::Io {
+                path: "ledger writer thread".into(),
+                message: e.to_string(),
+            })?;
+        threads.push(thread);
+    }
+    let joiner = std::thread::Builder::new()
         .name("tollgate-ledger-pg".into())
-        .spawn(move || rt.block_on(run(writer, rx, linger, stream)))
+        .spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
         .map_err(|e| StoreError::Io {
             path: "ledger writer thread".into(),
             message: e.to_string(),
         })?;
     Ok((
         Ledger::new(tx, cfg.durability, stats.clone()),
-        LedgerWriter::new(thread, stats),
+        LedgerWriter::new(joiner, stats),
     ))
+}
+
+/// Most writers `[store] writers` allows (and spool files looked for at start).
+const MAX_WRITERS: usize = 8;
+
+/// Writer `i`'s spool file: the configured path for the first, `PATH.i` for the others.
+fn spool_path(base: &std::path::Path, i: usize) -> std::path::PathBuf {
+    if i == 0 {
+        return base.to_path_buf();
+    }
+    let mut name = base.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{i}"));
+    base.with_file_name(name)
+}
+
+/// Move the unshipped rows of the spool at `old` into `spool` (fsynced), then remove
+/// `old` and its offset file.
+fn adopt(spool: &mut Spool, old: &std::path::Path) -> std::io::Result<()> {
+    let mut from = Spool::open(old)?;
+    while from.pending() {
+        let (rows, next) = from.read(4096)?;
+        spool.append(
+            rows.iter()
+                .map(|s| (&s.row, s.replica_id.as_str(), s.replica_seq)),
+            true,
+        )?;
+        from.shipped(next)?;
+        if rows.is_empty() {
+            break;
+        }
+    }
+    drop(from);
+    std::fs::remove_file(old)?;
+    tracing::info!(path = %old.display(), "ledger: moved a former writer's spool into the first writer's");
+    Ok(())
 }
