@@ -22,7 +22,10 @@
 # Knobs (environment): DURATION (s, measured per run), WARMUP (s), RATE, CONC, MAXCONC,
 # POOL (open-loop connection pool), PIN (both|pinned|unpinned), LEDGER_ROWS,
 # STRICT_ROWS, STRICT_PRODUCERS, NAIVE_ROWS, OUT, NO_BUILD=1, GATEWAY_BIN (another
-# tollgate binary to measure, e.g. a copy of an older build for an A/B comparison).
+# tollgate binary to measure, e.g. a copy of an older build for an A/B comparison),
+# STORE (sqlite, the default, or postgres: the gateway's store in a fresh schema of
+# $PG_URL, default postgres://postgres@127.0.0.1:5432/test, dropped afterwards),
+# LEDGER_BENCH=0 (skip the ledger write-rate benches).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -120,6 +123,12 @@ run_layout() {
 
     local port
     port=$(free_port)
+    local store_toml="" schema="tg_bench_gw_$$_$layout"
+    if [[ "${STORE:-sqlite}" == postgres ]]; then
+        store_toml="[store]
+kind = \"postgres\"
+schema = \"$schema\""
+    fi
     cat >"$dir/tollgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -127,6 +136,7 @@ listen = "127.0.0.1:$port"
 [ledger]
 path = "$dir/ledger.db"
 durability = "batched"
+$store_toml
 
 [[upstreams]]
 name = "stub"
@@ -139,7 +149,12 @@ upstream = "stub"
 model = "gpt-4o-mini"
 EOF
     local key
-    key=$("$GATEWAY_BIN" keys create --db "$dir/ledger.db" --team bench --agent load 2>/dev/null)
+    export TOLLGATE_POSTGRES_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+    if [[ "${STORE:-sqlite}" == postgres ]]; then
+        key=$("$GATEWAY_BIN" keys create --config "$dir/tollgate.toml" --team bench --agent load 2>/dev/null)
+    else
+        key=$("$GATEWAY_BIN" keys create --db "$dir/ledger.db" --team bench --agent load 2>/dev/null)
+    fi
     TOLLGATE_MASTER_KEY=bench-master-key TOLLGATE_LOG=warn \
         $GW_PIN "$GATEWAY_BIN" serve --config "$dir/tollgate.toml" 2>"$dir/gateway.log" &
     local gw_pid=$!
@@ -171,7 +186,12 @@ EOF
     kill "$stub_pid" 2>/dev/null || true
     wait "$stub_pid" 2>/dev/null || true
     local rows answered
-    rows=$("$BIN/ledger" count --db "$dir/ledger.db")
+    if [[ "${STORE:-sqlite}" == postgres ]]; then
+        rows=$(psql "$TOLLGATE_POSTGRES_URL" -Atc "SELECT count(*) FROM $schema.ledger")
+        psql "$TOLLGATE_POSTGRES_URL" -qc "SET client_min_messages = warning; DROP SCHEMA $schema CASCADE" >/dev/null
+    else
+        rows=$("$BIN/ledger" count --db "$dir/ledger.db")
+    fi
     # Every request the gateway answered (2xx or not) after authenticating makes one row.
     answered=$(jq -s '[.[] | .ok_total + .non_2xx_total] | add' "$WORK/$layout"-*-gateway.json)
     jq -n --arg layout "$layout" --argjson idle "$idle_kb" --argjson peak "$peak_kb" \
@@ -189,6 +209,7 @@ esac
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for l in "${LAYOUTS[@]}"; do run_layout "$l"; done
 
+if [[ "${LEDGER_BENCH:-1}" != 0 ]]; then
 log "ledger benches"
 "$BIN/ledger" run --rows "$LEDGER_ROWS" --producers 4 --durability batched --json >"$WORK/ledger-batched.json"
 # Stress: 1,000 long-running tasks interleaved (the (task, ts_ms) index's worst case).
@@ -197,6 +218,7 @@ log "ledger benches"
 "$BIN/ledger" run --rows "$STRICT_ROWS" --producers "$STRICT_PRODUCERS" --durability strict --json >"$WORK/ledger-strict.json"
 "$BIN/ledger" naive --rows "$NAIVE_ROWS" --durability batched --json >"$WORK/ledger-naive.json"
 "$BIN/ledger" naive --rows "$((NAIVE_ROWS / 10))" --durability strict --json >"$WORK/ledger-naive-strict.json"
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the report ------------------------------------------------------------------------
@@ -208,7 +230,7 @@ report() {
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates bench 2>/dev/null || echo ' (+ local changes)')"
     echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r), $(rustc --version)"
     echo "- load average (1/5/15 min) before: $load_before; after: $load_after"
-    echo "- each run: ${WARMUP} s warm-up (not recorded) + ${DURATION} s measured; latency in µs; gateway: key auth, pricing, SQLite ledger (batched)"
+    echo "- each run: ${WARMUP} s warm-up (not recorded) + ${DURATION} s measured; latency in µs; gateway: key auth, pricing, ${STORE:-sqlite} store (ledger batched)"
     echo "- pinned: gateway \`taskset -c 0\`, stub and load generator \`taskset -c 1\`; unpinned: no affinity"
     echo
     echo "## Overhead at a fixed rate of $RATE req/s (open loop, latency from the scheduled send time, pool of $POOL connections)"
@@ -266,6 +288,7 @@ report() {
         local m="$l-mem"
         echo "| $l | $(q "$m" '(.idle_kb/1024*10|round/10|tostring) + " MiB"') | $(q "$m" '(.peak_kb/1024*10|round/10|tostring) + " MiB"') | $(q "$m" '(.after_kb/1024*10|round/10|tostring) + " MiB"') | $(q "$m" .rows) | $(q "$m" .answered) | $(q "$m" 'if .rows == .answered then "yes" else "**NO**" end') |"
     done
+    [[ "${LEDGER_BENCH:-1}" != 0 ]] || { echo; echo "Raw JSON of every run: \`$OUT.json\`."; return; }
     echo
     echo "## Ledger sustained write rate (\`ledger\` bench, unpinned, $(df -h "${TMPDIR:-/tmp}" | awk 'NR==2 {print $1}') filesystem; batched = \`synchronous=NORMAL\`, strict = \`synchronous=FULL\`, WAL)"
     echo
