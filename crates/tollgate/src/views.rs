@@ -523,6 +523,8 @@ pub(crate) mod tests {
             cache: None,
             prune: None,
             usage_suspect: false,
+            service_tier: None,
+            prefix: None,
         }
     }
 
