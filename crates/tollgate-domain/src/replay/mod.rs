@@ -17,7 +17,8 @@
 //!    lighter tier than it did is a quality risk.
 //! 4. **Model swap** ([`Swap`]): a deployment's traffic re-priced as another target's,
 //!    every token count scaled by the tokenizer ratio between the two (an approximation:
-//!    the same text in another tokenizer; 1 when both use the same encoding).
+//!    the same text in another tokenizer; 1 when both use the same encoding). A swap
+//!    to a lighter model is a quality risk like a lighter tier.
 //! 5. **Prompt caching** ([`PromptCacheLever`]): off, every prompt token at the input
 //!    rate; on with a TTL, rows that used no prompt cache get one simulated on their
 //!    recorded stable prefix (tools and system prompt: hash and token count): the first
@@ -77,6 +78,9 @@ pub struct Swap {
     pub to: String,
     /// Tokens on `to` per token on `from`, in millionths (1_000_000: the same count).
     pub token_ratio_ppm: u64,
+    /// `to` is a lighter model than `from` (its calls count as a quality risk, as a
+    /// call routed to a lighter tier does).
+    pub lighter: bool,
 }
 
 /// Another tier policy and ladder for one routed name.
@@ -422,6 +426,7 @@ impl Replay {
             target = s.to.clone();
             ratio = s.token_ratio_ppm;
             out.swapped = true;
+            out.lighter |= s.lighter;
         }
         if target != recorded {
             changed = true;
@@ -447,30 +452,33 @@ impl Replay {
             }
             PromptCacheLever::On(ttl) => {
                 let uses_cache = usage.prompt_total() != usage.input;
-                if !uses_cache
-                    && let Some(p) = &row.prefix
+                if let Some(p) = &row.prefix
                     && let Some(min) = tgt.and_then(|t| t.cache_min_tokens)
                 {
-                    let tokens = scale(p.tokens, ratio).min(usage.input);
+                    let tokens = scale(p.tokens, ratio).min(usage.prompt_total());
                     if tokens >= min && tokens > 0 {
                         let tenant = row.attribution.key_id.clone().unwrap_or_default();
                         let slot = self
                             .prefixes
                             .entry((tenant, target.clone(), p.hash.clone()))
                             .or_insert(i64::MIN);
-                        usage.input -= tokens;
-                        if *slot >= row.ts_ms {
-                            usage.cache_read += tokens;
-                            out.cache_read = true;
-                        } else {
-                            match ttl {
-                                Ttl::FiveMinutes => usage.cache_write_5m += tokens,
-                                Ttl::OneHour => usage.cache_write_1h += tokens,
+                        // A row that used the provider's cache keeps its recorded token
+                        // classes; it still holds the prefix warm for the rows after it.
+                        if !uses_cache {
+                            usage.input -= tokens;
+                            if *slot >= row.ts_ms {
+                                usage.cache_read += tokens;
+                                out.cache_read = true;
+                            } else {
+                                match ttl {
+                                    Ttl::FiveMinutes => usage.cache_write_5m += tokens,
+                                    Ttl::OneHour => usage.cache_write_1h += tokens,
+                                }
+                                out.cache_write = true;
                             }
-                            out.cache_write = true;
+                            changed = true;
                         }
                         *slot = row.ts_ms.saturating_add(ttl.ms());
-                        changed = true;
                     }
                 }
             }

@@ -133,6 +133,7 @@ fn swap_reprices_with_token_ratio_rounded_up() {
             from: "heavy".into(),
             to: "claude".into(),
             token_ratio_ppm: 1_100_000,
+            lighter: true,
         }],
         ..Policy::default()
     };
@@ -140,7 +141,8 @@ fn swap_reprices_with_token_ratio_rounded_up() {
     // 1100 × $1/M + 110 × $5/M = 1,100,000 + 550,000 nanos.
     assert_eq!(rep.total.cost_policy, Money::from_nanos(1_650_000));
     assert_eq!(rep.total.saved, Money::from_nanos(1_850_000));
-    assert_eq!(rep.total.swapped, 1);
+    assert_eq!((rep.total.swapped, rep.total.lighter), (1, 1));
+    assert_eq!((rep.total.tasks_succeeded, rep.total.tasks_at_risk), (1, 1));
     assert_eq!(scale(3, 1_100_000), 4, "rounded up");
 }
 
@@ -218,6 +220,32 @@ fn prompt_cache_on_simulates_writes_then_reads_within_ttl() {
     let rep = r.finish(&BTreeSet::new());
     assert_eq!((rep.total.cache_reads, rep.total.cache_writes), (2, 2));
     assert!(rep.total.saved.nanos() > 0);
+}
+
+#[test]
+fn a_recorded_cache_read_keeps_the_prefix_warm_for_the_next_row() {
+    let t = table();
+    let prefix = PrefixRecord {
+        hash: "ef".repeat(16),
+        tokens: 3000,
+    };
+    let mut warm = row(&t, 0, "claude", usage(1000, 3000, 10), None);
+    warm.prefix = Some(prefix.clone());
+    let mut cold = row(&t, 1, "claude", usage(4000, 0, 10), None);
+    cold.prefix = Some(prefix);
+    let mut r = Replay::new(
+        Policy {
+            prompt_cache: PromptCacheLever::On(Ttl::FiveMinutes),
+            ..Policy::default()
+        },
+        catalog(&t, t.hash()),
+        None,
+    );
+    let a = r.add(&warm);
+    assert_eq!((a.cost, a.usage), (warm.cost, warm.usage), "kept as recorded");
+    let b = r.add(&cold);
+    assert!(b.cache_read && !b.cache_write);
+    assert_eq!(b.usage, usage(1000, 3000, 10));
 }
 
 #[test]
@@ -312,6 +340,7 @@ fn unknown_target_is_flagged_and_kept_at_recorded_cost() {
             from: "*".into(),
             to: "nowhere".into(),
             token_ratio_ppm: PPM,
+            lighter: false,
         }],
         ..Policy::default()
     };

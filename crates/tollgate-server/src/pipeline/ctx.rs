@@ -12,7 +12,7 @@ use http::HeaderMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::ledger::{CacheRecord, PruneRecord};
+use tollgate_domain::ledger::{CacheRecord, PrefixRecord, PruneRecord};
 
 /// What the response cache did for a request (the `x-tollgate-cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,9 @@ pub struct RequestCtx {
     pub cache: Option<CacheRecord>,
     /// What pruning took out of the prompt.
     pub prune: Option<PruneRecord>,
+    /// The prompt's stable prefix (tools and system prompt) as sent: hash and tokens,
+    /// recorded for what-if replay of prompt caching (set by the shape stage).
+    pub prefix: Option<PrefixRecord>,
 }
 
 impl RequestCtx {
@@ -123,6 +126,7 @@ impl RequestCtx {
             cache_fill: None,
             cache: None,
             prune: None,
+            prefix: None,
         }
     }
 
