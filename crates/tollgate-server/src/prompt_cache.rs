@@ -10,10 +10,10 @@ use crate::ingress::IngressRequest;
 use crate::tokens::TokenCache;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+use tollgate_domain::ledger::PrefixRecord;
 use tollgate_domain::prompt_cache::{
     self, Family, Mode, Part, PartKind, Plan, PrefixTracker, RuleTable,
 };
-use tollgate_domain::ledger::PrefixRecord;
 use tollgate_providers::prompt_cache::{self as wire, BodyPart};
 use tollgate_providers::translate::Format;
 

@@ -41,8 +41,8 @@ use tollgate_domain::outcome::OutcomeStatus;
 use tollgate_domain::pricing::{ModelPrice, PriceTable};
 use tollgate_domain::prompt_cache::{RuleTable, Ttl};
 use tollgate_domain::replay::{
-    Catalog, PPM, Policy, PromptCacheLever, PruningLever, Replay, ReplayReport,
-    ResponseCacheLever, RoutePolicy, Swap, Target,
+    Catalog, PPM, Policy, PromptCacheLever, PruningLever, Replay, ReplayReport, ResponseCacheLever,
+    RoutePolicy, Swap, Target,
 };
 use tollgate_domain::report::GroupBy;
 use tollgate_domain::routing::{Router, TierPolicy};
@@ -556,7 +556,10 @@ mod tests {
         .unwrap();
         let prep = prepare(&raw, &t, &r, &p).unwrap();
         assert_eq!(prep.policy.swaps[0].token_ratio_ppm, 1_200_000);
-        assert!(prep.policy.swaps[0].lighter, "haiku's rates are below gpt-4o's");
+        assert!(
+            prep.policy.swaps[0].lighter,
+            "haiku's rates are below gpt-4o's"
+        );
         assert_eq!(prep.policy.prompt_cache, PromptCacheLever::On(Ttl::OneHour));
         assert_eq!(
             prep.policy.response_cache,
@@ -598,6 +601,9 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing in:\n{text}");
         }
-        assert!(parse_policy("[bogus]\nx = 1").is_err(), "unknown sections refused");
+        assert!(
+            parse_policy("[bogus]\nx = 1").is_err(),
+            "unknown sections refused"
+        );
     }
 }

@@ -518,19 +518,6 @@ fn spend_json(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_round_and_few() {
-        assert_eq!(bucket_for(3_600_000), 60_000);
-        assert_eq!(bucket_for(86_400_000), 1_800_000);
-        assert_eq!(bucket_for(600_000), 10_000);
-        assert!(bucket_for(i64::MAX / 2) >= 86_400_000);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // What-if replay.
 
@@ -572,4 +559,17 @@ pub fn replay_json(r: &crate::replay::ReplayOutput) -> Value {
         "total": replay_group_json(&r.report.total),
         "notes": r.notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_round_and_few() {
+        assert_eq!(bucket_for(3_600_000), 60_000);
+        assert_eq!(bucket_for(86_400_000), 1_800_000);
+        assert_eq!(bucket_for(600_000), 10_000);
+        assert!(bucket_for(i64::MAX / 2) >= 86_400_000);
+    }
 }

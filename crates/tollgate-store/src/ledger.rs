@@ -34,8 +34,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::ledger::{
-    CacheKind, CacheRecord, Endpoint, LedgerRow, PrefixRecord, PruneRecord, Route, RouteMode, RouteRecord,
-    stored_nanos, stored_tokens,
+    CacheKind, CacheRecord, Endpoint, LedgerRow, PrefixRecord, PruneRecord, Route, RouteMode,
+    RouteRecord, stored_nanos, stored_tokens,
 };
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
@@ -435,7 +435,11 @@ pub struct LedgerPage {
 
 impl LedgerPage {
     pub(crate) fn new(rows: Vec<LedgerRow>, last: Option<LedgerCursor>, limit: usize) -> Self {
-        let next = if rows.len() >= limit.max(1) { last } else { None };
+        let next = if rows.len() >= limit.max(1) {
+            last
+        } else {
+            None
+        };
         LedgerPage { rows, next }
     }
 }
@@ -644,7 +648,10 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         prune: prune_from_sql(r)?,
         usage_suspect: r.get(47)?,
         service_tier: r.get(48)?,
-        prefix: match (r.get::<_, Option<String>>(49)?, r.get::<_, Option<i64>>(50)?) {
+        prefix: match (
+            r.get::<_, Option<String>>(49)?,
+            r.get::<_, Option<i64>>(50)?,
+        ) {
             (Some(hash), Some(tokens)) => Some(PrefixRecord {
                 hash,
                 tokens: tokens.max(0) as u64,
@@ -828,7 +835,10 @@ impl SqliteStore {
             )?
             .map(|x| {
                 x.map(|(row, id)| {
-                    last = Some(LedgerCursor { ts_ms: row.ts_ms, id });
+                    last = Some(LedgerCursor {
+                        ts_ms: row.ts_ms,
+                        id,
+                    });
                     row
                 })
             })

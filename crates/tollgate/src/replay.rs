@@ -36,9 +36,7 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let by = match args.by.as_deref() {
         None => None,
         Some(b) => match GroupBy::parse(b) {
-            Some(g @ (GroupBy::Agent | GroupBy::Model | GroupBy::Route | GroupBy::Team)) => {
-                Some(g)
-            }
+            Some(g @ (GroupBy::Agent | GroupBy::Model | GroupBy::Route | GroupBy::Team)) => Some(g),
             _ => bail!("--by {b:?}: expected agent, model, route or team"),
         },
     };
@@ -81,7 +79,10 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let store = Store::open(&settings).await?;
 
     let mut bar = Progress::new(since, until, std::io::stderr().is_terminal());
-    let out = run(&store, prepared, by, since, until, |rows, ts| bar.update(rows, ts)).await?;
+    let out = run(&store, prepared, by, since, until, |rows, ts| {
+        bar.update(rows, ts)
+    })
+    .await?;
     bar.done();
 
     let text = match args.format.as_str() {

@@ -75,7 +75,11 @@ fn the_demo_ledger_replays_under_the_example_policies() {
     let store = tollgate_store::SqliteStore::open(&db).unwrap();
     let rows = store.ledger_rows(0, i64::MAX, 100_000).unwrap();
     let recorded: i64 = rows.iter().map(|r| r.cost.nanos()).sum();
-    assert!(rows.len() > 40, "the demo writes its workload: {}", rows.len());
+    assert!(
+        rows.len() > 40,
+        "the demo writes its workload: {}",
+        rows.len()
+    );
     assert!(
         rows.iter()
             .any(|r| r.prefix.as_ref().is_some_and(|p| p.tokens > 1000)),
@@ -134,9 +138,16 @@ fn the_demo_ledger_replays_under_the_example_policies() {
 
     // Without the gateway's caches and pruning the same workload costs more.
     let bare = replay_json(&config, &example("no-caches.toml"), &[]);
-    assert!(nanos(&bare["total"]["saved_nanos"]) < 0, "{}", bare["total"]);
+    assert!(
+        nanos(&bare["total"]["saved_nanos"]) < 0,
+        "{}",
+        bare["total"]
+    );
     assert!(bare["total"]["response_hits_lost"].as_u64().unwrap() > 0);
-    assert!(bare["groups"].as_array().unwrap().is_empty(), "no --by: the total only");
+    assert!(
+        bare["groups"].as_array().unwrap().is_empty(),
+        "no --by: the total only"
+    );
 
     // Table, CSV and the SVG chart.
     let chart = dir.path().join("replay.svg");
@@ -175,9 +186,12 @@ fn the_demo_ledger_replays_under_the_example_policies() {
         "csv",
     ]));
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with(
-        "group,requests,cost_now_usd,cost_policy_usd,saved_usd,cost_now_nanos"
-    ));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("group,requests,cost_now_usd,cost_policy_usd,saved_usd,cost_now_nanos")
+    );
     let total = lines.last().unwrap();
     assert!(total.starts_with("total,"), "{total}");
     assert!(total.contains(&Money::from_nanos(recorded).to_string()));
@@ -238,7 +252,11 @@ upstream = "ant"
     tollgate_providers::client::install_crypto_provider();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let system = handbook();
-    for q in ["How do refunds work?", "Where is my invoice?", "Reset my password"] {
+    for q in [
+        "How do refunds work?",
+        "Where is my invoice?",
+        "Reset my password",
+    ] {
         let r = http
             .post(gw.url("/v1/messages"))
             .header("x-api-key", &gw.key)
@@ -255,8 +273,16 @@ upstream = "ant"
     for r in &rows {
         let p = r.prefix.as_ref().expect("a stable prefix per row");
         assert!(p.tokens > 2000, "{p:?}");
-        assert_eq!(p.hash, rows[0].prefix.as_ref().unwrap().hash, "same system prompt");
-        assert_eq!(r.usage.cache_read + r.usage.cache_write_5m, 0, "caching was off");
+        assert_eq!(
+            p.hash,
+            rows[0].prefix.as_ref().unwrap().hash,
+            "same system prompt"
+        );
+        assert_eq!(
+            r.usage.cache_read + r.usage.cache_write_5m,
+            0,
+            "caching was off"
+        );
     }
     let recorded: i64 = rows.iter().map(|r| r.cost.nanos()).sum();
 
@@ -277,7 +303,13 @@ upstream = "ant"
     let t = &v["total"];
     assert_eq!(v["view"], "replay");
     assert_eq!(nanos(&t["cost_now_nanos"]), recorded);
-    assert_eq!((t["prompt_cache_writes"].as_u64(), t["prompt_cache_reads"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (
+            t["prompt_cache_writes"].as_u64(),
+            t["prompt_cache_reads"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
     assert!(nanos(&t["saved_nanos"]) > 0, "{t}");
     assert_eq!(v["groups"][0]["group"], CLAUDE);
 
@@ -299,14 +331,37 @@ upstream = "ant"
 
     // The admin API's authentication and error shape.
     assert_eq!(post("", false).await.unwrap().status(), 401);
-    let r = post("[routes.auto]\nthreshold = 0.5\n", true).await.unwrap();
+    let r = post("[routes.auto]\nthreshold = 0.5\n", true)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("routes.auto"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("routes.auto"),
         "{e}"
     );
     let r = post("[prompt_cache]\nmode = \"on\"\n", true).await.unwrap();
     assert_eq!(r.status(), 200);
+
+    // The dashboard's panel is served and loaded by the page.
+    let html = http
+        .get(gw.url("/dashboard"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("/dashboard/assets/replay.js"));
+    let js = http
+        .get(gw.url("/dashboard/assets/replay.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(js.text().await.unwrap().contains("/admin/replay"));
     gw.stop().await;
 }

@@ -244,7 +244,7 @@ impl Acc {
             unpriced: self.unpriced,
             tasks_succeeded: ok,
             tasks_at_risk: risk,
-            quality_risk_ppm: if ok == 0 { 0 } else { risk * PPM / ok },
+            quality_risk_ppm: (risk * PPM).checked_div(ok).unwrap_or(0),
         }
     }
 }

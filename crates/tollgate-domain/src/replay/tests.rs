@@ -26,7 +26,11 @@ fn table() -> PriceTable {
 
 fn catalog(t: &PriceTable, hash: &str) -> Catalog {
     let mut targets = HashMap::new();
-    for (name, min) in [("heavy", Some(1024)), ("light", Some(1024)), ("claude", Some(2048))] {
+    for (name, min) in [
+        ("heavy", Some(1024)),
+        ("light", Some(1024)),
+        ("claude", Some(2048)),
+    ] {
         targets.insert(
             name.to_string(),
             Target {
@@ -152,9 +156,24 @@ fn routing_threshold_moves_rows_and_counts_risk() {
     let ladder = ["light", "heavy"];
     // Scores 0.2 (ran light), 0.5 and 0.8 (ran heavy).
     let rows = vec![
-        routed(row(&t, 0, "light", usage(500, 0, 50), None), 200_000, 0, &ladder),
-        routed(row(&t, 1, "heavy", usage(500, 0, 50), None), 500_000, 1, &ladder),
-        routed(row(&t, 2, "heavy", usage(500, 0, 50), None), 800_000, 1, &ladder),
+        routed(
+            row(&t, 0, "light", usage(500, 0, 50), None),
+            200_000,
+            0,
+            &ladder,
+        ),
+        routed(
+            row(&t, 1, "heavy", usage(500, 0, 50), None),
+            500_000,
+            1,
+            &ladder,
+        ),
+        routed(
+            row(&t, 2, "heavy", usage(500, 0, 50), None),
+            800_000,
+            1,
+            &ladder,
+        ),
     ];
     let mut routes = BTreeMap::new();
     routes.insert(
@@ -171,8 +190,12 @@ fn routing_threshold_moves_rows_and_counts_risk() {
     let rep = replay(policy, catalog(&t, t.hash()), &rows, Some(GroupBy::Agent));
     assert_eq!(rep.total.lighter, 1);
     assert_eq!(rep.total.heavier, 0);
-    let heavy = cost(&usage(500, 0, 50), t.get("heavy").unwrap(), None).unwrap().charged;
-    let light = cost(&usage(500, 0, 50), t.get("light").unwrap(), None).unwrap().charged;
+    let heavy = cost(&usage(500, 0, 50), t.get("heavy").unwrap(), None)
+        .unwrap()
+        .charged;
+    let light = cost(&usage(500, 0, 50), t.get("light").unwrap(), None)
+        .unwrap()
+        .charged;
     assert_eq!(rep.total.saved.nanos(), heavy.nanos() - light.nanos());
     // task-1 (row 1) moved lighter; three successful tasks seen.
     assert_eq!((rep.total.tasks_succeeded, rep.total.tasks_at_risk), (3, 1));
@@ -210,13 +233,19 @@ fn prompt_cache_on_simulates_writes_then_reads_within_ttl() {
     let mut r = Replay::new(policy, catalog(&t, t.hash()), None);
     let out: Vec<RowReplay> = rows.iter().map(|row| r.add(row)).collect();
     assert!(out[0].cache_write && !out[0].cache_read);
-    assert!(!out[1].cache_write && !out[1].cache_read, "below the minimum");
+    assert!(
+        !out[1].cache_write && !out[1].cache_read,
+        "below the minimum"
+    );
     assert!(out[2].cache_read && out[3].cache_read);
     assert!(out[4].cache_write, "TTL lapsed: written again");
     assert_eq!(out[2].usage, usage(1000, 3000, 100));
     assert_eq!(out[0].usage.cache_write_5m, 3000);
     let price = t.get("claude").unwrap();
-    assert_eq!(out[2].cost, cost(&out[2].usage, price, None).unwrap().charged);
+    assert_eq!(
+        out[2].cost,
+        cost(&out[2].usage, price, None).unwrap().charged
+    );
     let rep = r.finish(&BTreeSet::new());
     assert_eq!((rep.total.cache_reads, rep.total.cache_writes), (2, 2));
     assert!(rep.total.saved.nanos() > 0);
@@ -242,7 +271,11 @@ fn a_recorded_cache_read_keeps_the_prefix_warm_for_the_next_row() {
         None,
     );
     let a = r.add(&warm);
-    assert_eq!((a.cost, a.usage), (warm.cost, warm.usage), "kept as recorded");
+    assert_eq!(
+        (a.cost, a.usage),
+        (warm.cost, warm.usage),
+        "kept as recorded"
+    );
     let b = r.add(&cold);
     assert!(b.cache_read && !b.cache_write);
     assert_eq!(b.usage, usage(1000, 3000, 10));

@@ -66,6 +66,8 @@
 //! 17. `prune`: W5 (tokens before and after); R9 (prices the unpruned prompt).
 //! 18. `output_cap`: W7 (the cap as sent); R9 (reported output past it is clamped and
 //!     the row flagged `usage_suspect`).
+//! 19. `prefix`: W5 (the stable prefix as sent: hash and tokens); R9 (the row's
+//!     `prefix_*` columns, for what-if replay).
 
 pub mod admission;
 pub mod attribute;

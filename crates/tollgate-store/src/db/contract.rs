@@ -515,7 +515,10 @@ async fn ledger_pages_cover_the_window_once(s: &Store) {
         let i: usize = r.request_id.trim_start_matches("req-").parse().unwrap();
         assert_eq!(r, &rows[i]);
     }
-    assert!(seen.iter().any(|r| r.service_tier.is_some() && r.prefix.is_some()));
+    assert!(
+        seen.iter()
+            .any(|r| r.service_tier.is_some() && r.prefix.is_some())
+    );
     let empty = s.ledger_page(until, until + 10, None, 4).await.unwrap();
     assert!(empty.rows.is_empty() && empty.next.is_none());
 }

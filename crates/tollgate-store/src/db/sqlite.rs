@@ -60,7 +60,10 @@ impl LedgerStore for SqliteStore {
         after: Option<LedgerCursor>,
         limit: usize,
     ) -> R<LedgerPage> {
-        blocking(self, move |s| s.ledger_page(since_ms, until_ms, after, limit)).await
+        blocking(self, move |s| {
+            s.ledger_page(since_ms, until_ms, after, limit)
+        })
+        .await
     }
     async fn ledger_count(&self) -> R<u64> {
         blocking(self, |s| s.ledger_count()).await
