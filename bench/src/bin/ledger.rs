@@ -205,6 +205,8 @@ fn row(i: usize, t: Tasks) -> LedgerRow {
         cache: None,
         prune: None,
         usage_suspect: false,
+        service_tier: None,
+        prefix: None,
     }
 }
 

@@ -163,6 +163,23 @@ pub struct LedgerRow {
     /// instead of the reported figures.
     #[serde(default)]
     pub usage_suspect: bool,
+    /// The service tier the provider reported (`flex`, `priority`), which chose the
+    /// rates; kept so a replay re-prices the row exactly.
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    /// The prompt's stable prefix (tools and system prompt), for replaying prompt
+    /// caching: its hash and token count, never its text.
+    #[serde(default)]
+    pub prefix: Option<PrefixRecord>,
+}
+
+/// A prompt's stable prefix as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRecord {
+    /// 32 hex digits (a 128-bit hash of the parts; not reversible to the text).
+    pub hash: String,
+    /// Its tokens, counted locally with the deployment's tokenizer.
+    pub tokens: u64,
 }
 
 /// The most any one stored token count can be: 10^10 (a thousand times the largest

@@ -17,6 +17,8 @@
 //! - [`budget`]: scopes, calendar periods, reservation arithmetic, alert thresholds.
 //! - [`reconcile`]: the ledger against a provider's usage and cost exports (OpenAI,
 //!   Anthropic, AWS CUR 2.0, FOCUS): matching, drift classification, the export parsers.
+//! - [`replay`]: what-if replay: a recorded workload re-priced under another policy
+//!   (model swap, prices, routing, prompt and response caching, pruning).
 //! - [`ratelimit`]: rolling-window limits on requests, tokens and dollars per minute.
 //! - [`loopguard`]: per-task limits and loop detection (SimHash of the newest messages).
 //! - [`outcome`]: task outcomes (success, value in USD or minutes saved).
@@ -43,6 +45,7 @@ pub mod prompt_cache;
 pub mod prune;
 pub mod ratelimit;
 pub mod reconcile;
+pub mod replay;
 pub mod report;
 pub mod routing;
 pub mod time;

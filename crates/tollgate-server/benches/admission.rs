@@ -174,6 +174,8 @@ async fn admit_settle(gw: &Arc<Gateway>, label: &str, fresh: bool) -> f64 {
                 cache: None,
                 prune: None,
                 usage_suspect: false,
+                service_tier: None,
+                prefix: None,
             };
             row.cost = Money::from_nanos(600_000);
             gw.limits.settle(ticket, &row, None);

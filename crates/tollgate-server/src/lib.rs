@@ -19,7 +19,8 @@
 //!    [`routing`] (routed model names), [`auth`] (virtual keys, the master key),
 //!    [`prompt_cache`] (breakpoints where provider caching pays), [`response_cache`]
 //!    (answers replayed, exactly or by a similar last turn), [`conversations`] (recent
-//!    Responses answers for `previous_response_id`), [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
+//!    Responses answers for `previous_response_id`), [`replay`] (what-if replay of
+//!    the ledger under another policy, paged from the store), [`ingress`] (what clients send), [`upstream`] (what goes upstream and how
 //!    answers are read), [`tokens`] (local token counts), [`views`] (the JSON shapes
 //!    the admin API and the CLI share).
 //! 6. Leaves: [`config`] (raw and validated configuration, one file per section),
@@ -38,6 +39,7 @@ pub mod ingress;
 pub mod limits;
 pub mod pipeline;
 pub mod prompt_cache;
+pub mod replay;
 pub mod response_cache;
 pub mod routing;
 pub mod telemetry;

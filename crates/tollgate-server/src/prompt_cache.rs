@@ -10,6 +10,7 @@ use crate::ingress::IngressRequest;
 use crate::tokens::TokenCache;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+use tollgate_domain::ledger::PrefixRecord;
 use tollgate_domain::prompt_cache::{
     self, Family, Mode, Part, PartKind, Plan, PrefixTracker, RuleTable,
 };
@@ -50,6 +51,60 @@ impl PromptCache {
     /// Prefixes remembered.
     pub fn tracked(&self) -> usize {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The request's stable prefix as it will be sent: the tools and the system prompt
+    /// (OpenAI: the leading system/developer messages), as a hash and a token count,
+    /// for the ledger (what-if replay simulates prompt caching from it). `None` without
+    /// one, for embeddings and for the Responses API.
+    pub fn stable_prefix(
+        &self,
+        req: &IngressRequest,
+        d: &Deployment,
+        tokens: &TokenCache,
+    ) -> Option<PrefixRecord> {
+        let enc = d.encoding;
+        let body = req.body();
+        let (hash, n) = match req.format() {
+            _ if matches!(req, IngressRequest::Embeddings(_)) => return None,
+            Format::Responses => return None,
+            Format::OpenAi => {
+                let mut n = body
+                    .get("tools")
+                    .map_or(0, |t| tokens.get_or(enc, t, || enc.count(&t.to_string())));
+                if let Some(serde_json::Value::Array(ms)) = body.get("messages") {
+                    for m in ms.iter().take_while(|m| {
+                        matches!(
+                            m.get("role").and_then(serde_json::Value::as_str),
+                            Some("system" | "developer")
+                        )
+                    }) {
+                        n += tokens.get_or(enc, m, || {
+                            enc.count_chat_prompt(std::slice::from_ref(m))
+                                .saturating_sub(3)
+                        });
+                    }
+                }
+                (wire::openai_stable_prefix(body), n)
+            }
+            format => {
+                let parts = wire::parts(format, body)?;
+                let mut h = 0u128;
+                let mut n = 0u64;
+                for p in parts
+                    .iter()
+                    .take_while(|p| matches!(p.kind, PartKind::Tools | PartKind::System))
+                {
+                    h = prompt_cache::chain(h, wire::part_hash(p.kind, p.value));
+                    n += tokens.get_or(enc, p.value, || enc.count(&p.value.to_string()));
+                }
+                (h, n)
+            }
+        };
+        (n > 0).then(|| PrefixRecord {
+            hash: format!("{hash:032x}"),
+            tokens: n,
+        })
     }
 
     /// Place breakpoints into `req` (served by `d`) where they pay under `mode`.

@@ -518,6 +518,49 @@ fn spend_json(
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// What-if replay.
+
+fn replay_group_json(g: &tollgate_domain::replay::ReplayGroup) -> Value {
+    let risk = Ratio::new(i128::from(g.tasks_at_risk), i128::from(g.tasks_succeeded));
+    json!({
+        "group": g.key,
+        "requests": g.requests,
+        "cost_now_usd": g.cost_now.to_string(),
+        "cost_now_nanos": g.cost_now.nanos(),
+        "cost_policy_usd": g.cost_policy.to_string(),
+        "cost_policy_nanos": g.cost_policy.nanos(),
+        "saved_usd": g.saved.to_string(),
+        "saved_nanos": g.saved.nanos(),
+        "saved_pct": pct(Ratio::new(i128::from(g.saved.nanos()), i128::from(g.cost_now.nanos()))),
+        "calls_lighter": g.lighter,
+        "calls_heavier": g.heavier,
+        "calls_swapped": g.swapped,
+        "response_hits_lost": g.hits_lost,
+        "prompt_cache_reads": g.cache_reads,
+        "prompt_cache_writes": g.cache_writes,
+        "unpriced": g.unpriced,
+        "tasks_succeeded": g.tasks_succeeded,
+        "tasks_at_risk": g.tasks_at_risk,
+        "quality_risk": ratio_num(risk),
+        "quality_risk_pct": pct(risk),
+    })
+}
+
+/// A replay's answer as JSON (`POST /admin/replay` and `tollgate replay --format json`).
+pub fn replay_json(r: &crate::replay::ReplayOutput) -> Value {
+    json!({
+        "view": "replay",
+        "group_by": r.report.group_by,
+        "since": iso(r.since_ms),
+        "until": iso(r.until_ms),
+        "rows": r.rows,
+        "groups": r.report.groups.iter().map(replay_group_json).collect::<Vec<_>>(),
+        "total": replay_group_json(&r.report.total),
+        "notes": r.notes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

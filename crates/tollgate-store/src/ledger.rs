@@ -34,8 +34,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::ledger::{
-    CacheKind, CacheRecord, Endpoint, LedgerRow, PruneRecord, Route, RouteMode, RouteRecord,
-    stored_nanos, stored_tokens,
+    CacheKind, CacheRecord, Endpoint, LedgerRow, PrefixRecord, PruneRecord, Route, RouteMode,
+    RouteRecord, stored_nanos, stored_tokens,
 };
 use tollgate_domain::money::Money;
 use tollgate_domain::usage::{Usage, UsageSource};
@@ -418,6 +418,32 @@ fn append_fallback<'a>(
     f.sync_all()
 }
 
+/// Where a page of [`SqliteStore::ledger_page`] (or the store trait's) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerCursor {
+    pub ts_ms: i64,
+    /// The backend's own row number (not part of [`LedgerRow`]).
+    pub id: i64,
+}
+
+/// A page of ledger rows and where the next one starts (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerPage {
+    pub rows: Vec<LedgerRow>,
+    pub next: Option<LedgerCursor>,
+}
+
+impl LedgerPage {
+    pub(crate) fn new(rows: Vec<LedgerRow>, last: Option<LedgerCursor>, limit: usize) -> Self {
+        let next = if rows.len() >= limit.max(1) {
+            last
+        } else {
+            None
+        };
+        LedgerPage { rows, next }
+    }
+}
+
 const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, user, team, agent, task, tags,
     requested_model, deployment, upstream, upstream_model,
     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
@@ -426,9 +452,10 @@ const INSERT: &str = "INSERT INTO ledger (ts_ms, request_id, endpoint, key_id, u
     route_name, route_tier, route_deployment, route_score, route_mode, route_heavy_cost_nanos,
     route_tier_cost_nanos, route_escalated, replica_id, replica_seq,
     cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
-    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos, usage_suspect)
+    cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos, usage_suspect,
+    service_tier, prefix_hash, prefix_tokens)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
-    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50)
+    ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50, ?51, ?52, ?53)
     ON CONFLICT (request_id) DO NOTHING";
 
 /// A stamped row skipped because its request id was written already (by another row):
@@ -526,6 +553,9 @@ pub fn insert_stamped<'a, 's>(
                 r.prune.as_ref().map(|p| stored_tokens(p.tokens_after)),
                 r.prune.as_ref().map(|p| stored_nanos(p.cost_without)),
                 r.stored_suspect(),
+                r.service_tier,
+                r.prefix.as_ref().map(|p| p.hash.as_str()),
+                r.prefix.as_ref().map(|p| stored_tokens(p.tokens)),
             ])?;
             written += n as u64;
             if n == 0
@@ -565,7 +595,8 @@ const SELECT: &str = "SELECT ts_ms, request_id, endpoint, key_id, user, team, ag
     route_tier_cost_nanos, route_escalated,
     cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
     cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos,
-    COALESCE(usage_suspect, 0)
+    COALESCE(usage_suspect, 0),
+    service_tier, prefix_hash, prefix_tokens
     FROM ledger";
 
 fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
@@ -616,6 +647,17 @@ fn row_from_sql(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         cache: cache_from_sql(r)?,
         prune: prune_from_sql(r)?,
         usage_suspect: r.get(47)?,
+        service_tier: r.get(48)?,
+        prefix: match (
+            r.get::<_, Option<String>>(49)?,
+            r.get::<_, Option<i64>>(50)?,
+        ) {
+            (Some(hash), Some(tokens)) => Some(PrefixRecord {
+                hash,
+                tokens: tokens.max(0) as u64,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -759,6 +801,49 @@ impl SqliteStore {
             .query_map(params![since_ms, until_ms, limit as i64], row_from_sql)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// One page of rows in `[since_ms, until_ms)` after `after`, oldest first (keyset
+    /// paging on `(ts_ms, id)`, which the `ts_ms` index serves: no page rescans the
+    /// ones before it).
+    pub fn ledger_page(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<LedgerCursor>,
+        limit: usize,
+    ) -> Result<LedgerPage, StoreError> {
+        let conn = self.connect(Sync::Normal)?;
+        let select = SELECT.replacen("\n    FROM ledger", ", id\n    FROM ledger", 1);
+        let sql = format!(
+            "{select} WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (ts_ms, id) > (?3, ?4)
+             ORDER BY ts_ms, id LIMIT ?5"
+        );
+        let a = after.unwrap_or(LedgerCursor {
+            ts_ms: i64::MIN,
+            id: i64::MIN,
+        });
+        let mut stmt = conn.prepare(&sql)?;
+        let mut last = None;
+        let rows = stmt
+            .query_map(
+                params![since_ms, until_ms, a.ts_ms, a.id, limit as i64],
+                |r| {
+                    let id: i64 = r.get(51)?;
+                    Ok((row_from_sql(r)?, id))
+                },
+            )?
+            .map(|x| {
+                x.map(|(row, id)| {
+                    last = Some(LedgerCursor {
+                        ts_ms: row.ts_ms,
+                        id,
+                    });
+                    row
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LedgerPage::new(rows, last, limit))
     }
 
     /// Number of ledger rows (all time).
@@ -905,6 +990,12 @@ pub(crate) mod tests {
                 cost_without: Money::from_nanos(5_000),
             }),
             usage_suspect: i.is_multiple_of(7),
+            // Every fourth a service tier, every other a stable prefix (round-tripped).
+            service_tier: i.is_multiple_of(4).then(|| "flex".to_string()),
+            prefix: i.is_multiple_of(2).then(|| PrefixRecord {
+                hash: format!("{:032x}", i % 9),
+                tokens: 1_500 + i as u64,
+            }),
         }
     }
 

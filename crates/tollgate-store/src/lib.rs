@@ -45,7 +45,9 @@ pub use db::{
     TaskStore,
 };
 pub use keys::{NewKey, SecretSealer, VirtualKey};
-pub use ledger::{Durability, Ledger, LedgerConfig, LedgerStats, LedgerWriter};
+pub use ledger::{
+    Durability, Ledger, LedgerConfig, LedgerCursor, LedgerPage, LedgerStats, LedgerWriter,
+};
 pub use sqlite::SqliteStore;
 
 /// Errors from the store. The server maps them all to a 500 `internal_error`; the

@@ -226,6 +226,14 @@ const MIGRATIONS: &[&str] = &[
         prune_cost_without_nanos = MAX(MIN(prune_cost_without_nanos, 100000000000000), -100000000000000)
     WHERE usage_suspect = 1;
     "#,
+    // 9: what a what-if replay (issue 15) needs to re-price a row exactly and to
+    // simulate prompt caching: the service tier the provider reported, and the prompt's
+    // stable prefix (tools and system prompt) as a hash and a token count, never text.
+    r#"
+    ALTER TABLE ledger ADD COLUMN service_tier TEXT;
+    ALTER TABLE ledger ADD COLUMN prefix_hash TEXT;
+    ALTER TABLE ledger ADD COLUMN prefix_tokens INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes (the number of migrations).

@@ -25,6 +25,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Match the ledger with a provider's own usage/cost export; exits 3 on drift.
     Reconcile(ReconcileArgs),
+    /// What-if: re-price the recorded workload under another policy (model swap, prices,
+    /// routing threshold, prompt and response caching, pruning); now vs policy.
+    Replay(ReplayArgs),
     /// Task outcomes: record one, show a task.
     Tasks(TasksArgs),
     /// Create, list and revoke virtual keys.
@@ -123,6 +126,34 @@ pub struct ReportArgs {
     /// table, json or csv.
     #[arg(long, default_value = "table")]
     pub format: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// An SQLite ledger file (instead of the config's `[store]`).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The policy to replay (TOML: `[[swap]]`, `[prices.*]`, `[routes.*]`,
+    /// `[prompt_cache]`, `[response_cache]`, `[pruning]`; see the README).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Window start: a duration back from now (24h, 30d), an RFC 3339 time, or Unix ms.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// Window end (same forms; default now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Group by agent, model, route or team (default: the total only).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Also write an SVG bar chart (now vs policy per group) to this file.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@
 //! - `report`: spend tables from the ledger; `views`: the ROI, tasks and savings views.
 //! - `export`: the FOCUS cost-and-usage export.
 //! - `reconcile`: the ledger against a provider's usage/cost export.
+//! - `replay`: what-if replay of the ledger under another policy (table, JSON, CSV, SVG).
 //! - `tasks`: task outcomes from the command line; tasks the runaway-agent guard halted.
 //! - `keys`: virtual key management.
 //! - `budgets`: budgets and spend per period.
@@ -22,6 +23,7 @@ mod export;
 mod keys;
 mod prune;
 mod reconcile;
+mod replay;
 mod report;
 mod router;
 mod serve;
@@ -73,6 +75,7 @@ async fn run(args: cli::Cli) -> Result<std::process::ExitCode> {
         Command::Report(a) => report::report(a).await,
         Command::Export(a) => export::export(a).await,
         Command::Reconcile(a) => reconcile::reconcile(a),
+        Command::Replay(a) => replay::replay(a).await,
         Command::Tasks(a) => tasks::tasks(a).await,
         Command::Keys(a) => keys::keys(a).await,
         Command::Budgets(a) => budgets::budgets(a).await,

@@ -519,6 +519,8 @@ pub(crate) mod tests {
             cache: None,
             prune: None,
             usage_suspect: false,
+            service_tier: None,
+            prefix: None,
         }
     }
 

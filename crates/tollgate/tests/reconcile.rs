@@ -83,6 +83,8 @@ impl Rows {
                 cache: None,
                 prune: None,
                 usage_suspect: false,
+                service_tier: None,
+                prefix: None,
             });
         }
     }

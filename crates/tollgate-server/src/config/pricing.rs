@@ -106,39 +106,44 @@ pub fn build_prices(
 
     // Per-deployment prices go into the table first, so the hash covers them.
     for &(i, name, p) in prices {
-        {
-            let mut rates = TokenRates::default();
-            let mut set = |field: &str, v: &Option<PriceText>, slot: &mut Option<Rate>| {
-                if let Some(v) = v {
-                    match v.parse_per_mtok() {
-                        Ok(r) => *slot = Some(r),
-                        Err(e) => errs.push(format!("deployments[{i}].price.{field}: {e}")),
-                    }
-                }
-            };
-            set("input", &p.input, &mut rates.input);
-            set("output", &p.output, &mut rates.output);
-            set("cache_read", &p.cache_read, &mut rates.cache_read);
-            set("cache_write", &p.cache_write, &mut rates.cache_write_5m);
-            set(
-                "cache_write_1h",
-                &p.cache_write_1h,
-                &mut rates.cache_write_1h,
-            );
-            set("reasoning", &p.reasoning, &mut rates.reasoning);
-            if rates.input.is_none() || rates.output.is_none() {
-                errs.push(format!(
-                    "deployments[{i}].price: needs at least `input` and `output` (USD per million tokens)"
-                ));
-            }
-            builder.insert(
-                &deployment_price_key(name),
-                ModelPrice::flat(rates),
-                &format!("config:deployments[{i}].price"),
-            );
-        }
+        let price = flat_price(p, &format!("deployments[{i}].price"), errs);
+        builder.insert(
+            &deployment_price_key(name),
+            price,
+            &format!("config:deployments[{i}].price"),
+        );
     }
     builder.build()
+}
+
+/// A price written in config (USD per million tokens) as a flat model price; problems
+/// are pushed onto `errs` under `at` (`deployments[2].price`).
+pub fn flat_price(p: &RawPrice, at: &str, errs: &mut Vec<String>) -> ModelPrice {
+    let mut rates = TokenRates::default();
+    let mut set = |field: &str, v: &Option<PriceText>, slot: &mut Option<Rate>| {
+        if let Some(v) = v {
+            match v.parse_per_mtok() {
+                Ok(r) => *slot = Some(r),
+                Err(e) => errs.push(format!("{at}.{field}: {e}")),
+            }
+        }
+    };
+    set("input", &p.input, &mut rates.input);
+    set("output", &p.output, &mut rates.output);
+    set("cache_read", &p.cache_read, &mut rates.cache_read);
+    set("cache_write", &p.cache_write, &mut rates.cache_write_5m);
+    set(
+        "cache_write_1h",
+        &p.cache_write_1h,
+        &mut rates.cache_write_1h,
+    );
+    set("reasoning", &p.reasoning, &mut rates.reasoning);
+    if rates.input.is_none() || rates.output.is_none() {
+        errs.push(format!(
+            "{at}: needs at least `input` and `output` (USD per million tokens)"
+        ));
+    }
+    ModelPrice::flat(rates)
 }
 
 /// The price-table key of a deployment's own price.

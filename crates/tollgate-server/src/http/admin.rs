@@ -1,5 +1,5 @@
 //! The admin API (master key): usage reports, keys, single ledger rows, budgets, the
-//! guard's tasks and alerts.
+//! guard's tasks and alerts, and what-if replay.
 
 use super::Admin;
 use crate::clock::now_ms;
@@ -300,4 +300,41 @@ pub async fn release_task(
 pub async fn list_alerts(_: Admin, State(gw): State<Arc<Gateway>>) -> ApiResult {
     let a = gw.store.alerts(None, 200).await?;
     Ok(Json(json!({"data": a})).into_response())
+}
+
+// ---------------------------------------------------------------------------------------
+// What-if replay.
+
+#[derive(Debug, Deserialize)]
+pub struct ReplayQuery {
+    group_by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `POST /admin/replay?group_by=agent&since=30d` with a replay policy (TOML, the format
+/// of `tollgate replay --policy`) as the body: the ledger re-priced under it, as JSON
+/// (the shape of `tollgate replay --format json`). Every policy problem is in the
+/// error's message.
+pub async fn replay(
+    _: Admin,
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<ReplayQuery>,
+    body: String,
+) -> ApiResult {
+    use crate::replay::{parse_policy, prepare, run, targets_from_config};
+    let now = now_ms();
+    let group_by = match q.group_by.as_deref().map(parse_group_by).transpose()? {
+        g @ (None | Some(GroupBy::Agent | GroupBy::Model | GroupBy::Route | GroupBy::Team)) => g,
+        Some(_) => return Err(bad("group_by", "one of agent, model, route, team")),
+    };
+    let since = window_bound("since", q.since.as_deref(), now - 30 * 86_400_000, now)?;
+    let until = window_bound("until", q.until.as_deref(), now + 1, now)?;
+    let cfg = gw.config.load_full();
+    let (targets, routes) = targets_from_config(&cfg);
+    let prepared = parse_policy(&body)
+        .and_then(|p| prepare(&p, &targets, &routes, &cfg.prices))
+        .map_err(|errs| bad("policy", errs.join("; ")))?;
+    let out = run(&gw.store, prepared, group_by, since, until, |_, _| {}).await?;
+    Ok(Json(crate::views::replay_json(&out)).into_response())
 }

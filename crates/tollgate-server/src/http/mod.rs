@@ -5,7 +5,8 @@
 //!   `GET /v1/models` and `/v1/models/{id}`; the APIs not served (batches, files,
 //!   legacy completions) answered with a clear 404 in their own shape.
 //! - [`token_count`]: Anthropic's `count_tokens`, answered locally (no upstream, no row).
-//! - [`admin`]: usage, keys, ledger rows, budgets, the guard's tasks, alerts.
+//! - [`admin`]: usage, keys, ledger rows, budgets, the guard's tasks, alerts, what-if
+//!   replay.
 //! - [`value`]: ROI, tasks, savings and the dashboard's data.
 //! - [`outcomes`]: `POST /v1/tasks/{task_id}/outcome`.
 //! - [`dashboard`]: the embedded web dashboard.
@@ -85,6 +86,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/guard/{task}", get(admin::show_task))
         .route("/admin/tasks/{task}/release", post(admin::release_task))
         .route("/admin/alerts", get(admin::list_alerts))
+        .route("/admin/replay", post(admin::replay))
         .route("/v1/tasks/{task_id}/outcome", post(outcomes::record))
         .route("/admin/roi", get(value::roi))
         .route("/admin/tasks", get(value::tasks))

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_domain::attribution::Attribution;
-use tollgate_domain::ledger::{CacheRecord, PruneRecord};
+use tollgate_domain::ledger::{CacheRecord, PrefixRecord, PruneRecord};
 
 /// What the response cache did for a request (the `x-tollgate-cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,9 @@ pub struct RequestCtx {
     /// The SimHash of the answer's text, when the ticket wants it (a sample the guard
     /// judges by its answers).
     pub answer: Option<u64>,
+    /// The prompt's stable prefix (tools and system prompt) as sent: hash and tokens,
+    /// recorded for what-if replay of prompt caching (set by the shape stage).
+    pub prefix: Option<PrefixRecord>,
 }
 
 impl RequestCtx {
@@ -127,6 +130,7 @@ impl RequestCtx {
             cache: None,
             prune: None,
             answer: None,
+            prefix: None,
         }
     }
 

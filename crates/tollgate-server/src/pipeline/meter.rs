@@ -306,6 +306,8 @@ impl Meter {
                 p
             }),
             usage_suspect: suspect.is_some(),
+            service_tier: outcome.service_tier.clone(),
+            prefix: ctx.prefix.clone(),
         };
         if let Some(b) = suspect {
             self.alert_suspect(&row, &reported, b);

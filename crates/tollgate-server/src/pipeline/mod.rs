@@ -66,7 +66,9 @@
 //! 17. `prune`: W5 (tokens before and after); R9 (prices the unpruned prompt).
 //! 18. `output_cap`: W7 (the cap as sent); R9 (reported output past it is clamped and
 //!     the row flagged `usage_suspect`).
-//! 19. `answer`: W8 (the answer's SimHash, for a sample the guard judges by its
+//! 19. `prefix`: W5 (the stable prefix as sent: hash and tokens); R9 (the row's
+//!     `prefix_*` columns, for what-if replay).
+//! 20. `answer`: W8 (the answer's SimHash, for a sample the guard judges by its
 //!     answers); R9 (settlement gives it to the guard).
 
 pub mod admission;

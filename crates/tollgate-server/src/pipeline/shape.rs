@@ -52,6 +52,7 @@ pub fn shape(
                 message: "one of off, auto, always".into(),
             })?;
     }
+    ctx.prefix = prompt_cache.stable_prefix(req, &d, tokens);
     let tenant = scope(ctx.cfg.cache.scope, key);
     let shaped = prompt_cache.shape(req, &d, &tenant, mode, tokens, now_ms);
     if let Some(plan) = shaped.plan {

@@ -478,6 +478,51 @@ async fn the_writer_writes_every_row_once(s: &Store) {
     assert_eq!(rows, [row(0), row(1), row(2)]);
 }
 
+/// Keyset pages cover the window exactly once, oldest first, even across rows that
+/// share a millisecond; the service tier and stable prefix round-trip (migration 9).
+async fn ledger_pages_cover_the_window_once(s: &Store) {
+    let mut rows: Vec<LedgerRow> = (0..23).map(row).collect();
+    let t10 = row(10).ts_ms;
+    for r in rows.iter_mut().skip(10).take(6) {
+        r.ts_ms = t10; // six rows in one millisecond, across page boundaries
+    }
+    assert_eq!(s.insert_rows(rows.clone()).await.unwrap(), 23);
+    let (since, until) = (row(0).ts_ms, row(22).ts_ms + 1);
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = s.ledger_page(since, until, after, 4).await.unwrap();
+        pages += 1;
+        seen.extend(page.rows);
+        match page.next {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 6, "5 full pages of 4, then the last 3");
+    let mut want = rows.clone();
+    want.sort_by_key(|r| r.ts_ms);
+    assert_eq!(seen.len(), 23);
+    let ids = |v: &[LedgerRow]| {
+        let mut x: Vec<String> = v.iter().map(|r| r.request_id.clone()).collect();
+        x.sort();
+        x
+    };
+    assert_eq!(ids(&seen), ids(&want));
+    assert!(seen.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+    for r in &seen {
+        let i: usize = r.request_id.trim_start_matches("req-").parse().unwrap();
+        assert_eq!(r, &rows[i]);
+    }
+    assert!(
+        seen.iter()
+            .any(|r| r.service_tier.is_some() && r.prefix.is_some())
+    );
+    let empty = s.ledger_page(until, until + 10, None, 4).await.unwrap();
+    assert!(empty.rows.is_empty() && empty.next.is_none());
+}
+
 async fn a_missing_row_shows_as_a_gap(s: &Store) {
     let cfg = LedgerConfig {
         replica: Some("gaps".into()),
@@ -788,6 +833,7 @@ contract!(
     outcomes_are_idempotent_and_corrections_recorded,
     the_writer_writes_every_row_once,
     a_missing_row_shows_as_a_gap,
+    ledger_pages_cover_the_window_once,
     direct_inserts_are_idempotent,
     reports_sum_to_the_ledger,
     route_samples_join_their_row_and_outcome,

@@ -24,7 +24,7 @@ mod contract;
 use crate::config::StoreSettings;
 use crate::counters::KnownHalt;
 use crate::keys::{NewKey, SecretSealer, VirtualKey};
-use crate::ledger::{LedgerConfig, ReplicaSequence, StoredSample};
+use crate::ledger::{LedgerConfig, LedgerCursor, LedgerPage, ReplicaSequence, StoredSample};
 use crate::outcomes::{Recorded, StoredOutcome, TaskParty};
 use crate::tasks::{AlertRecord, Incident, NewIncident, TaskRecord, TaskUsage};
 use crate::value::{HourlyUsage, SpendPoint};
@@ -60,6 +60,15 @@ pub trait LedgerStore {
         until_ms: i64,
         limit: usize,
     ) -> impl Future<Output = R<Vec<LedgerRow>>> + Send;
+    /// One page of rows in `[since_ms, until_ms)` after `after`, oldest first, at most
+    /// `limit`: keyset paging, so reading a month of rows page by page stays linear.
+    fn ledger_page(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<LedgerCursor>,
+        limit: usize,
+    ) -> impl Future<Output = R<LedgerPage>> + Send;
     fn ledger_count(&self) -> impl Future<Output = R<u64>> + Send;
     /// Every writer stream with rows in `[since_ms, until_ms)` and the numbers missing
     /// from it (the gap report).
@@ -313,6 +322,18 @@ impl LedgerStore for Store {
     }
     async fn ledger_rows(&self, since_ms: i64, until_ms: i64, limit: usize) -> R<Vec<LedgerRow>> {
         delegate!(self, LedgerStore::ledger_rows(since_ms, until_ms, limit))
+    }
+    async fn ledger_page(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<LedgerCursor>,
+        limit: usize,
+    ) -> R<LedgerPage> {
+        delegate!(
+            self,
+            LedgerStore::ledger_page(since_ms, until_ms, after, limit)
+        )
     }
     async fn ledger_count(&self) -> R<u64> {
         delegate!(self, LedgerStore::ledger_count())

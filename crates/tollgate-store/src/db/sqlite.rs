@@ -7,7 +7,9 @@ use super::{
 };
 use crate::counters::KnownHalt;
 use crate::keys::{NewKey, SecretSealer, VirtualKey, new_key};
-use crate::ledger::{LedgerConfig, ReplicaSequence, StoredSample, insert_stamped};
+use crate::ledger::{
+    LedgerConfig, LedgerCursor, LedgerPage, ReplicaSequence, StoredSample, insert_stamped,
+};
 use crate::outcomes::{Recorded, StoredOutcome, TaskParty};
 use crate::sqlite::Sync;
 use crate::tasks::{AlertRecord, Incident, NewIncident, TaskRecord, TaskUsage};
@@ -50,6 +52,18 @@ impl LedgerStore for SqliteStore {
     }
     async fn ledger_rows(&self, since_ms: i64, until_ms: i64, limit: usize) -> R<Vec<LedgerRow>> {
         blocking(self, move |s| s.ledger_rows(since_ms, until_ms, limit)).await
+    }
+    async fn ledger_page(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<LedgerCursor>,
+        limit: usize,
+    ) -> R<LedgerPage> {
+        blocking(self, move |s| {
+            s.ledger_page(since_ms, until_ms, after, limit)
+        })
+        .await
     }
     async fn ledger_count(&self) -> R<u64> {
         blocking(self, |s| s.ledger_count()).await

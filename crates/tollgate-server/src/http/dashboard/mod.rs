@@ -12,6 +12,8 @@ use http::{HeaderValue, StatusCode, header};
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
+/// The what-if replay panel (`POST /admin/replay`), a file of its own.
+const REPLAY_JS: &str = include_str!("replay.js");
 const UPLOT_JS: &str = include_str!("vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("vendor/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("vendor/uPlot.LICENSE");
@@ -46,6 +48,7 @@ pub async fn assets(Path(name): Path<String>) -> Response {
     match name.as_str() {
         "app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
         "app.css" => asset(APP_CSS, "text/css; charset=utf-8"),
+        "replay.js" => asset(REPLAY_JS, "text/javascript; charset=utf-8"),
         "uPlot.iife.min.js" => asset(UPLOT_JS, "text/javascript; charset=utf-8"),
         "uPlot.min.css" => asset(UPLOT_CSS, "text/css; charset=utf-8"),
         "uPlot.LICENSE" => asset(UPLOT_LICENSE, "text/plain; charset=utf-8"),

@@ -18,7 +18,10 @@ use crate::db::{
     BudgetStore, KeyStore, LedgerStore, OutcomeStore, PriceTableStore, ReportStore, TaskStore,
 };
 use crate::keys::{NewKey, SecretSealer, VirtualKey, new_key};
-use crate::ledger::{LedgerConfig, ReplicaSequence, SEQ_GAPS, SEQ_SOURCE, StoredSample, sequences};
+use crate::ledger::{
+    LedgerConfig, LedgerCursor, LedgerPage, ReplicaSequence, SEQ_GAPS, SEQ_SOURCE, StoredSample,
+    sequences,
+};
 use crate::outcomes::{Recorded, StoredOutcome, TaskParty};
 use crate::tasks::{AlertRecord, Incident, NewIncident, TaskRecord, TaskUsage};
 use crate::value::{HourlyUsage, MechanismSql, SpendPoint, mechanism_sql};
@@ -29,7 +32,8 @@ use tokio_postgres::Row;
 use tollgate_domain::attribution::Attribution;
 use tollgate_domain::budget::{BudgetRule, Period, ScopeKind, ScopeSpec};
 use tollgate_domain::ledger::{
-    CacheKind, CacheRecord, Endpoint, LedgerRow, PruneRecord, Route, RouteMode, RouteRecord,
+    CacheKind, CacheRecord, Endpoint, LedgerRow, PrefixRecord, PruneRecord, Route, RouteMode,
+    RouteRecord,
 };
 use tollgate_domain::money::Money;
 use tollgate_domain::outcome::{OutcomeStatus, TaskOutcome, ValueBasis};
@@ -92,7 +96,8 @@ const SELECT_ROW: &str = "SELECT ts_ms, request_id, endpoint, key_id, \"user\", 
     route_tier_cost_nanos, route_escalated,
     cache_kind, cache_similarity_ppm, cache_avoided_nanos, cache_expected_write, cache_expected_read,
     cache_miss, prune_tokens_before, prune_tokens_after, prune_cost_without_nanos,
-    COALESCE(usage_suspect, FALSE)
+    COALESCE(usage_suspect, FALSE),
+    service_tier, prefix_hash, prefix_tokens
     FROM ledger";
 
 fn row_from_pg(r: &Row) -> R<LedgerRow> {
@@ -143,6 +148,17 @@ fn row_from_pg(r: &Row) -> R<LedgerRow> {
         cache: cache_from_pg(r)?,
         prune: prune_from_pg(r)?,
         usage_suspect: r.try_get(47)?,
+        service_tier: r.try_get(48)?,
+        prefix: match (
+            r.try_get::<_, Option<String>>(49)?,
+            r.try_get::<_, Option<i64>>(50)?,
+        ) {
+            (Some(hash), Some(tokens)) => Some(PrefixRecord {
+                hash,
+                tokens: tokens.max(0) as u64,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -257,6 +273,41 @@ impl LedgerStore for PostgresStore {
             )
             .await?;
         rows.iter().map(row_from_pg).collect()
+    }
+
+    async fn ledger_page(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<LedgerCursor>,
+        limit: usize,
+    ) -> R<LedgerPage> {
+        let c = self.conn().await?;
+        let select = SELECT_ROW.replacen("\n    FROM ledger", ", id\n    FROM ledger", 1);
+        let a = after.unwrap_or(LedgerCursor {
+            ts_ms: i64::MIN,
+            id: i64::MIN,
+        });
+        let rows = c
+            .query(
+                &format!(
+                    "{select} WHERE ts_ms >= $1 AND ts_ms < $2 AND (ts_ms, id) > ($3, $4)
+                     ORDER BY ts_ms, id LIMIT $5"
+                ),
+                &[&since_ms, &until_ms, &a.ts_ms, &a.id, &lim(limit)],
+            )
+            .await?;
+        let mut last = None;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row = row_from_pg(r)?;
+            last = Some(LedgerCursor {
+                ts_ms: row.ts_ms,
+                id: r.try_get(51)?,
+            });
+            out.push(row);
+        }
+        Ok(LedgerPage::new(out, last, limit))
     }
 
     async fn ledger_count(&self) -> R<u64> {

@@ -227,6 +227,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         prune_cost_without_nanos = GREATEST(LEAST(prune_cost_without_nanos, 100000000000000), -100000000000000)
     WHERE usage_suspect;
     "#,
+    // 9: the service tier and the stable prompt prefix (hash, tokens) for what-if
+    // replay (issue 15), as in SQLite.
+    r#"
+    ALTER TABLE ledger ADD COLUMN service_tier TEXT;
+    ALTER TABLE ledger ADD COLUMN prefix_hash TEXT;
+    ALTER TABLE ledger ADD COLUMN prefix_tokens BIGINT;
+    "#,
 ];
 
 /// The ledger's columns in write order (staging table, COPY, merge).
@@ -281,6 +288,9 @@ pub(crate) const LEDGER_COLUMNS: &[&str] = &[
     "prune_tokens_after",
     "prune_cost_without_nanos",
     "usage_suspect",
+    "service_tier",
+    "prefix_hash",
+    "prefix_tokens",
 ];
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ const SHIP_CHUNKS_PER_TURN: usize = 4;
 /// At shutdown, how long the writer keeps shipping a backlog before leaving the rest in
 /// the spool for the next start.
 const SHUTDOWN_SHIP: Duration = Duration::from_secs(3);
-/// Rows per multi-row INSERT statement (53 parameters each; PostgreSQL allows 65,535).
+/// Rows per multi-row INSERT statement (56 parameters each; PostgreSQL allows 65,535).
 const INSERT_CHUNK: usize = 1_000;
 
 /// A row and its writer stream and number (`None`: written outside the writer).
@@ -95,6 +95,9 @@ fn stage_types() -> Vec<Type> {
         T::INT8,   // prune_tokens_after
         T::INT8,   // prune_cost_without_nanos
         T::BOOL,   // usage_suspect
+        T::TEXT,   // service_tier
+        T::TEXT,   // prefix_hash
+        T::INT8,   // prefix_tokens
         T::TEXT,   // sample_model
         T::INT8,   // sample_tokens
         T::TEXT,   // sample_features
@@ -205,6 +208,9 @@ struct Values<'a> {
     prune_tokens_after: Option<i64>,
     prune_cost_without: Option<i64>,
     usage_suspect: bool,
+    service_tier: Option<&'a str>,
+    prefix_hash: Option<&'a str>,
+    prefix_tokens: Option<i64>,
     sample_model: Option<&'a str>,
     sample_tokens: Option<i64>,
     sample_features: Option<&'a str>,
@@ -271,13 +277,16 @@ impl<'a> Values<'a> {
             prune_tokens_after: p.map(|p| stored_tokens(p.tokens_after)),
             prune_cost_without: p.map(|p| stored_nanos(p.cost_without)),
             usage_suspect: r.stored_suspect(),
+            service_tier: r.service_tier.as_deref(),
+            prefix_hash: r.prefix.as_ref().map(|p| p.hash.as_str()),
+            prefix_tokens: r.prefix.as_ref().map(|p| stored_tokens(p.tokens)),
             sample_model: sample.map(|s| s.model.as_str()),
             sample_tokens: sample.map(|s| i64::from(s.tokens)),
             sample_features: sample.map(|s| s.features.as_str()),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 53] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 56] {
         [
             &self.ts_ms,
             &self.request_id,
@@ -329,6 +338,9 @@ impl<'a> Values<'a> {
             &self.prune_tokens_after,
             &self.prune_cost_without,
             &self.usage_suspect,
+            &self.service_tier,
+            &self.prefix_hash,
+            &self.prefix_tokens,
             &self.sample_model,
             &self.sample_tokens,
             &self.sample_features,
